@@ -1,0 +1,263 @@
+"""`fresco up | api | worker | generate`.
+
+`up` is the local run: an embedded Redis (unless FRESCO_REDIS_URL is set), the API and worker
+processes, restarted when they die, all stopped on Ctrl-C or SIGTERM. A real deployment runs
+`fresco api` and `fresco worker` apart, against a shared Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import mimetypes
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from service.settings import Settings, child_environment
+
+
+# ---------------------------------------------------------------- up
+
+
+class Child:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]):
+        self.name, self.argv, self.env = name, argv, env
+        self.proc: subprocess.Popen | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.argv, env=self.env)
+
+    def check(self, log) -> None:
+        """Restart a child that exited, with a growing pause if it keeps dying."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self.next_start == 0.0:
+            delay = min(30.0, 2.0 ** min(self.restarts, 5)) if self.restarts else 0.5
+            log(f"{self.name} exited with code {self.proc.returncode}; restarting in {delay:.1f}s")
+            self.next_start = now + delay
+        if now >= self.next_start:
+            self.restarts += 1
+            self.next_start = 0.0
+            self.start()
+
+    def stop(self, grace: float) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def cmd_up(settings: Settings, args) -> int:
+    import httpx
+
+    from service.redis_conn import EmbeddedRedis
+
+    def say(msg: str) -> None:
+        print(f"fresco: {msg}", flush=True)
+
+    embedded = None
+    url = settings.redis_url
+    if not url:
+        embedded = EmbeddedRedis(settings.data_dir)
+        url = embedded.url
+        say(f"embedded Redis on {url} (AOF on, data in {settings.data_dir.resolve()})")
+    env = child_environment(FRESCO_REDIS_URL=url)
+    exe = [sys.executable, "-m", "service.cli"]
+    children = [Child("api", exe + ["api"], env)]
+    for i in range(args.workers):
+        worker_env = dict(env, FRESCO_WORKER_METRICS_PORT=str(settings.worker_metrics_port + i)
+                          if settings.worker_metrics_port else "0")
+        children.append(Child(f"worker-{i}", exe + ["worker"], worker_env))
+
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    base = f"http://{settings.host}:{settings.port}"
+    profile = "tiny profile (random weights on the CPU: images are noise)" if not settings.models_file \
+        else f"models from {settings.models_file}"
+    say(f"starting the API on {base} and {args.workers} worker(s), {profile}")
+    for child in children:
+        child.start()
+    started, ready = time.monotonic(), False
+    try:
+        while not stopping:
+            for child in children:
+                child.check(say)
+            if not ready:
+                try:
+                    ready = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    pass
+                if ready:
+                    say(f"ready in {time.monotonic() - started:.1f}s: {base}  (docs: {base}/docs, "
+                        f"metrics: {base}/metrics). Ctrl-C stops everything.")
+            time.sleep(0.5)
+    finally:
+        say("stopping")
+        for child in reversed(children):
+            child.stop(grace=args.grace)
+        if embedded:
+            embedded.close()
+    return 0
+
+
+# ---------------------------------------------------------------- api, worker
+
+
+def cmd_api(settings: Settings, args) -> int:
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    configure_logging(settings)
+    uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
+                workers=args.processes, loop="auto", http="auto", access_log=args.access_log,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=30, log_config=None)
+    return 0
+
+
+def cmd_worker(settings: Settings, args) -> int:
+    from workers.worker import main
+
+    return main(settings)
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _data_url(path: Path) -> str:
+    mime = mimetypes.guess_type(path.name)[0] or "image/png"
+    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+def _bar(progress: dict, status: str) -> str:
+    fraction = float(progress.get("fraction", 0))
+    filled = int(fraction * 30)
+    stage = progress.get("stage", status)
+    steps = f" {progress.get('step', 0)}/{progress.get('total_steps', 0)}" if progress.get("total_steps") else ""
+    return f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage}{steps}   "
+
+
+def cmd_generate(settings: Settings, args) -> int:
+    import httpx
+
+    body: dict = {"task": args.task}
+    if args.prompt is not None:
+        body["prompt"] = args.prompt
+    if args.image:
+        body["image"] = _data_url(Path(args.image))
+    if args.model:
+        body["model"] = args.model
+    if args.seed is not None:
+        body["seed"] = args.seed
+    for item in args.param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"--param takes key=value, got {item!r}", file=sys.stderr)
+            return 2
+        body[key] = _value(value)
+    base = args.url.rstrip("/")
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=None)) as client:
+        r = client.post("/generate", json=body)
+        if r.status_code >= 400:
+            err = r.json().get("error", {})
+            print(f"error {r.status_code}: {err.get('message')}", file=sys.stderr)
+            for f in err.get("fields") or []:
+                print(f"  {f['field']}: {f['message']}", file=sys.stderr)
+            return 1
+        job = r.json()
+        print(f"job {job['id']} ({job['task']}, model {job['model']}, seed {job['params'].get('seed')})",
+              file=sys.stderr)
+        try:
+            job = _follow(client, job["id"])
+        except KeyboardInterrupt:
+            client.delete(f"/jobs/{job['id']}")
+            print("\ncanceled", file=sys.stderr)
+            return 130
+        print(file=sys.stderr)
+        if job["status"] != "succeeded":
+            print(f"job {job['status']}: {(job.get('error') or {}).get('message')}", file=sys.stderr)
+            return 1
+        for warning in job.get("warnings") or []:
+            print(f"warning: {warning}", file=sys.stderr)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        items = job["result"].get("images") or [job["result"]["video"]]
+        for item in items:
+            name = item["url"].rsplit("/", 1)[-1]
+            path = out / f"{job['id']}-{name}"
+            path.write_bytes(client.get(item["url"]).raise_for_status().content)
+            print(path)
+    return 0
+
+
+def _follow(client, job_id: str) -> dict:
+    """Show a progress bar fed by the job's event stream; return the terminal JobView."""
+    with client.stream("GET", f"/jobs/{job_id}/events") as stream:
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = json.loads(line[5:])
+                if event == "done":
+                    print(_bar(data["progress"], data["status"]), end="", file=sys.stderr, flush=True)
+                    return data
+                print(_bar(data["progress"], data["status"]), end="", file=sys.stderr, flush=True)
+    return client.get(f"/jobs/{job_id}").json()
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fresco", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run Redis (embedded), the API and worker(s) together, in the foreground")
+    up.add_argument("--workers", type=int, default=1, help="worker processes (each loads its own models)")
+    up.add_argument("--grace", type=float, default=30.0, help="seconds a child gets to stop before it is killed")
+    api = sub.add_parser("api", help="run the HTTP API alone")
+    api.add_argument("--processes", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument("--access-log", action="store_true")
+    sub.add_parser("worker", help="run one GPU worker alone")
+    gen = sub.add_parser("generate", help="submit a job, follow its progress, save its results")
+    gen.add_argument("task", choices=["sdxl", "turbo", "img2img", "svd"])
+    gen.add_argument("--prompt")
+    gen.add_argument("--image", help="input image file (img2img, svd)")
+    gen.add_argument("--model")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--param", action="append", metavar="KEY=VALUE", help="any request field; JSON values")
+    gen.add_argument("--url", default=None, help="the API's base URL (default: http://FRESCO_HOST:FRESCO_PORT)")
+    gen.add_argument("--out", default=".", help="folder for the results")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    if args.command == "generate" and args.url is None:
+        args.url = f"http://{settings.host}:{settings.port}"
+    commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate}
+    return commands[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Job state in Redis: the keys, and the atomic transitions that the API and the workers share.
+
+RQ is the transport (queue lists, the worker loop); Fresco's own job hash is the source of truth for
+what a client sees, so a view is one round trip and every state change is one atomic script:
+
+    fresco:job:<id>               hash: task, model, status, created_at, started_at, finished_at,
+                                  params, warnings, progress, result, error, timings (JSON), cancel
+    fresco:jobs:<task>:<status>   sorted set of job ids by the time they entered that status
+    fresco:events:<id>            pub/sub channel: progress and done events
+    fresco:workers                sorted set of worker names by last heartbeat
+    fresco:worker:<name>          the worker's heartbeat (JSON, short TTL)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
+TERMINAL = ("succeeded", "failed", "canceled")
+RQ_FUNC = "workers.jobs.run_job"  # the one RQ entry point, enqueued by dotted path
+
+
+def job_key(job_id: str) -> str:
+    return f"fresco:job:{job_id}"
+
+
+def state_key(task: str, status: str) -> str:
+    return f"fresco:jobs:{task}:{status}"
+
+
+def events_channel(job_id: str) -> str:
+    return f"fresco:events:{job_id}"
+
+
+EVENTS_PATTERN = "fresco:events:*"
+WORKERS_KEY = "fresco:workers"
+
+
+def worker_key(name: str) -> str:
+    return f"fresco:worker:{name}"
+
+
+def queue_name(task: str) -> str:
+    return f"fresco-{task}"
+
+
+def rq_queue_key(task: str) -> str:
+    return f"rq:queue:{queue_name(task)}"
+
+
+def rq_job_key(job_id: str) -> str:
+    return f"rq:job:{job_id}"
+
+
+def iso(ts: float | str | None) -> str | None:
+    if ts in (None, ""):
+        return None
+    dt = datetime.fromtimestamp(float(ts), tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# KEYS[1] job hash. ARGV: id, allowed from-states (comma list), to-state, now, ttl (0: keep),
+# event JSON ('' for none), then field/value pairs. Returns {1, previous} or {0, current}; nil if gone.
+TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+local allowed = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then allowed = true end end
+if not allowed then return {0, cur} end
+local task = redis.call('HGET', KEYS[1], 'task')
+redis.call('HSET', KEYS[1], 'status', ARGV[3])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', 'fresco:jobs:' .. task .. ':' .. cur, ARGV[1])
+local dest = 'fresco:jobs:' .. task .. ':' .. ARGV[3]
+redis.call('ZADD', dest, ARGV[4], ARGV[1])
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('ZREMRANGEBYSCORE', dest, '-inf', tonumber(ARGV[4]) - ttl)
+end
+if ARGV[6] ~= '' then redis.call('PUBLISH', 'fresco:events:' .. ARGV[1], ARGV[6]) end
+return {1, cur}
+"""
+
+# KEYS[1] job hash. ARGV: id, progress JSON, event JSON. Returns 1 when a cancel was asked for.
+PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 1 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[2])
+redis.call('PUBLISH', 'fresco:events:' .. ARGV[1], ARGV[3])
+if redis.call('HGET', KEYS[1], 'cancel') then return 1 end
+return 0
+"""
+
+# KEYS[1] job hash. ARGV: id, now, ttl, error JSON, event JSON, progress JSON.
+# A queued job is taken off the queue and canceled at once; a running one gets the flag its worker
+# reads at the next step. Returns 'canceled', 'running', or 'ended' (already terminal); nil if unknown.
+CANCEL = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+if cur == 'queued' then
+  local task = redis.call('HGET', KEYS[1], 'task')
+  redis.call('LREM', 'rq:queue:fresco-' .. task, 0, ARGV[1])
+  redis.call('DEL', 'rq:job:' .. ARGV[1])
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'error', ARGV[4],
+             'progress', ARGV[6], 'cancel', '1')
+  redis.call('ZREM', 'fresco:jobs:' .. task .. ':queued', ARGV[1])
+  redis.call('ZADD', 'fresco:jobs:' .. task .. ':canceled', ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+  redis.call('PUBLISH', 'fresco:events:' .. ARGV[1], ARGV[5])
+  return 'canceled'
+end
+if cur == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  return 'running'
+end
+return 'ended'
+"""
+
+# KEYS[1] job hash. ARGV: id. The hash as a flat list plus '_queue_position' (jobs ahead; -1 if none).
+VIEW = """
+local h = redis.call('HGETALL', KEYS[1])
+if #h == 0 then return false end
+local status, task
+for i = 1, #h, 2 do
+  if h[i] == 'status' then status = h[i + 1] elseif h[i] == 'task' then task = h[i + 1] end
+end
+local pos = -1
+if status == 'queued' then
+  local r = redis.call('ZRANK', 'fresco:jobs:' .. task .. ':queued', ARGV[1])
+  if r then pos = r end
+end
+h[#h + 1] = '_queue_position'
+h[#h + 1] = tostring(pos)
+return h
+"""
+
+
+def initial_progress() -> dict:
+    return {"stage": "queued", "step": 0, "total_steps": 0, "fraction": 0.0}
+
+
+def new_job_fields(job_id: str, task: str, model: str, params: dict, now: float) -> dict[str, str]:
+    return {
+        "id": job_id,
+        "task": task,
+        "model": model,
+        "status": "queued",
+        "created_at": repr(now),
+        "params": dumps(params),
+        "warnings": "[]",
+        "progress": dumps(initial_progress()),
+    }
+
+
+def decode_hash(raw) -> dict[str, str]:
+    """A flat [k, v, k, v] list or a dict of bytes -> a dict of str."""
+    if isinstance(raw, dict):
+        items = raw.items()
+    else:
+        items = zip(raw[::2], raw[1::2])
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in items}
+
+
+def _json(h: dict, key: str, default=None):
+    value = h.get(key)
+    return json.loads(value) if value else default
+
+
+def to_view(h: dict[str, str], base_url: str) -> dict[str, Any]:
+    """The stored hash -> the contract's JobView, with absolute result URLs."""
+    job_id = h["id"]
+    result = _json(h, "result")
+    if result:
+        for item in result.get("images") or []:
+            item["url"] = f"{base_url}/results/{job_id}/{item.pop('name')}"
+        if result.get("video"):
+            result["video"]["url"] = f"{base_url}/results/{job_id}/{result['video'].pop('name')}"
+    params = _json(h, "params", {})
+    image = params.get("image")
+    if isinstance(image, dict) and "name" in image:
+        params["image"] = {"url": f"{base_url}/results/{job_id}/{image['name']}",
+                           "width": image.get("width"), "height": image.get("height")}
+    position = int(h.get("_queue_position", -1))
+    return {
+        "id": job_id,
+        "task": h["task"],
+        "model": h["model"],
+        "status": h["status"],
+        "created_at": iso(h.get("created_at")),
+        "started_at": iso(h.get("started_at")),
+        "finished_at": iso(h.get("finished_at")),
+        "queue_position": position if position >= 0 else None,
+        "progress": _json(h, "progress", initial_progress()),
+        "params": params,
+        "warnings": _json(h, "warnings", []),
+        "result": result,
+        "error": _json(h, "error"),
+        "timings": _json(h, "timings", {}),
+    }
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,101 @@
+"""POST /generate: read the body within its limit, validate, resolve, enqueue; optionally wait."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from service import jobstore as js
+from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, dedupe, validation_fields
+from service.resolve import resolve
+from service.routes.common import base_url, ctx, json_response
+from service.schemas import ErrorBody, JobView, generate_adapter
+
+router = APIRouter()
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
+MAX_WAIT_S = 60
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit`: by Content-Length when sent, else
+    while streaming (chunked bodies), never after buffering all of it."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(length) > limit:
+            raise PayloadTooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str):
+    # NaN and ±Infinity are no JSON numbers; they reach validation as non-finite floats (422, field named).
+    return float(name)
+
+
+def parse_json(body: bytes):
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply") from None
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+
+
+def prefer_wait(request: Request) -> int | None:
+    header = request.headers.get("prefer")
+    if not header:
+        return None
+    match = _PREFER_WAIT.search(header)
+    return min(int(match.group(1)), MAX_WAIT_S) if match else None
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=JobView,
+    responses={200: {"model": JobView, "description": "the job ended within `Prefer: wait=N`"},
+               400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
+               422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/GenerateRequest"}}}}},
+)
+async def generate(request: Request):
+    """Validate a request for one of the four tasks and enqueue it."""
+    c = ctx(request)
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType()
+    body = await read_body(request, c.settings.max_body_bytes)
+    data = parse_json(body)
+    try:
+        req = generate_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ValidationFailed(dedupe(validation_fields(exc))) from None
+    resolved = resolve(req, c.catalog, c.settings)
+    job_id = await c.queue.submit(resolved)
+    c.metrics.jobs_submitted.labels(resolved.task).inc()
+
+    headers = {"Location": f"/jobs/{job_id}"}
+    wait = prefer_wait(request)
+    if wait:
+        h = await c.queue.wait(job_id, wait)
+        headers["Preference-Applied"] = f"wait={wait}"
+        if h["status"] in js.TERMINAL:
+            return json_response(js.to_view(h, base_url(request)), 200, headers)
+    else:
+        h = await c.queue.get(job_id)
+    return json_response(js.to_view(h, base_url(request)), 202, headers)

@@ -1,0 +1,77 @@
+"""A job's state: GET (with long-poll), Server-Sent Events, DELETE (cancel)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
+
+from service import jobstore as js
+from service.routes.common import base_url, ctx, json_response
+from service.schemas import ErrorBody, JobView
+
+router = APIRouter()
+KEEPALIVE_S = 15.0
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+async def get_job(request: Request, job_id: str, wait: int = Query(0, ge=0, le=60)):
+    """The job's state. With `?wait=N`, answer as soon as the job ends, or after N seconds."""
+    c = ctx(request)
+    h = await c.queue.wait(job_id, wait) if wait else await c.queue.get(job_id)
+    return json_response(js.to_view(h, base_url(request)))
+
+
+@router.delete("/jobs/{job_id}", status_code=202, response_model=JobView,
+               responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+async def cancel_job(request: Request, job_id: str):
+    """Cancel: a queued job never runs; a running one stops at its next denoising step."""
+    h = await ctx(request).queue.cancel(job_id)
+    return json_response(js.to_view(h, base_url(request)), 202)
+
+
+def _sse(event: str, data) -> bytes:
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+@router.get("/jobs/{job_id}/events", responses={
+    200: {"content": {"text/event-stream": {}}, "description": "progress events, then one done event"},
+    404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
+async def job_events(request: Request, job_id: str):
+    """Server-Sent Events: a `progress` event per change, then `done` with the terminal JobView."""
+    c = ctx(request)
+    url = base_url(request)
+    first = await c.queue.get(job_id)  # 404 before the stream starts
+
+    async def stream():
+        with c.hub.subscribe(job_id) as events:
+            h = first if first["status"] in js.TERMINAL else await c.queue.get(job_id)
+            last = None
+            while True:
+                if h is not None:  # a fresh read of the job
+                    if h["status"] in js.TERMINAL:
+                        yield _sse("done", js.to_view(h, url))
+                        return
+                    state = {"status": h["status"], "progress": js.to_view(h, url)["progress"]}
+                    if state != last:
+                        yield _sse("progress", state)
+                        last = state
+                    h = None
+                try:
+                    event = await asyncio.wait_for(events.get(), KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    yield b": keep-alive\n\n"
+                    h = await c.queue.get(job_id)
+                    continue
+                if event.get("type") == "progress":
+                    state = {"status": event.get("status", "running"), "progress": event["progress"]}
+                    if state != last:
+                        yield _sse("progress", state)
+                        last = state
+                else:  # done, or the event stream reconnected: read the job itself
+                    h = await c.queue.get(job_id)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

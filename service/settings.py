@@ -1,0 +1,77 @@
+"""Fresco's settings: one class, env prefix FRESCO_, validated at start. Nothing else reads os.environ."""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+TASKS = ("sdxl", "turbo", "img2img", "svd")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRESCO_", extra="ignore")
+
+    # Where everything lives. With no Redis URL, Fresco starts (or joins) an embedded Redis here.
+    redis_url: str | None = None
+    data_dir: Path = Path(".fresco")
+    results_dir: Path | None = None  # default: <data_dir>/results
+
+    # API
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    public_url: str | None = None  # base of result URLs; default: the request's own base URL
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(2048 * 2048, ge=64 * 64)  # width × height of outputs and input images
+    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an input image, decoded from base64
+    allow_image_urls: bool = False
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long a finished job and its view are kept
+
+    # Models: a YAML or TOML file, or the built-in `tiny` profile (random weights, CPU, noise images).
+    models_file: Path | None = None
+
+    # Worker
+    worker_tasks: Annotated[list[str], NoDecode] = list(TASKS)
+    worker_name: str | None = None
+    worker_metrics_port: int = Field(9101, ge=0, le=65535)  # 0 turns the worker's /metrics off
+    heartbeat_interval_s: float = Field(2.0, gt=0)
+    heartbeat_ttl_s: float = Field(10.0, gt=0)
+    job_timeout_s: dict[str, int] = {"sdxl": 600, "turbo": 60, "img2img": 600, "svd": 1800}
+    torch_threads: int = Field(0, ge=0)  # 0: torch's default
+
+    # Logs: readable text locally, JSON lines in production.
+    log_format: Literal["text", "json"] = "text"
+    log_level: str = "INFO"
+
+    @field_validator("worker_tasks", mode="before")
+    @classmethod
+    def _split_tasks(cls, v):
+        if isinstance(v, str):
+            v = [t.strip() for t in v.split(",") if t.strip()]
+        unknown = [t for t in v if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
+        return v
+
+    @property
+    def results_path(self) -> Path:
+        return self.results_dir or self.data_dir / "results"
+
+    @property
+    def default_worker_name(self) -> str:
+        return self.worker_name or f"{socket.gethostname()}.{os.getpid()}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def child_environment(**overrides: str) -> dict[str, str]:
+    """The environment for child processes (`fresco up`), with Fresco settings overridden."""
+    return {**os.environ, **overrides}

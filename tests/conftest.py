@@ -1,0 +1,153 @@
+"""Real parts only: a real Redis server the tests start (or FRESCO_TEST_REDIS_URL), real API and worker
+processes, real diffusers pipelines with tiny random weights."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_data_url(width=320, height=256, color=(180, 40, 40), fmt="PNG") -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, fmt)
+    mime = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}[fmt]
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real Redis: the one FRESCO_TEST_REDIS_URL names, else an embedded server with AOF on."""
+    url = os.environ.get("FRESCO_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from service.redis_conn import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fresco-data")
+
+
+class Stack:
+    """A running API process and worker process(es) sharing one Redis and one data dir."""
+
+    def __init__(self, redis_url: str, data_dir: Path, extra_env: dict | None = None, workers: int = 1):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.worker_metrics_ports = [free_port() for _ in range(workers)]
+        self.env = {**os.environ, "FRESCO_REDIS_URL": redis_url, "FRESCO_DATA_DIR": str(data_dir),
+                    "FRESCO_PORT": str(self.port), "FRESCO_HOST": "127.0.0.1", "FRESCO_LOG_LEVEL": "WARNING",
+                    "FRESCO_TORCH_THREADS": "1", **(extra_env or {})}
+        self.logs = data_dir / f"logs-{self.port}"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.api = self._spawn("api", "api", {})
+        self.workers = [self._spawn(f"worker{i}", "worker", {"FRESCO_WORKER_METRICS_PORT": str(p),
+                                                            "FRESCO_WORKER_NAME": f"test-{self.port}-{i}"})
+                        for i, p in enumerate(self.worker_metrics_ports)]
+
+    def _spawn(self, name: str, command: str, env: dict) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "wb")
+        return subprocess.Popen([sys.executable, "-m", "service.cli", command], env={**self.env, **env},
+                                stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for p in [self.api, *self.workers]:
+                if p.poll() is not None:
+                    raise RuntimeError(f"a process exited early; logs in {self.logs}:\n" + self.read_logs())
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the stack did not become ready:\n" + self.read_logs())
+
+    def read_logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}" for f in self.logs.glob("*.log"))
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def stop(self) -> None:
+        for p in [*self.workers, self.api]:
+            if p.poll() is None:
+                p.terminate()
+        for p in [*self.workers, self.api]:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url, data_dir):
+    s = Stack(redis_url, data_dir)
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def client(stack):
+    with stack.client() as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def app_settings(redis_url, tmp_path_factory):
+    from service.settings import Settings
+
+    return Settings(redis_url=redis_url, data_dir=tmp_path_factory.mktemp("api-data"), max_pixels=2048 * 2048,
+                    max_image_bytes=2 * 1024 * 1024, max_body_bytes=4 * 1024 * 1024)
+
+
+@pytest.fixture
+def api(app_settings):
+    """The API in-process (no worker): for validation and other API-only behaviour."""
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    with TestClient(create_app(app_settings)) as c:
+        yield c
+
+
+def wait_status(client: httpx.Client, job_id: str, statuses: set[str], timeout: float = 60) -> dict:
+    terminal = {"succeeded", "failed", "canceled"}
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        # Long-poll for terminal states; poll briskly when waiting for `running`.
+        wait = 1 if statuses <= terminal else 0
+        job = client.get(f"/jobs/{job_id}", params={"wait": wait}).json()
+        if job["status"] in statuses:
+            return job
+        if not wait:
+            time.sleep(0.02)
+    raise AssertionError(f"job {job_id} never reached {statuses}; last {job['status']}")

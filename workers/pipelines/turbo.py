@@ -1,0 +1,25 @@
+"""SDXL Turbo: 1 to 4 steps of Euler ancestral (trailing spacing), guidance off."""
+
+from __future__ import annotations
+
+from workers.models import make_scheduler
+from workers.pipelines.base import Output, TaskPipeline, generators, prompt_warnings
+
+
+class Turbo(TaskPipeline):
+    task = "turbo"
+
+    def plan(self, p):
+        return [("denoise", p["steps"])]
+
+    def run(self, p, image, progress):
+        pipe = self.model.pipe
+        # 1. a fresh Euler-ancestral scheduler; 2. denoise and decode
+        pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
+        progress.begin("denoise")
+        images = pipe(
+            prompt=p["prompt"], width=p["width"], height=p["height"], num_inference_steps=p["steps"],
+            guidance_scale=0.0, num_images_per_prompt=p["num_images"],
+            generator=generators(p["seed"], p["num_images"]), callback_on_step_end=progress.on_step_end,
+        ).images
+        return Output(images=images, warnings=prompt_warnings(pipe, prompt=p["prompt"]))

@@ -1,0 +1,77 @@
+"""Progress as steps happen, and cooperative cancel.
+
+Each denoising step writes `{stage, step, total_steps, fraction}` to the job and publishes it, in one
+Redis round trip that also reads the job's cancel flag; when the flag is set, the step callback raises
+`JobCanceled`, which aborts the pipeline at once (SDXL and SVD alike). `fraction` rises monotonically
+to 1 across every stage: the denoising stages, then decode, encode and store.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+POST_STAGES = ("decode", "encode", "store")
+
+
+class JobCanceled(Exception):
+    """The job's cancel flag was set; the job stops at this step."""
+
+
+class Progress:
+    def __init__(self, report: Callable[[dict], bool], plan: list[tuple[str, int]]):
+        """`report(progress) -> canceled?`; `plan`: the denoising stages and their expected steps."""
+        self._report = report
+        self._plan = list(plan)
+        self._denoise_total = sum(n for _, n in plan)
+        self._denoised = 0  # denoising steps done
+        self._posted = 0  # post-stages (decode, encode, store) done
+        self._fraction = 0.0
+        self._index = -1
+        self.stage, self.step, self.total_steps = "queued", 0, 0
+
+    def _send(self) -> None:
+        expected = self._denoise_total + len(POST_STAGES)
+        fraction = min(0.999, (self._denoised + self._posted) / expected)
+        self._fraction = max(self._fraction, fraction)  # never goes back, even when a plan is revised
+        if self._report(self.state()):
+            raise JobCanceled()
+
+    def state(self) -> dict:
+        return {"stage": self.stage, "step": self.step, "total_steps": self.total_steps,
+                "fraction": round(self._fraction, 4)}
+
+    def begin(self, stage: str) -> None:
+        """Enter the next planned denoising stage."""
+        self._index += 1
+        name, steps = self._plan[self._index]
+        assert name == stage, (name, stage)
+        self.stage, self.step, self.total_steps = stage, 0, steps
+        self._send()
+
+    def on_step_end(self, pipe, i, t, callback_kwargs):
+        """diffusers' `callback_on_step_end`: counts the step, reports it, raises when canceled."""
+        actual = getattr(pipe, "num_timesteps", None)
+        if self.step == 0 and actual and actual != self.total_steps:  # what this stage really runs
+            self._denoise_total += actual - self.total_steps
+            self.total_steps = actual
+        self.step += 1
+        self._denoised += 1
+        if self.step >= self.total_steps and self._index == len(self._plan) - 1:
+            self.post("decode")  # the pipeline decodes right after its last step
+        else:
+            self._send()
+        return callback_kwargs
+
+    def post(self, stage: str) -> None:
+        """Enter decode, encode or store: all denoising and the earlier post-stages count as done."""
+        if self.stage == stage:
+            return
+        self._denoised = self._denoise_total
+        self._posted = POST_STAGES.index(stage)
+        self.stage, self.step, self.total_steps = stage, 0, 1
+        self._send()
+
+    def finished(self) -> dict:
+        self._denoised, self._posted, self._fraction = self._denoise_total, len(POST_STAGES), 1.0
+        self.stage, self.step, self.total_steps = "done", 1, 1
+        return self.state()

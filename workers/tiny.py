@@ -1,0 +1,142 @@
+"""The `tiny` model profile: real diffusers pipelines with random weights, built offline in about a second.
+
+The component configs start from the tiny configs diffusers' own fast tests use
+(`../shared/reference/diffusers-configs.json`, "tiny"), changed so that a job at the API contract's
+default parameters (SDXL 1024² 30 steps + refiner, SVD 1024×576 14 frames 25 steps) finishes in a few
+seconds on a 2-core CPU:
+
+- SDXL VAEs have four blocks, the real 8× downsampling, so latent shapes match the real models;
+- UNets get a third level so cross-attention runs at 1/32 of the image side, not 1/16;
+- the SVD VAE is a plain `AutoencoderKL` with 32× downsampling: the temporal VAE decoder costs about
+  3 s a frame at 1024×576 on this CPU (its GroupNorm is fixed at 32 groups). The SVD pipeline calls a
+  VAE without `num_frames` when its `forward` has none, so the pipeline code path is the real one.
+
+Weights are drawn from a fixed seed, so the same profile gives the same pixels on every machine.
+The images are noise by design: the profile checks plumbing, not art.
+"""
+
+from __future__ import annotations
+
+import torch
+
+TEXT_ENCODER = dict(
+    bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+    num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000, hidden_act="gelu",
+    projection_dim=32,
+)
+
+SDXL_UNET = dict(
+    block_out_channels=(2, 4, 4), layers_per_block=1, sample_size=128, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 2, 4), use_linear_projection=True, addition_embed_type="text_time",
+    addition_time_embed_dim=8, transformer_layers_per_block=(1, 1, 2),
+    projection_class_embeddings_input_dim=80,  # 6 × 8 time ids + 32 pooled text
+    cross_attention_dim=64, norm_num_groups=1,
+)
+
+# The refiner sees only text_encoder_2 (32 wide) and 5 time ids (aesthetic score instead of target size).
+SDXL_REFINER_UNET = dict(SDXL_UNET, cross_attention_dim=32, projection_class_embeddings_input_dim=72)
+
+SDXL_VAE = dict(
+    block_out_channels=(4, 4, 8, 8), in_channels=3, out_channels=3, layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    latent_channels=4, norm_num_groups=4, sample_size=1024, scaling_factor=0.13025, force_upcast=False,
+)
+
+SDXL_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
+    timestep_spacing="leading",
+)
+
+SVD_UNET = dict(
+    block_out_channels=(32, 32, 32), layers_per_block=1, sample_size=32, in_channels=8, out_channels=4,
+    down_block_types=("DownBlockSpatioTemporal", "DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
+    up_block_types=("CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal", "UpBlockSpatioTemporal"),
+    cross_attention_dim=32, num_attention_heads=(8, 8, 8), projection_class_embeddings_input_dim=96,
+    addition_time_embed_dim=32, num_frames=14,
+)
+
+SVD_VAE = dict(
+    block_out_channels=(2, 2, 4, 4, 4, 4), in_channels=3, out_channels=3, layers_per_block=1,
+    down_block_types=("DownEncoderBlock2D",) * 6, up_block_types=("UpDecoderBlock2D",) * 6,
+    latent_channels=4, norm_num_groups=2, sample_size=1024, scaling_factor=0.18215,
+)
+
+SVD_IMAGE_ENCODER = dict(
+    hidden_size=32, projection_dim=32, num_hidden_layers=5, num_attention_heads=4, image_size=224,
+    intermediate_size=37, patch_size=14,
+)
+
+SVD_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", interpolation_type="linear",
+    num_train_timesteps=1000, prediction_type="v_prediction", sigma_max=700.0, sigma_min=0.002,
+    steps_offset=1, timestep_spacing="leading", timestep_type="continuous", use_karras_sigmas=True,
+)
+
+
+def tokenizer():
+    """An offline CLIP tokenizer: byte-level vocabulary, no merges, EOT with the largest id."""
+    from transformers import CLIPTokenizer
+
+    chars = [chr(i) for i in range(256)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = 512
+    vocab["<|endoftext|>"] = 513
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def _seeded(seed: int):
+    torch.manual_seed(seed)
+
+
+def sdxl_base(seed: int = 0):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    _seeded(seed)
+    text_config = CLIPTextConfig(**TEXT_ENCODER)
+    return StableDiffusionXLPipeline(
+        vae=AutoencoderKL(**SDXL_VAE),
+        text_encoder=CLIPTextModel(text_config),
+        text_encoder_2=CLIPTextModelWithProjection(text_config),
+        tokenizer=tokenizer(),
+        tokenizer_2=tokenizer(),
+        unet=UNet2DConditionModel(**SDXL_UNET),
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        add_watermarker=False,
+    )
+
+
+def sdxl_refiner(base, seed: int = 1):
+    """A refiner sharing the base's VAE and second text encoder, as the real pair does."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    _seeded(seed)
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=UNet2DConditionModel(**SDXL_REFINER_UNET),
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+        add_watermarker=False,
+    )
+
+
+def svd(seed: int = 2):
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    _seeded(seed)
+    return StableVideoDiffusionPipeline(
+        vae=AutoencoderKL(**SVD_VAE),
+        image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**SVD_IMAGE_ENCODER)),
+        unet=UNetSpatioTemporalConditionModel(**SVD_UNET),
+        scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER),
+        feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
+    )
