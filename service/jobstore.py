@@ -43,12 +43,18 @@ def worker_key(name: str) -> str:
     return f"fresco:worker:{name}"
 
 
-def queue_name(task: str) -> str:
-    return f"fresco-{task}"
+def queue_name(task: str, model: str) -> str:
+    """One RQ queue per task and model: a worker only ever takes jobs for models it has loaded."""
+    return f"fresco-{task}-{model}"
 
 
-def rq_queue_key(task: str) -> str:
-    return f"rq:queue:{queue_name(task)}"
+def rq_queue_key(task: str, model: str) -> str:
+    return f"rq:queue:{queue_name(task, model)}"
+
+
+def serves(task: str, model: str) -> str:
+    """How a worker's heartbeat names one (task, model) pair it serves."""
+    return f"{task}/{model}"
 
 
 def rq_job_key(job_id: str) -> str:
@@ -106,7 +112,8 @@ local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
 if cur == 'queued' then
   local task = redis.call('HGET', KEYS[1], 'task')
-  redis.call('LREM', 'rq:queue:fresco-' .. task, 0, ARGV[1])
+  local model = redis.call('HGET', KEYS[1], 'model')
+  redis.call('LREM', 'rq:queue:fresco-' .. task .. '-' .. model, 0, ARGV[1])
   redis.call('DEL', 'rq:job:' .. ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'error', ARGV[4],
              'progress', ARGV[6], 'cancel', '1')

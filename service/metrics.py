@@ -39,21 +39,24 @@ class ApiMetrics:
             registry=self.registry,
         ).instrument(app, metric_namespace="fresco")
 
-    async def scrape(self, redis, live_workers: list[dict]) -> bytes:
+    async def scrape(self, redis, catalog, live_workers: list[dict]) -> bytes:
         """Read queue and job state from Redis, then render. A Redis outage shows as
         `fresco_redis_up 0`, not as a failed scrape."""
         try:
             async with redis.pipeline(transaction=False) as pipe:
                 for task in TASKS:
-                    pipe.llen(js.rq_queue_key(task))
+                    for model in catalog.models_for(task):
+                        pipe.llen(js.rq_queue_key(task, model))
                     pipe.zrange(js.state_key(task, "queued"), 0, 0, withscores=True)
                     for status in js.STATUSES:
                         pipe.zcard(js.state_key(task, status))
                 replies = await pipe.execute()
             now = js.now()
-            per_task = 2 + len(js.STATUSES)
-            for i, task in enumerate(TASKS):
-                depth, oldest, *counts = replies[i * per_task:(i + 1) * per_task]
+            replies = iter(replies)
+            for task in TASKS:
+                depth = sum(next(replies) for _ in catalog.models_for(task))
+                oldest = next(replies)
+                counts = [next(replies) for _ in js.STATUSES]
                 self.queue_depth.labels(task).set(depth)
                 self.oldest_queued.labels(task).set(max(0.0, now - oldest[0][1]) if oldest else 0.0)
                 for status, count in zip(js.STATUSES, counts):

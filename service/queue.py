@@ -27,7 +27,7 @@ REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_err
 _RQ_CONNECTION = redis_sync.Redis()  # RQ's Job wants one; building the hash never uses it
 
 
-def _rq_job_mapping(job_id: str, task: str, payload: dict, timeout: int) -> dict:
+def _rq_job_mapping(job_id: str, task: str, model: str, payload: dict, timeout: int) -> dict:
     job = Job.create(
         js.RQ_FUNC,
         args=[payload],
@@ -38,7 +38,7 @@ def _rq_job_mapping(job_id: str, task: str, payload: dict, timeout: int) -> dict
         result_ttl=0,  # Fresco keeps its own record; RQ drops its copy when done
         failure_ttl=24 * 3600,
         status=JobStatus.QUEUED,
-        origin=js.queue_name(task),
+        origin=js.queue_name(task, model),
         description=f"fresco {task} {job_id}",
     )
     job.enqueued_at = datetime.now(timezone.utc)
@@ -66,9 +66,11 @@ class JobQueue:
                 pipe.hset(js.job_key(job_id), mapping=js.new_job_fields(job_id, resolved.task, resolved.model,
                                                                       resolved.params, now))
                 pipe.zadd(js.state_key(resolved.task, "queued"), {job_id: now})
-                pipe.hset(js.rq_job_key(job_id), mapping=_rq_job_mapping(job_id, resolved.task, payload, timeout))
-                pipe.rpush(js.rq_queue_key(resolved.task), job_id)
-                pipe.sadd("rq:queues", js.rq_queue_key(resolved.task))
+                pipe.hset(js.rq_job_key(job_id),
+                          mapping=_rq_job_mapping(job_id, resolved.task, resolved.model, payload, timeout))
+                queue_key = js.rq_queue_key(resolved.task, resolved.model)
+                pipe.rpush(queue_key, job_id)
+                pipe.sadd("rq:queues", queue_key)
                 await pipe.execute()
         except REDIS_DOWN:
             self.storage.delete_job(job_id)
@@ -129,11 +131,3 @@ class JobQueue:
                 if event.get("type") != "progress":
                     h = await self.get(job_id)
             return h
-
-    async def queue_depths(self) -> dict[str, int]:
-        tasks = ("sdxl", "turbo", "img2img", "svd")
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for task in tasks:
-                pipe.llen(js.rq_queue_key(task))
-            counts = await pipe.execute()
-        return dict(zip(tasks, counts))

@@ -31,7 +31,7 @@ def content_type_for(name: str) -> str:
 
 def valid_key(job_id: str, name: str) -> bool:
     """A job id is a UUID and a name a plain file name: nothing can climb out of the store."""
-    return bool(_JOB_ID.match(job_id) and _NAME.match(name) and ".." not in name)
+    return bool(_JOB_ID.fullmatch(job_id) and _NAME.fullmatch(name) and ".." not in name)
 
 
 class Storage(Protocol):
@@ -81,7 +81,7 @@ class LocalStorage:
         return path if path.is_file() else None
 
     def delete_job(self, job_id: str) -> None:
-        if not _JOB_ID.match(job_id):
+        if not _JOB_ID.fullmatch(job_id):
             return
         folder = self.root / job_id
         if folder.is_dir():

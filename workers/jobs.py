@@ -74,6 +74,10 @@ class Runtime:
     def tasks(self) -> list[str]:
         return sorted({task for task, _ in self.pipelines})
 
+    @property
+    def serves(self) -> list[str]:
+        return sorted(js.serves(task, model) for task, model in self.pipelines)
+
     def install(self) -> None:
         global _RUNTIME
         _RUNTIME = self

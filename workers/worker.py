@@ -1,7 +1,8 @@
 """The GPU worker process: an RQ SimpleWorker (never a forking one) with resident models.
 
 Models load once, before the first job is taken; a heartbeat thread keeps the worker visible (during
-jobs too) so the API knows which tasks and models are live; the worker serves one RQ queue per task.
+jobs too) so the API knows which tasks and models are live. The worker listens on one RQ queue per
+task and model it has loaded, so it never takes a job it cannot run.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def info(self) -> dict:
-        return {"tasks": self.runtime.tasks, "models": sorted(self.runtime.models), "pid": os.getpid(),
+        return {"tasks": self.runtime.tasks, "models": sorted(self.runtime.models), "serves": self.runtime.serves,
+                "pid": os.getpid(),
                 "job": self.runtime.current_job}
 
     def run(self) -> None:
@@ -81,15 +83,15 @@ def main(settings: Settings) -> int:
     runtime = Runtime(settings, catalog, sync_client(url), storage_from_settings(settings), name).load()
     runtime.install()
     metrics.serve(settings.worker_metrics_port)
-    tasks = [t for t in QUEUE_ORDER if t in runtime.tasks]
-    if not tasks:
+    pairs = sorted(runtime.pipelines, key=lambda pair: QUEUE_ORDER.index(pair[0]))
+    if not pairs:
         log.error("no models serve the tasks %s in this catalogue", settings.worker_tasks)
         return 2
     heartbeat = Heartbeat(url, name, runtime, settings)
     heartbeat.start()
-    queues = [Queue(queue_name(t), connection=connection, serializer=JSONSerializer) for t in tasks]
+    queues = [Queue(queue_name(t, m), connection=connection, serializer=JSONSerializer) for t, m in pairs]
     worker = FrescoWorker(queues, connection=connection, name=name, runtime=runtime)
-    log.info("worker %s serving %s with models %s (metrics on :%s)", name, tasks, sorted(runtime.models),
+    log.info("worker %s serving %s (metrics on :%s)", name, runtime.serves,
              settings.worker_metrics_port or "off")
     try:
         worker.work(with_scheduler=False, logging_level=settings.log_level.upper())

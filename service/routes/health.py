@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from service.heartbeats import live_workers
+from service.jobstore import serves
 from service.queue import REDIS_DOWN
 from service.routes.common import ctx, json_response
 
@@ -27,8 +28,8 @@ async def readyz(request: Request):
     except REDIS_DOWN:
         return json_response({"status": "not_ready", "redis": False, "missing_tasks": []}, 503,
                              {"Retry-After": "5"})
-    served = {t for w in workers for t in w.get("tasks", [])}
-    missing = [t for t in c.catalog.defaults if t not in served]
+    served = {pair for w in workers for pair in w.get("serves", [])}
+    missing = [t for t, model in c.catalog.defaults.items() if serves(t, model) not in served]
     body = {"status": "ready" if not missing else "not_ready", "redis": True, "workers": len(workers),
             "missing_tasks": missing}
     return json_response(body, 200 if not missing else 503, None if not missing else {"Retry-After": "5"})
@@ -42,5 +43,5 @@ async def metrics(request: Request):
         workers = await live_workers(c.redis, c.settings.heartbeat_ttl_s)
     except Exception:
         workers = []
-    body = await c.metrics.scrape(c.redis, workers)
+    body = await c.metrics.scrape(c.redis, c.catalog, workers)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from service.catalog import SCHEDULERS, TASKS
 from service.heartbeats import live_workers
+from service.jobstore import serves
 from service.queue import REDIS_DOWN
 from service.routes.common import ctx, json_response
 from service.schemas import Img2ImgRequest, SDXLRequest, SVDRequest, TurboRequest
@@ -36,13 +37,13 @@ async def models(request: Request):
         workers = await live_workers(c.redis, c.settings.heartbeat_ttl_s)
     except REDIS_DOWN:
         workers = []
-    loaded = {(t, m) for w in workers for t in w.get("tasks", []) for m in w.get("models", [])}
+    loaded = {pair for w in workers for pair in w.get("serves", [])}
     tasks = {}
     for task in TASKS:
         entries = []
         for name in c.catalog.models_for(task):
             spec = c.catalog.spec(name)
-            entry = {"name": name, "kind": spec.kind, "source": spec.source, "loaded": (task, name) in loaded,
+            entry = {"name": name, "kind": spec.kind, "source": spec.source, "loaded": serves(task, name) in loaded,
                      "description": spec.description}
             if task == "sdxl":
                 entry["refiner"] = bool(spec.refiner)
