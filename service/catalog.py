@@ -75,7 +75,8 @@ class ModelSpec(BaseModel):
         if self.refiner and self.kind != "sdxl":
             raise ValueError(f"model {self.name}: only sdxl models take a refiner")
         if self.kind == "svd" and self.num_frames is None:
-            self.num_frames = 25 if "xt" in self.source.lower() else 14
+            name = self.source.rstrip("/").rsplit("/", 1)[-1].lower()
+            self.num_frames = 25 if name.endswith("-xt") or "-xt-" in name else 14
         return self
 
     @property
@@ -158,6 +159,6 @@ def load_catalog(path: Path | None) -> Catalog:
         # Relative local directories are relative to the models file.
         for key in ("source", "refiner", "vae"):
             value = spec.get(key) if isinstance(spec, dict) else None
-            if value and value != "tiny" and (value.startswith(".") or (base / value).is_dir()):
+            if isinstance(value, str) and value != "tiny" and (value.startswith(".") or (base / value).is_dir()):
                 spec[key] = str((base / value).resolve())
     return Catalog.model_validate(data)

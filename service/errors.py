@@ -124,7 +124,8 @@ def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = ["task"]
         # An unknown field's name is client input: named back only when it is a plain identifier.
-        loc = [part if part.isdigit() or _SAFE_NAME.match(part) else "(unnamed field)" for part in loc]
+        loc = [part if (part.isascii() and part.isdigit()) or _SAFE_NAME.fullmatch(part) else "(unnamed field)"
+               for part in loc]
         fields.append(field_error(".".join(loc) or "body", _message(err)))
     return fields
 

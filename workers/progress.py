@@ -42,10 +42,10 @@ class Progress:
 
     def begin(self, stage: str) -> None:
         """Enter the next planned denoising stage."""
+        if self._index + 1 >= len(self._plan) or self._plan[self._index + 1][0] != stage:
+            raise ValueError(f"stage {stage!r} is not next in the plan {self._plan}")
         self._index += 1
-        name, steps = self._plan[self._index]
-        assert name == stage, (name, stage)
-        self.stage, self.step, self.total_steps = stage, 0, steps
+        self.stage, self.step, self.total_steps = stage, 0, self._plan[self._index][1]
         self._send()
 
     def on_step_end(self, pipe, i, t, callback_kwargs):
