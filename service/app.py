@@ -15,6 +15,7 @@ from service.errors import FrescoError, dedupe, field_error
 from service.events import EventHub
 from service.metrics import ApiMetrics
 from service.queue import REDIS_DOWN, JobQueue
+from service.reaper import Reaper
 from service.redis_conn import EmbeddedRedis, async_client
 from service.routes import generate, health, jobs, models, results
 from service.routes.common import Context, json_response
@@ -104,9 +105,13 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         storage = storage_from_settings(settings)
         app.state.ctx = Context(settings=settings, catalog=catalog, redis=redis, hub=hub,
                                 queue=JobQueue(redis, hub, storage, settings), storage=storage, metrics=metrics)
+        reaper = Reaper(redis, settings)
+        if settings.reaper_interval_s:
+            reaper.start(settings.reaper_interval_s)
         try:
             yield
         finally:
+            await reaper.stop()
             await hub.stop()
             await redis.aclose()
             if embedded:

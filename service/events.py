@@ -24,15 +24,16 @@ class EventHub:
         self._subs: dict[str, set[asyncio.Queue]] = {}
         self._task: asyncio.Task | None = None
         self.connected = asyncio.Event()
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="fresco-events")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await asyncio.wait({self._task}, timeout=2)
 
     def _broadcast(self, event: dict) -> None:
         for queues in self._subs.values():
@@ -41,7 +42,7 @@ class EventHub:
 
     async def _run(self) -> None:
         prefix = len(EVENTS_PATTERN) - 1
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.psubscribe(EVENTS_PATTERN)

@@ -95,6 +95,27 @@ if ARGV[6] ~= '' then redis.call('PUBLISH', 'fresco:events:' .. ARGV[1], ARGV[6]
 return {1, cur}
 """
 
+# One atomic submit. KEYS[1] job hash, KEYS[2] RQ job hash, KEYS[3] the task's queued index,
+# KEYS[4] the RQ queue list, KEYS[5] the idempotency key (or a dummy when there is none).
+# ARGV: id, now, cap (0: none), idempotency value ('' for none), idempotency TTL, count of job
+# fields, then job field/value pairs, then RQ field/value pairs.
+# The cap counts the task's queued jobs (all models) and holds exactly under concurrent submits.
+SUBMIT = """
+local cap = tonumber(ARGV[3])
+if cap > 0 and redis.call('ZCARD', KEYS[3]) >= cap then return 'full' end
+local n = tonumber(ARGV[6])
+local job, rq = {}, {}
+for i = 7, 6 + n * 2 do job[#job + 1] = ARGV[i] end
+for i = 7 + n * 2, #ARGV do rq[#rq + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(job))
+redis.call('HSET', KEYS[2], unpack(rq))
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
+redis.call('RPUSH', KEYS[4], ARGV[1])
+redis.call('SADD', 'rq:queues', KEYS[4])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[5], ARGV[4], 'EX', tonumber(ARGV[5])) end
+return 'ok'
+"""
+
 # KEYS[1] job hash. ARGV: id, progress JSON, event JSON. Returns 1 when a cancel was asked for.
 PROGRESS = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 1 end
@@ -130,6 +151,44 @@ end
 return 'ended'
 """
 
+# The reaper's move for a running job whose worker is gone. KEYS[1] job hash, KEYS[2] the job's RQ
+# queue list. ARGV: id, the worker it ran on, now, ttl, error JSON, requeue event JSON, done event JSON,
+# progress JSON. Only if the job is still running on that worker (another reaper may have been first):
+# with a retry left it goes back to the queue, else it fails. Returns 'requeued', 'failed' or false.
+REAP = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return false end
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then return false end
+local task = redis.call('HGET', KEYS[1], 'task')
+redis.call('ZREM', 'fresco:jobs:' .. task .. ':running', ARGV[1])
+local retries = tonumber(redis.call('HGET', KEYS[1], 'retries_left') or '0')
+if retries > 0 and not redis.call('HGET', KEYS[1], 'cancel') then
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'retries_left', tostring(retries - 1),
+             'progress', '{"stage":"queued","step":0,"total_steps":0,"fraction":0.0}')
+  redis.call('HDEL', KEYS[1], 'started_at', 'worker')
+  redis.call('ZADD', 'fresco:jobs:' .. task .. ':queued', ARGV[3], ARGV[1])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', 'fresco:events:' .. ARGV[1], ARGV[6])
+  return 'requeued'
+end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'error', ARGV[5], 'finished_at', ARGV[3], 'progress', ARGV[8])
+redis.call('ZADD', 'fresco:jobs:' .. task .. ':failed', ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('PUBLISH', 'fresco:events:' .. ARGV[1], ARGV[7])
+return 'failed'
+"""
+
+# A queued job that is in no RQ queue list (popped by a worker that died before starting it: RQ's
+# multi-queue BLPOP is not atomic with its bookkeeping) goes back on its list. A second copy of an id
+# on the list is harmless: only one worker can move a job from queued to running.
+# KEYS[1] job hash, KEYS[2] RQ queue list, KEYS[3] RQ job hash. ARGV: id. Returns 1 when requeued.
+RESTORE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+if redis.call('LPOS', KEYS[2], ARGV[1]) then return 0 end
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
 # KEYS[1] job hash. ARGV: id. The hash as a flat list plus '_queue_position' (jobs ahead; -1 if none).
 VIEW = """
 local h = redis.call('HGETALL', KEYS[1])
@@ -153,7 +212,8 @@ def initial_progress() -> dict:
     return {"stage": "queued", "step": 0, "total_steps": 0, "fraction": 0.0}
 
 
-def new_job_fields(job_id: str, task: str, model: str, params: dict, now: float) -> dict[str, str]:
+def new_job_fields(job_id: str, task: str, model: str, params: dict, now: float, *, owner: str = "",
+                   retries: int = 0) -> dict[str, str]:
     return {
         "id": job_id,
         "task": task,
@@ -163,6 +223,8 @@ def new_job_fields(job_id: str, task: str, model: str, params: dict, now: float)
         "params": dumps(params),
         "warnings": "[]",
         "progress": dumps(initial_progress()),
+        "owner": owner,
+        "retries_left": str(retries),
     }
 
 

@@ -53,28 +53,35 @@ class JobQueue:
         self.settings = settings
         self._view = redis.register_script(js.VIEW)
         self._cancel = redis.register_script(js.CANCEL)
+        self._submit = redis.register_script(js.SUBMIT)
 
-    async def submit(self, resolved: Resolved) -> str:
+    async def submit(self, resolved: Resolved, *, owner: str = "", idempotency: tuple[str, str] | None = None) -> str:
+        """Enqueue atomically: past the task's queue cap nothing is written and the answer is 503.
+        `idempotency` is (key, value prefix): the key is set to `<prefix><job id>` in the same step."""
         job_id = str(uuid.uuid4())
         if resolved.image is not None:
             await asyncio.to_thread(self.storage.put, job_id, resolved.image.filename, resolved.image.data)
-        payload = {"id": job_id, "task": resolved.task, "model": resolved.model}
-        timeout = self.settings.job_timeout_s.get(resolved.task, 600)
+        task, model = resolved.task, resolved.model
+        payload = {"id": job_id, "task": task, "model": model}
         now = js.now()
+        fields = js.new_job_fields(job_id, task, model, resolved.params, now, owner=owner, retries=resolved.retries)
+        rq_fields = _rq_job_mapping(job_id, task, model, payload, self.settings.job_timeout_s.get(task, 600))
+        idem_key, idem_value = (idempotency[0], idempotency[1] + job_id) if idempotency else ("fresco:idem:-", "")
+        args: list = [job_id, repr(now), self.settings.queue_cap.get(task, 0), idem_value,
+                      self.settings.idempotency_ttl_s, len(fields)]
+        for k, v in fields.items():
+            args += [k, v]
+        for k, v in rq_fields.items():
+            args += [k, v]
         try:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(js.job_key(job_id), mapping=js.new_job_fields(job_id, resolved.task, resolved.model,
-                                                                      resolved.params, now))
-                pipe.zadd(js.state_key(resolved.task, "queued"), {job_id: now})
-                pipe.hset(js.rq_job_key(job_id),
-                          mapping=_rq_job_mapping(job_id, resolved.task, resolved.model, payload, timeout))
-                queue_key = js.rq_queue_key(resolved.task, resolved.model)
-                pipe.rpush(queue_key, job_id)
-                pipe.sadd("rq:queues", queue_key)
-                await pipe.execute()
+            reply = await self._submit(keys=[js.job_key(job_id), js.rq_job_key(job_id), js.state_key(task, "queued"),
+                                             js.rq_queue_key(task, model), idem_key], args=args)
         except REDIS_DOWN:
-            self.storage.delete_job(job_id)
+            await asyncio.to_thread(self.storage.delete_job, job_id)
             raise Unavailable("the job queue is unreachable; retry later") from None
+        if reply in (b"full", "full"):
+            await asyncio.to_thread(self.storage.delete_job, job_id)
+            raise Unavailable(f"the {task} queue is full; retry later", retry_after=10)
         return job_id
 
     async def raw(self, job_id: str) -> dict | None:

@@ -37,14 +37,31 @@ class EmbeddedRedis:
             server._cleanup()  # stops the server if this process started it
 
 
+# After a Redis restart the pool still holds dead connections: retry a command once or twice on a fresh
+# one, quickly, so a restart costs no request. Fresco's writes are safe to repeat: a submit reuses its
+# job id, and a duplicate queue entry is skipped by the queued -> running transition.
+RETRIES, BACKOFF_CAP_S, BACKOFF_BASE_S = 2, 0.2, 0.02
+
+
 def async_client(url: str, *, socket_timeout: float | None = 5):
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
 
-    return aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=socket_timeout,
-                                   health_check_interval=10)
+    return aioredis.Redis.from_url(
+        url, socket_connect_timeout=2, socket_timeout=socket_timeout, health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), RETRIES),
+        retry_on_error=[ConnectionError, TimeoutError])
 
 
 def sync_client(url: str, *, socket_timeout: float | None = 10):
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
+    from redis.retry import Retry
 
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=socket_timeout, health_check_interval=10)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=2, socket_timeout=socket_timeout, health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), RETRIES),
+        retry_on_error=[ConnectionError, TimeoutError])

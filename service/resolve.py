@@ -22,6 +22,7 @@ class Resolved:
     model: str
     params: dict[str, Any]
     image: DecodedImage | None = None
+    retries: int = 0
 
 
 def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
@@ -32,7 +33,7 @@ def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
     if model is None or model not in names:
         raise ValidationFailed([field_error("model", f"must be one of {names} for task {task}")])
     spec = catalog.spec(model)
-    params = req.model_dump(exclude={"task", "model", "image"})
+    params = req.model_dump(exclude={"task", "model", "image", "retries"})
     params["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**32)
 
     def pixels(width: int, height: int):
@@ -85,4 +86,4 @@ def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
         raise ValidationFailed(errors)
     if image is not None:
         params["image"] = {"name": image.filename, "width": image.width, "height": image.height}
-    return Resolved(task=task, model=model, params=params, image=image)
+    return Resolved(task=task, model=model, params=params, image=image, retries=req.retries)

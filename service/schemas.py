@@ -41,6 +41,8 @@ class _Request(BaseModel):
 
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     seed: Seed | None = None
+    # Run the job once more if its worker dies mid-job (worker_lost); 0 fails it instead.
+    retries: int = Field(0, ge=0, le=1)
 
 
 class SDXLRequest(_Request):

@@ -22,6 +22,18 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".fresco")
     results_dir: Path | None = None  # default: <data_dir>/results
 
+    # S3-compatible object storage for inputs and results, used instead of results_dir when a bucket
+    # is set (needs boto3: the `s3` extra). Keys: boto3's chain (AWS_*, IRSA, instance role) when unset.
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None  # where the API and workers reach it, e.g. http://minio:9000
+    s3_public_endpoint_url: str | None = None  # where clients follow presigned URLs to; default: the above
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    s3_prefix: str = ""  # key prefix inside the bucket, e.g. "fresco/"
+    s3_presign_expires_s: int = Field(3600, ge=1, le=7 * 24 * 3600)  # SigV4's maximum is 7 days
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"  # "path" for MinIO and most self-hosted
+
     # API
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -31,6 +43,10 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an input image, decoded from base64
     allow_image_urls: bool = False
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long a finished job and its view are kept
+    # Queued jobs per task beyond which POST /generate answers 503 (0: no cap). Held atomically.
+    queue_cap: dict[str, int] = {"sdxl": 1000, "turbo": 5000, "img2img": 1000, "svd": 200}
+    idempotency_ttl_s: int = Field(24 * 3600, ge=60)  # how long an Idempotency-Key is remembered
+    reaper_interval_s: float = Field(2.0, ge=0)  # how often each API process looks for lost jobs (0: never)
 
     # Models: a YAML or TOML file, or the built-in `tiny` profile (random weights, CPU, noise images).
     models_file: Path | None = None
@@ -43,6 +59,7 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(10.0, gt=0)
     job_timeout_s: dict[str, int] = {"sdxl": 600, "turbo": 60, "img2img": 600, "svd": 1800}
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
+    fault_injection: bool = False  # tests only: honour `fresco-fault:<name>` prompts (workers/faults.py)
 
     # Logs: readable text locally, JSON lines in production.
     log_format: Literal["text", "json"] = "text"

@@ -64,23 +64,35 @@ class Stack:
         self.logs = data_dir / f"logs-{self.port}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.api = self._spawn("api", "api", {})
-        self.workers = [self._spawn(f"worker{i}", "worker", {"FRESCO_WORKER_METRICS_PORT": str(p),
-                                                            "FRESCO_WORKER_NAME": f"test-{self.port}-{i}"})
-                        for i, p in enumerate(self.worker_metrics_ports)]
+        self.workers = [self.spawn_worker(i) for i in range(workers)]
+
+    def spawn_worker(self, index: int | None = None) -> subprocess.Popen:
+        """Start one more worker process (after a kill, say)."""
+        index = len(self.worker_metrics_ports) if index is None else index
+        if index >= len(self.worker_metrics_ports):
+            self.worker_metrics_ports.append(free_port())
+        proc = self._spawn(f"worker{index}", "worker", {
+            "FRESCO_WORKER_METRICS_PORT": str(self.worker_metrics_ports[index]),
+            "FRESCO_WORKER_NAME": f"test-{self.port}-{index}-{time.monotonic_ns()}"})
+        if index < len(getattr(self, "workers", [])):
+            self.workers[index] = proc
+        elif hasattr(self, "workers"):
+            self.workers.append(proc)
+        return proc
 
     def _spawn(self, name: str, command: str, env: dict) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "wb")
+        log = open(self.logs / f"{name}.log", "ab")
         return subprocess.Popen([sys.executable, "-m", "service.cli", command], env={**self.env, **env},
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
-    def wait_ready(self, timeout: float = 90) -> None:
+    def wait_ready(self, timeout: float = 90, path: str = "/readyz") -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
             for p in [self.api, *self.workers]:
                 if p.poll() is not None:
                     raise RuntimeError(f"a process exited early; logs in {self.logs}:\n" + self.read_logs())
             try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

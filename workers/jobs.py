@@ -6,9 +6,11 @@ The worker process loads its models into a `Runtime` at start; RQ's SimpleWorker
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -20,7 +22,8 @@ from service import jobstore as js
 from service.catalog import Catalog
 from service.settings import Settings
 from service.storage import Storage
-from workers import metrics
+from service import heartbeats
+from workers import faults, metrics
 from workers.encode import CONTENT_TYPES, EXTENSIONS, encode_image, encode_video
 from workers.models import LoadedModel, load_model
 from workers.pipelines.base import Output, TaskPipeline
@@ -141,24 +144,42 @@ class Runtime:
             self._fail(job_id, task, progress, created, "timeout",
                        f"the job ran past the {task} timeout of {self.settings.job_timeout_s.get(task)} s")
         except torch.cuda.OutOfMemoryError:
+            metrics.GPU_OOMS.labels(task).inc()
             self._fail(job_id, task, progress, created, "gpu_oom", "the GPU ran out of memory; try a smaller size")
         except JobFailed as exc:
             self._fail(job_id, task, progress, created, exc.code, exc.message)
-        except Exception:
+        except Exception as exc:
             log.exception("job %s (%s) failed", job_id, task)
+            if faults.is_sticky_cuda_error(exc):
+                self._fail(job_id, task, progress, created, "internal",
+                           "the GPU hit an unrecoverable error; the worker restarts")
+                self._exit_for_restart()
             self._fail(job_id, task, progress, created, "internal", "the job failed on the worker; see its log")
         finally:
             self.current_job = None
             metrics.BUSY.set(0)
         # Outside the except blocks, so the traceback (and the tensors its frames hold) are gone.
+        gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return {"status": "failed"}
+
+    def _exit_for_restart(self) -> None:
+        """A sticky CUDA error poisons this process's context: leave, so the supervisor starts anew."""
+        log.critical("sticky GPU error: worker %s exits for a restart", self.name)
+        try:
+            heartbeats.forget(self.redis, self.name)
+        finally:
+            logging.shutdown()
+            os._exit(3)
 
     def _fail(self, job_id, task, progress, created, code, message):
         self._end(job_id, task, "failed", progress.state(), created, error={"code": code, "message": message})
 
     def _execute(self, job_id: str, task: str, pipeline: TaskPipeline, params: dict, progress: Progress):
+        fault = faults.requested(params, self.settings.fault_injection)
+        if fault:
+            progress.step_hook = lambda step: faults.at_step(fault, step)
         image = None
         if isinstance(params.get("image"), dict):
             data = self.storage.get(job_id, params["image"]["name"])
@@ -174,8 +195,11 @@ class Runtime:
         t2 = time.perf_counter()
         # 3. store
         progress.post("store")
-        for name, data in files:
-            self.storage.put(job_id, name, data)
+        try:
+            for name, data in files:
+                self.storage.put(job_id, name, data)
+        except OSError as exc:  # a full disk, a lost mount: the write left nothing behind
+            raise JobFailed("internal", f"storing the result failed: {exc.strerror or type(exc).__name__}") from None
         t3 = time.perf_counter()
         for phase, seconds in (("inference", t1 - t0), ("encode", t2 - t1), ("store", t3 - t2)):
             metrics.JOB_PHASE_SECONDS.labels(task, phase).observe(seconds)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -18,6 +21,42 @@ MODEL_LOAD_SECONDS = Gauge(
     "fresco_model_load_seconds", "Seconds the model took to load at worker start.", ["model"], registry=REGISTRY)
 MODEL_LOADS = Counter("fresco_model_loads_total", "Models loaded by this worker.", ["model"], registry=REGISTRY)
 BUSY = Gauge("fresco_worker_busy", "1 while the worker runs a job.", registry=REGISTRY)
+GPU_OOMS = Counter("fresco_gpu_oom_total", "Jobs that ran out of GPU memory.", ["task"], registry=REGISTRY)
+
+
+class GpuMemoryCollector:
+    """GPU memory per CUDA device of this worker, read from torch's caching allocator at scrape time.
+    `allocated` is what tensors hold, `reserved` what the allocator keeps from the driver (what
+    nvidia-smi shows for this process, less the CUDA context). On a CPU worker, or before CUDA is
+    initialised, the families are there with no samples: a scrape never imports torch or starts CUDA."""
+
+    FAMILIES = (
+        ("fresco_gpu_memory_allocated_bytes", "GPU memory held by tensors (torch.cuda.memory_allocated)."),
+        ("fresco_gpu_memory_reserved_bytes", "GPU memory reserved by torch's caching allocator."),
+        ("fresco_gpu_memory_max_allocated_bytes", "Peak GPU memory held by tensors since the worker started."),
+        ("fresco_gpu_memory_total_bytes", "Total memory of the GPU."),
+    )
+
+    def describe(self):
+        return [GaugeMetricFamily(name, doc, labels=["device"]) for name, doc in self.FAMILIES]
+
+    def collect(self):
+        families = self.describe()
+        torch = sys.modules.get("torch")
+        try:
+            if torch is not None and torch.cuda.is_initialized():
+                for i in range(torch.cuda.device_count()):
+                    device = f"cuda:{i}"
+                    values = (torch.cuda.memory_allocated(i), torch.cuda.memory_reserved(i),
+                              torch.cuda.max_memory_allocated(i), torch.cuda.get_device_properties(i).total_memory)
+                    for family, value in zip(families, values):
+                        family.add_metric([device], float(value))
+        except Exception:  # a scrape must never fail because a device query did: no samples this time
+            families = self.describe()
+        return families
+
+
+REGISTRY.register(GpuMemoryCollector())
 
 
 def serve(port: int) -> None:

@@ -28,6 +28,7 @@ class Progress:
         self._fraction = 0.0
         self._index = -1
         self.stage, self.step, self.total_steps = "queued", 0, 0
+        self.step_hook: Callable[[int], None] | None = None  # fault injection in tests
 
     def _send(self) -> None:
         expected = self._denoise_total + len(POST_STAGES)
@@ -56,6 +57,8 @@ class Progress:
             self.total_steps = actual
         self.step += 1
         self._denoised += 1
+        if self.step_hook is not None:
+            self.step_hook(self.step)
         if self.step >= self.total_steps and self._index == len(self._plan) - 1:
             self.post("decode")  # the pipeline decodes right after its last step
         else:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
+from service import idempotency
 from service import jobstore as js
-from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, ValidationFailed, dedupe, validation_fields
+from service.errors import (BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationFailed, dedupe,
+                            validation_fields)
+from service.queue import REDIS_DOWN
 from service.resolve import resolve
 from service.routes.common import base_url, ctx, json_response
 from service.schemas import ErrorBody, JobView, generate_adapter
@@ -55,6 +59,17 @@ def parse_json(body: bytes):
         raise BadRequest("the body is not valid JSON") from None
 
 
+async def _submit(c, data, owner: str, idem: tuple[str, str] | None = None) -> str:
+    try:
+        req = generate_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ValidationFailed(dedupe(validation_fields(exc))) from None
+    resolved = resolve(req, c.catalog, c.settings)
+    job_id = await c.queue.submit(resolved, owner=owner, idempotency=idem)
+    c.metrics.jobs_submitted.labels(resolved.task).inc()
+    return job_id
+
+
 def prefer_wait(request: Request) -> int | None:
     header = request.headers.get("prefer")
     if not header:
@@ -81,13 +96,24 @@ async def generate(request: Request):
         raise UnsupportedMediaType()
     body = await read_body(request, c.settings.max_body_bytes)
     data = parse_json(body)
-    try:
-        req = generate_adapter.validate_python(data)
-    except ValidationError as exc:
-        raise ValidationFailed(dedupe(validation_fields(exc))) from None
-    resolved = resolve(req, c.catalog, c.settings)
-    job_id = await c.queue.submit(resolved)
-    c.metrics.jobs_submitted.labels(resolved.task).inc()
+    owner = ""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        job_id = await _submit(c, data, owner)
+    else:
+        idempotency.check_header(key)
+        rkey, digest = idempotency.redis_key(owner, key), idempotency.body_digest(data)
+        try:
+            job_id = await idempotency.claim(c.redis, rkey, digest, c.settings.idempotency_ttl_s)
+        except REDIS_DOWN:
+            raise Unavailable("the job queue is unreachable; retry later") from None
+        if job_id is None:
+            try:
+                job_id = await _submit(c, data, owner, (rkey, f"{digest}:"))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await idempotency.release(c.redis, rkey, digest)
+                raise
 
     headers = {"Location": f"/jobs/{job_id}"}
     wait = prefer_wait(request)
