@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 # CPU machines get this torch; a GPU host installs its own CUDA build into $(VENV) first (see README),
 # and then nothing here replaces it.
 TORCH ?= torch==2.13.0
-EXTRAS ?= local,worker,test
+EXTRAS ?= local,worker,s3,test
 PYTEST_ARGS ?=
 
-.PHONY: install run test clean
+.PHONY: install run test clean deploy-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,20 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/fresco up
 
-test: install
+# The deployment tests run Debian's promtool and prometheus, and docker-compose's `config`. Installed
+# here when missing and this is root with apt-get; elsewhere those tests skip and say why.
+DEPLOY_TOOLS ?= prometheus docker-compose
+deploy-tools:
+	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+	    { command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1; }; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y --no-install-recommends $(DEPLOY_TOOLS) >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(DEPLOY_TOOLS) >/dev/null; } || \
+	  echo "make: could not install $(DEPLOY_TOOLS); the tests that need them will skip"; \
+	else echo "make: $(DEPLOY_TOOLS) not installed (needs root and apt-get); the tests that need them will skip"; fi
+
+test: install deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -39,6 +39,7 @@ class Storage(Protocol):
     def get(self, job_id: str, name: str) -> bytes: ...
     def local_path(self, job_id: str, name: str) -> Path | None: ...
     def delete_job(self, job_id: str) -> None: ...
+    def url_for(self, job_id: str, name: str) -> str | None: ...  # a URL clients fetch directly, if any
 
 
 class LocalStorage:
@@ -80,6 +81,10 @@ class LocalStorage:
             return None
         return path if path.is_file() else None
 
+    def url_for(self, job_id: str, name: str) -> str | None:
+        """None: local files are served by the API itself, through `local_path`."""
+        return None
+
     def delete_job(self, job_id: str) -> None:
         if not _JOB_ID.fullmatch(job_id):
             return
@@ -91,4 +96,8 @@ class LocalStorage:
 
 
 def storage_from_settings(settings) -> Storage:
+    if getattr(settings, "s3_bucket", None):
+        from service.s3storage import S3Storage  # boto3 only where S3 is configured
+
+        return S3Storage.from_settings(settings)
     return LocalStorage(settings.results_path)

@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+import asyncio
+import logging
 
-from service.errors import NotFound
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, RedirectResponse
+
+from service.errors import NotFound, Unavailable
 from service.routes.common import ctx
 from service.schemas import ErrorBody
 from service.storage import content_type_for, valid_key
 
 router = APIRouter()
+log = logging.getLogger("fresco.api")
 
 
 @router.get("/results/{job_id}/{name}", response_class=FileResponse, responses={
     200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}, "image/gif": {}, "video/mp4": {}},
           "description": "the file"},
-    404: {"model": ErrorBody}})
+    307: {"description": "object storage: a redirect to a presigned URL that expires"},
+    404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
 async def get_result(request: Request, job_id: str, name: str):
     if not valid_key(job_id, name):
         raise NotFound()
-    path = ctx(request).storage.local_path(job_id, name)
+    storage = ctx(request).storage
+    path = storage.local_path(job_id, name)
     if path is None:
-        raise NotFound()
+        # Object storage: a 307 to a presigned, expiring URL; the bytes never pass through the API.
+        try:
+            url = await asyncio.to_thread(storage.url_for, job_id, name)
+        except Exception:
+            log.warning("object storage unreachable for %s/%s", job_id, name, exc_info=True)
+            raise Unavailable("the result store is unreachable; retry later") from None
+        if url is None:
+            raise NotFound()
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     return FileResponse(path, media_type=content_type_for(name),
                         headers={"Cache-Control": "private, max-age=86400, immutable"})

