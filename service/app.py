@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.auth import Auth
 from service.catalog import Catalog, load_catalog
 from service.errors import FrescoError, dedupe, field_error
 from service.events import EventHub
@@ -104,7 +105,11 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         hub.start()
         storage = storage_from_settings(settings)
         app.state.ctx = Context(settings=settings, catalog=catalog, redis=redis, hub=hub,
-                                queue=JobQueue(redis, hub, storage, settings), storage=storage, metrics=metrics)
+                                queue=JobQueue(redis, hub, storage, settings), storage=storage, metrics=metrics,
+                                auth=Auth(settings, redis))
+        if not app.state.ctx.auth.enabled:
+            log.warning("no API keys configured (FRESCO_API_KEYS): anyone who can reach this API can submit "
+                        "jobs and read every job and result")
         reaper = Reaper(redis, settings)
         if settings.reaper_interval_s:
             reaper.start(settings.reaper_interval_s)

@@ -179,7 +179,8 @@ def cmd_generate(settings: Settings, args) -> int:
             return 2
         body[key] = _value(value)
     base = args.url.rstrip("/")
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=None)) as client:
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=None), headers=headers) as client:
         r = client.post("/generate", json=body)
         if r.status_code >= 400:
             err = r.json().get("error", {})
@@ -229,6 +230,17 @@ def _follow(client, job_id: str) -> dict:
     return client.get(f"/jobs/{job_id}").json()
 
 
+def cmd_hash_key(settings: Settings, args) -> int:
+    """Print a key's SHA-256 digest for FRESCO_API_KEYS (and a new random key when none is given)."""
+    from service.auth import digest, new_key
+
+    key = args.key or new_key()
+    if not args.key:
+        print(f"key (give this to the client, keep it secret): {key}")
+    print(f"FRESCO_API_KEYS entry: {args.name}:{digest(key)}")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -251,11 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--param", action="append", metavar="KEY=VALUE", help="any request field; JSON values")
     gen.add_argument("--url", default=None, help="the API's base URL (default: http://FRESCO_HOST:FRESCO_PORT)")
     gen.add_argument("--out", default=".", help="folder for the results")
+    gen.add_argument("--api-key", default=None, help="an API key, sent as Authorization: Bearer")
+    hk = sub.add_parser("hash-key", help="make an API key's digest for FRESCO_API_KEYS")
+    hk.add_argument("name", help="the key's name, e.g. the client it belongs to")
+    hk.add_argument("key", nargs="?", help="an existing key (default: make a new random one)")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "generate" and args.url is None:
         args.url = f"http://{settings.host}:{settings.port}"
-    commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate}
+    commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate,
+                "hash-key": cmd_hash_key}
     return commands[args.command](settings, args)
 
 

@@ -52,13 +52,13 @@ def _b64_bytes(ref: str, max_bytes: int) -> bytes:
     return data
 
 
-def decode_image(ref: str, *, max_bytes: int, max_pixels: int, allow_urls: bool = False) -> DecodedImage:
-    if ref.startswith(("http://", "https://")):
-        if not allow_urls:
-            raise ImageRejected("image URLs are disabled on this server; send a data URL or base64")
-        raise ImageRejected("only https URLs to public addresses are fetched")  # see images_fetch (issue 3)
-    data = _b64_bytes(ref, max_bytes)
-    return check_image_bytes(data, max_pixels=max_pixels)
+def is_url(ref: str) -> bool:
+    return ref[:8].lower().startswith(("http://", "https://")) or "://" in ref[:16]
+
+
+def decode_image(ref: str, *, max_bytes: int, max_pixels: int) -> DecodedImage:
+    """A data URL or bare base64 (URLs go through service.image_fetch first)."""
+    return check_image_bytes(_b64_bytes(ref, max_bytes), max_pixels=max_pixels)
 
 
 def check_image_bytes(data: bytes, *, max_pixels: int) -> DecodedImage:

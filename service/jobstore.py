@@ -242,20 +242,27 @@ def _json(h: dict, key: str, default=None):
     return json.loads(value) if value else default
 
 
-def to_view(h: dict[str, str], base_url: str) -> dict[str, Any]:
-    """The stored hash -> the contract's JobView, with absolute result URLs."""
+def _no_signature(job_id: str, name: str) -> str:
+    return ""
+
+
+def to_view(h: dict[str, str], base_url: str, sign=_no_signature) -> dict[str, Any]:
+    """The stored hash -> the contract's JobView, with absolute (and, with API keys, signed) URLs."""
     job_id = h["id"]
+
+    def url(name: str) -> str:
+        return f"{base_url}/results/{job_id}/{name}{sign(job_id, name)}"
+
     result = _json(h, "result")
     if result:
         for item in result.get("images") or []:
-            item["url"] = f"{base_url}/results/{job_id}/{item.pop('name')}"
+            item["url"] = url(item.pop("name"))
         if result.get("video"):
-            result["video"]["url"] = f"{base_url}/results/{job_id}/{result['video'].pop('name')}"
+            result["video"]["url"] = url(result["video"].pop("name"))
     params = _json(h, "params", {})
     image = params.get("image")
     if isinstance(image, dict) and "name" in image:
-        params["image"] = {"url": f"{base_url}/results/{job_id}/{image['name']}",
-                           "width": image.get("width"), "height": image.get("height")}
+        params["image"] = {"url": url(image["name"]), "width": image.get("width"), "height": image.get("height")}
     position = int(h.get("_queue_position", -1))
     return {
         "id": job_id,

@@ -95,14 +95,15 @@ class JobQueue:
             raise Unavailable("the job store is unreachable; retry later") from None
         return js.decode_hash(raw) if raw else None
 
-    async def get(self, job_id: str) -> dict:
+    async def get(self, job_id: str, owner: str | None = None) -> dict:
+        """The job's hash; with `owner` (API keys on), another key's job is as unknown as no job."""
         h = await self.raw(job_id)
-        if h is None:
+        if h is None or (owner is not None and h.get("owner", "") != owner):
             raise NotFound()
         return h
 
-    async def cancel(self, job_id: str) -> dict:
-        await self.get(job_id)
+    async def cancel(self, job_id: str, owner: str | None = None) -> dict:
+        await self.get(job_id, owner)
         now = js.now()
         error = {"code": "canceled", "message": "canceled by request"}
         progress = {"stage": "done", "step": 0, "total_steps": 0, "fraction": 1.0}
@@ -121,12 +122,12 @@ class JobQueue:
             raise Conflict("the job has already ended")
         return await self.get(job_id)
 
-    async def wait(self, job_id: str, timeout: float) -> dict:
+    async def wait(self, job_id: str, timeout: float, owner: str | None = None) -> dict:
         """The job's hash once it is terminal, or when `timeout` seconds have passed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         with self.hub.subscribe(job_id) as events:
-            h = await self.get(job_id)
+            h = await self.get(job_id, owner)
             while h["status"] not in js.TERMINAL:
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -11,7 +11,8 @@ from typing import Any
 
 from service.catalog import Catalog
 from service.errors import ValidationFailed, field_error
-from service.images import DecodedImage, ImageRejected, decode_image
+from service.image_fetch import fetch_image_url
+from service.images import DecodedImage, ImageRejected, check_image_bytes, decode_image, is_url
 from service.schemas import Img2ImgRequest, SDXLRequest, SVDRequest, TurboRequest
 from service.settings import Settings
 
@@ -25,7 +26,18 @@ class Resolved:
     retries: int = 0
 
 
-def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
+async def _image(ref: str, settings: Settings) -> DecodedImage:
+    if not is_url(ref):
+        return decode_image(ref, max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
+    if not settings.allow_image_urls:
+        raise ImageRejected("image URLs are disabled on this server; send a data URL or base64")
+    data = await fetch_image_url(ref, schemes=settings.image_url_schemes,
+                                 allowed_networks=settings.image_url_allow_networks,
+                                 max_bytes=settings.max_image_bytes, timeout_s=settings.image_url_timeout_s)
+    return check_image_bytes(data, max_pixels=settings.max_pixels)
+
+
+async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
     errors: list[dict] = []
     task = req.task
     model = req.model or catalog.default_for(task)
@@ -43,8 +55,7 @@ def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
     image = None
     if isinstance(req, (Img2ImgRequest, SVDRequest)):
         try:
-            image = decode_image(req.image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels,
-                                 allow_urls=settings.allow_image_urls)
+            image = await _image(req.image, settings)
         except ImageRejected as exc:
             errors.append(field_error("image", str(exc)))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from functools import lru_cache
@@ -41,8 +42,16 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(2048 * 2048, ge=64 * 64)  # width × height of outputs and input images
     max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an input image, decoded from base64
-    allow_image_urls: bool = False
+    allow_image_urls: bool = False  # fetch `image` URLs (public addresses only; see service/image_fetch.py)
+    image_url_schemes: Annotated[list[str], NoDecode] = ["https"]
+    image_url_allow_networks: Annotated[list[str], NoDecode] = []  # CIDRs exempt from the public-only rule
+    image_url_timeout_s: float = Field(10.0, gt=0, le=120)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long a finished job and its view are kept
+    # API keys, as SHA-256 digests: "alice:<hex>,bob:<hex>" or a JSON object (`fresco hash-key` makes one).
+    api_keys: Annotated[dict[str, str], NoDecode] = {}
+    rate_limit_per_minute: int = Field(120, ge=0)  # POST /generate per key, when keys are on (0: none)
+    url_signing_secret: str | None = None  # HMAC secret of result URLs; default: derived from the key digests
+    result_url_ttl_s: int = Field(3600, ge=60)  # how long a signed result URL stays valid
     # Queued jobs per task beyond which POST /generate answers 503 (0: no cap). Held atomically.
     queue_cap: dict[str, int] = {"sdxl": 1000, "turbo": 5000, "img2img": 1000, "svd": 200}
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)  # how long an Idempotency-Key is remembered
@@ -74,6 +83,25 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
         return v
+
+    @field_validator("image_url_schemes", "image_url_allow_networks", mode="before")
+    @classmethod
+    def _split_list(cls, v):
+        return [item.strip() for item in v.split(",") if item.strip()] if isinstance(v, str) else v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, v):
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("{"):
+                v = json.loads(text)
+            else:
+                v = dict(item.strip().split(":", 1) for item in text.split(",") if item.strip())
+        for name, hexdigest in v.items():
+            if not name or len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest.lower()):
+                raise ValueError(f"API key {name!r}: give the SHA-256 hex digest of the key, not the key")
+        return {name: hexdigest.lower() for name, hexdigest in v.items()}
 
     @property
     def results_path(self) -> Path:

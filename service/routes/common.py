@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from fastapi import Request, Response
 
+from service import jobstore as js
+from service.auth import Auth
 from service.catalog import Catalog
 from service.events import EventHub
 from service.metrics import ApiMetrics
@@ -25,6 +27,16 @@ class Context:
     queue: JobQueue
     storage: Storage
     metrics: ApiMetrics
+    auth: Auth
+
+    def owner(self, request: Request) -> str | None:
+        """The caller's key name, checked (401 when keys are on and it is missing or wrong);
+        None when keys are off, so no ownership check applies."""
+        name = self.auth.owner(request)
+        return name if self.auth.enabled else None
+
+    def view(self, h: dict, request: Request) -> dict:
+        return js.to_view(h, base_url(request), self.auth.sign)
 
 
 def ctx(request: Request) -> Context:

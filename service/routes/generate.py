@@ -15,7 +15,7 @@ from service.errors import (BadRequest, PayloadTooLarge, Unavailable, Unsupporte
                             validation_fields)
 from service.queue import REDIS_DOWN
 from service.resolve import resolve
-from service.routes.common import base_url, ctx, json_response
+from service.routes.common import ctx, json_response
 from service.schemas import ErrorBody, JobView, generate_adapter
 
 router = APIRouter()
@@ -64,7 +64,7 @@ async def _submit(c, data, owner: str, idem: tuple[str, str] | None = None) -> s
         req = generate_adapter.validate_python(data)
     except ValidationError as exc:
         raise ValidationFailed(dedupe(validation_fields(exc))) from None
-    resolved = resolve(req, c.catalog, c.settings)
+    resolved = await resolve(req, c.catalog, c.settings)
     job_id = await c.queue.submit(resolved, owner=owner, idempotency=idem)
     c.metrics.jobs_submitted.labels(resolved.task).inc()
     return job_id
@@ -83,8 +83,9 @@ def prefer_wait(request: Request) -> int | None:
     status_code=202,
     response_model=JobView,
     responses={200: {"model": JobView, "description": "the job ended within `Prefer: wait=N`"},
-               400: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody},
-               422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+               400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 409: {"model": ErrorBody},
+               413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody},
+               429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/GenerateRequest"}}}}},
 )
@@ -96,7 +97,8 @@ async def generate(request: Request):
         raise UnsupportedMediaType()
     body = await read_body(request, c.settings.max_body_bytes)
     data = parse_json(body)
-    owner = ""
+    owner = c.auth.owner(request)
+    await c.auth.rate_limit(owner)
     key = request.headers.get("idempotency-key")
     if key is None:
         job_id = await _submit(c, data, owner)
@@ -121,7 +123,7 @@ async def generate(request: Request):
         h = await c.queue.wait(job_id, wait)
         headers["Preference-Applied"] = f"wait={wait}"
         if h["status"] in js.TERMINAL:
-            return json_response(js.to_view(h, base_url(request)), 200, headers)
+            return json_response(c.view(h, request), 200, headers)
     else:
         h = await c.queue.get(job_id)
-    return json_response(js.to_view(h, base_url(request)), 202, headers)
+    return json_response(c.view(h, request), 202, headers)

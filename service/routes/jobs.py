@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service import jobstore as js
-from service.routes.common import base_url, ctx, json_response
+from service.routes.common import ctx, json_response
 from service.schemas import ErrorBody, JobView
 
 router = APIRouter()
@@ -20,16 +21,18 @@ KEEPALIVE_S = 15.0
 async def get_job(request: Request, job_id: str, wait: int = Query(0, ge=0, le=60)):
     """The job's state. With `?wait=N`, answer as soon as the job ends, or after N seconds."""
     c = ctx(request)
-    h = await c.queue.wait(job_id, wait) if wait else await c.queue.get(job_id)
-    return json_response(js.to_view(h, base_url(request)))
+    owner = c.owner(request)
+    h = await c.queue.wait(job_id, wait, owner) if wait else await c.queue.get(job_id, owner)
+    return json_response(c.view(h, request))
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=JobView,
                responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
 async def cancel_job(request: Request, job_id: str):
     """Cancel: a queued job never runs; a running one stops at its next denoising step."""
-    h = await ctx(request).queue.cancel(job_id)
-    return json_response(js.to_view(h, base_url(request)), 202)
+    c = ctx(request)
+    h = await c.queue.cancel(job_id, c.owner(request))
+    return json_response(c.view(h, request), 202)
 
 
 def _sse(event: str, data) -> bytes:
@@ -42,8 +45,7 @@ def _sse(event: str, data) -> bytes:
 async def job_events(request: Request, job_id: str):
     """Server-Sent Events: a `progress` event per change, then `done` with the terminal JobView."""
     c = ctx(request)
-    url = base_url(request)
-    first = await c.queue.get(job_id)  # 404 before the stream starts
+    first = await c.queue.get(job_id, c.owner(request))  # 401/404 before the stream starts
 
     async def stream():
         with c.hub.subscribe(job_id) as events:
@@ -52,9 +54,9 @@ async def job_events(request: Request, job_id: str):
             while True:
                 if h is not None:  # a fresh read of the job
                     if h["status"] in js.TERMINAL:
-                        yield _sse("done", js.to_view(h, url))
+                        yield _sse("done", c.view(h, request))
                         return
-                    state = {"status": h["status"], "progress": js.to_view(h, url)["progress"]}
+                    state = {"status": h["status"], "progress": json.loads(h["progress"])}
                     if state != last:
                         yield _sse("progress", state)
                         last = state

@@ -33,6 +33,7 @@ def _parameters(model_cls) -> dict:
 @router.get("/models")
 async def models(request: Request):
     c = ctx(request)
+    c.owner(request)
     try:
         workers = await live_workers(c.redis, c.settings.heartbeat_ttl_s)
     except REDIS_DOWN:

@@ -22,10 +22,13 @@ log = logging.getLogger("fresco.api")
           "description": "the file"},
     307: {"description": "object storage: a redirect to a presigned URL that expires"},
     404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-async def get_result(request: Request, job_id: str, name: str):
-    if not valid_key(job_id, name):
+async def get_result(request: Request, job_id: str, name: str, expires: str | None = None,
+                     signature: str | None = None):
+    """A result file. With API keys on, the URL must carry the signature the JobView gave it."""
+    c = ctx(request)
+    if not valid_key(job_id, name) or not c.auth.verify(job_id, name, expires, signature):
         raise NotFound()
-    storage = ctx(request).storage
+    storage = c.storage
     path = storage.local_path(job_id, name)
     if path is None:
         # Object storage: a 307 to a presigned, expiring URL; the bytes never pass through the API.
