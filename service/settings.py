@@ -39,9 +39,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     public_url: str | None = None  # base of result URLs; default: the request's own base URL
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(2048 * 2048, ge=64 * 64)  # width × height of outputs and input images
-    max_image_bytes: int = Field(10 * 1024 * 1024, ge=1024)  # an input image, decoded from base64
+    max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024)  # an input image, decoded (its base64 fits the body)
     allow_image_urls: bool = False  # fetch `image` URLs (public addresses only; see service/image_fetch.py)
     image_url_schemes: Annotated[list[str], NoDecode] = ["https"]
     image_url_allow_networks: Annotated[list[str], NoDecode] = []  # CIDRs exempt from the public-only rule

@@ -153,6 +153,12 @@ def test_truncated_and_animated_images_rejected(api):
     assert_rejected(post(api, {"task": "svd", "image": animated}), "image")
 
 
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "ICO"])
+def test_other_image_formats_rejected(api, fmt):
+    assert_rejected(post(api, {"task": "img2img", "prompt": "x", "image": b64(Image.new("RGB", (64, 64)), fmt)}),
+                    "image")
+
+
 def test_image_too_many_bytes_rejected(api, app_settings):
     big = base64.b64encode(b"\x89PNG" + b"\0" * (app_settings.max_image_bytes + 10)).decode()
     assert_rejected(post(api, {"task": "img2img", "prompt": "x", "image": big}), "image")
