@@ -105,6 +105,14 @@ class Stack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=60)
 
+    def __enter__(self) -> "Stack":
+        """`with Stack(...) as s:` waits until it is ready (or healthy, when it has no worker)."""
+        self.wait_ready(path="/readyz" if self.workers else "/healthz")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     def stop(self) -> None:
         for p in [*self.workers, self.api]:
             if p.poll() is None:
@@ -118,12 +126,8 @@ class Stack:
 
 @pytest.fixture(scope="session")
 def stack(redis_url, data_dir):
-    s = Stack(redis_url, data_dir)
-    try:
-        s.wait_ready()
+    with Stack(redis_url, data_dir) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

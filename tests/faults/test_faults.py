@@ -48,12 +48,8 @@ def redis_proc(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fstack(redis_proc, tmp_path_factory):
-    s = Stack(redis_proc.url, tmp_path_factory.mktemp("fault-data"), extra_env=FAST)
-    try:
-        s.wait_ready()
+    with Stack(redis_proc.url, tmp_path_factory.mktemp("fault-data"), extra_env=FAST) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

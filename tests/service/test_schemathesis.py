@@ -22,12 +22,8 @@ EXCLUDED = [positive_data_acceptance]
 
 @pytest.fixture(scope="module")
 def api_url(redis_url, tmp_path_factory):
-    stack = Stack(redis_url, tmp_path_factory.mktemp("schemathesis"), workers=0)
-    try:
-        stack.wait_ready(path="/healthz")
+    with Stack(redis_url, tmp_path_factory.mktemp("schemathesis"), workers=0) as stack:
         yield stack.url
-    finally:
-        stack.stop()
 
 
 def operations(url):

@@ -178,12 +178,8 @@ def test_load_model_from_local_directories(weights):
 
 @pytest.fixture(scope="module")
 def local_stack(redis_url, data_dir, weights):
-    s = Stack(redis_url, data_dir, extra_env={"FRESCO_MODELS_FILE": str(weights["models_file"])})
-    try:
-        s.wait_ready()
+    with Stack(redis_url, data_dir, extra_env={"FRESCO_MODELS_FILE": str(weights["models_file"])}) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture
