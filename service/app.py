@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         if not app.state.ctx.auth.enabled:
             log.warning("no API keys configured (FRESCO_API_KEYS): anyone who can reach this API can submit "
                         "jobs and read every job and result")
-        reaper = Reaper(redis, settings)
+        reaper = Reaper(redis, settings, storage)
         if settings.reaper_interval_s:
             reaper.start(settings.reaper_interval_s)
         try:

@@ -7,6 +7,7 @@ once are safe. It ends or requeues:
 - running jobs far past their task's timeout (a worker stuck in a call SIGALRM cannot interrupt):
   `failed` with `timeout`;
 - queued jobs found in no RQ queue list (popped by a worker that died before it started them).
+It also deletes the files of jobs whose record has expired (local storage; S3 expires by lifecycle).
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ RESTORE_AFTER_S = 10.0  # a queued job missing from its list this long was lost 
 STUCK_GRACE_S = 60.0  # beyond the task timeout, on top of RQ's own alarm
 
 
+RESULTS_SWEEP_EVERY_S = 600.0  # how often expired jobs' files are looked for
+
+
 class Reaper:
-    def __init__(self, redis, settings):
-        self.redis, self.settings = redis, settings
+    def __init__(self, redis, settings, storage=None):
+        self.redis, self.settings, self.storage = redis, settings, storage
+        self._last_results_sweep = 0.0
         self._reap = redis.register_script(js.REAP)
         self._restore = redis.register_script(js.RESTORE)
         self._transition = redis.register_script(js.TRANSITION)
@@ -48,6 +53,9 @@ class Reaper:
                 await self.sweep()
             except asyncio.CancelledError:
                 raise
+                if self.storage is not None and js.now() - self._last_results_sweep > RESULTS_SWEEP_EVERY_S:
+                    self._last_results_sweep = js.now()
+                    await self.expire_results()
             except REDIS_DOWN:
                 pass  # nothing to do until Redis is back
             except Exception:
@@ -77,6 +85,23 @@ class Reaper:
                     counts["restored"] += 1
                     log.warning("job %s (%s) was in no queue; put back", job_id, task)
         return counts
+
+    async def expire_results(self, min_age_s: float = 3600.0) -> int:
+        """Delete the files of jobs that no longer exist. Only folders untouched for `min_age_s`: a new
+        job's input image is written just before its record."""
+        ids = await asyncio.to_thread(self.storage.jobs_older_than, min_age_s)
+        if not ids:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.exists(js.job_key(job_id))
+            alive = await pipe.execute()
+        gone = [job_id for job_id, exists in zip(ids, alive) if not exists]
+        for job_id in gone:
+            await asyncio.to_thread(self.storage.delete_job, job_id)
+        if gone:
+            log.info("deleted the files of %d expired jobs", len(gone))
+        return len(gone)
 
     async def _check_running(self, job_id: str, task: str, started: float, now: float, counts: dict) -> None:
         worker, model = await self.redis.hmget(js.job_key(job_id), "worker", "model")

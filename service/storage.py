@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +41,7 @@ class Storage(Protocol):
     def local_path(self, job_id: str, name: str) -> Path | None: ...
     def delete_job(self, job_id: str) -> None: ...
     def url_for(self, job_id: str, name: str) -> str | None: ...  # a URL clients fetch directly, if any
+    def jobs_older_than(self, seconds: float) -> list[str]: ...  # job ids with files, for expiry
 
 
 class LocalStorage:
@@ -84,6 +86,18 @@ class LocalStorage:
     def url_for(self, job_id: str, name: str) -> str | None:
         """None: local files are served by the API itself, through `local_path`."""
         return None
+
+    def jobs_older_than(self, seconds: float) -> list[str]:
+        """Job folders last written more than `seconds` ago: the reaper removes those whose job expired."""
+        cutoff = time.time() - seconds
+        out = []
+        for folder in self.root.iterdir():
+            try:
+                if _JOB_ID.fullmatch(folder.name) and folder.is_dir() and folder.stat().st_mtime < cutoff:
+                    out.append(folder.name)
+            except OSError:
+                continue
+        return out
 
     def delete_job(self, job_id: str) -> None:
         if not _JOB_ID.fullmatch(job_id):

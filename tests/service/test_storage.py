@@ -186,3 +186,35 @@ def test_root_is_created(tmp_path):
     root = tmp_path / "a" / "b" / "results"
     LocalStorage(root)
     assert root.is_dir()
+
+
+def test_reaper_deletes_files_of_expired_jobs_only(app_settings, tmp_path):
+    import asyncio
+    import os
+    import time as _time
+    import uuid
+
+    from service.reaper import Reaper
+    from service.redis_conn import async_client
+
+    store = LocalStorage(tmp_path / "results")
+    expired, alive, fresh = (str(uuid.uuid4()) for _ in range(3))
+    for job_id in (expired, alive, fresh):
+        store.put(job_id, "0.png", b"png")
+    old = _time.time() - 7200
+    for job_id in (expired, alive):
+        os.utime(store.root / job_id, (old, old))
+
+    async def run():
+        redis = async_client(app_settings.redis_url)
+        await redis.hset(f"fresco:job:{alive}", "status", "succeeded")
+        try:
+            return await Reaper(redis, app_settings, store).expire_results()
+        finally:
+            await redis.delete(f"fresco:job:{alive}")
+            await redis.aclose()
+
+    assert asyncio.run(run()) == 1
+    assert store.local_path(expired, "0.png") is None  # its job record is gone: so are its files
+    assert store.local_path(alive, "0.png") is not None  # its job still exists
+    assert store.local_path(fresh, "0.png") is not None  # too new: its record may be on its way
