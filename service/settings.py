@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"
 
+    # Worker performance (workers/, BENCHMARKS.md). Dynamic batching: a worker runs up to
+    # `worker_batch_size` images of compatible queued jobs in one pipeline call (1: off), waiting up to
+    # `worker_batch_wait_ms` for more to arrive. `png_level`: -1 is Fresco's fast PNG encoder, 0-9
+    # Pillow's at that zlib level (smaller, slower). `worker_warmup`: run each model once at start.
+    worker_batch_size: int = Field(1, ge=1, le=64)
+    worker_batch_wait_ms: float = Field(0.0, ge=0, le=10_000)
+    png_level: int = Field(-1, ge=-1, le=9)
+    worker_warmup: bool = False
+
     @field_validator("worker_tasks", mode="before")
     @classmethod
     def _split_tasks(cls, v):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter, Request, Response
 
 from service.heartbeats import live_workers
@@ -19,11 +21,15 @@ async def healthz():
 
 
 @router.get("/readyz", responses={503: {"description": "Redis is unreachable or a task has no live worker"}})
-async def readyz(request: Request):
-    """Ready when Redis answers and a live worker serves each configured task."""
+async def readyz(request: Request, scope: Literal["service", "api"] = "service"):
+    """Ready when Redis answers and a live worker serves each configured task. `?scope=api` asks about
+    this API process alone (Redis answers): the probe for a load balancer, so that API pods keep
+    serving job reads while a worker group is down."""
     c = ctx(request)
     try:
         await c.redis.ping()
+        if scope == "api":
+            return json_response({"status": "ready", "redis": True})
         workers = await live_workers(c.redis, c.settings.heartbeat_ttl_s)
     except REDIS_DOWN:
         return json_response({"status": "not_ready", "redis": False, "missing_tasks": []}, 503,

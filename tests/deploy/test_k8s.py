@@ -226,7 +226,7 @@ def test_selectors_match_pod_labels_and_ports_exist():
 def test_probes_and_security():
     api = container(by_kind("Deployment")["fresco-api"])
     assert api["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz?scope=api"  # API pods: this pod and Redis
     assert "nvidia.com/gpu" not in api["resources"].get("limits", {})
     for name, d in [*by_kind("Deployment").items(), *by_kind("StatefulSet").items()]:
         pod = d["spec"]["template"]["spec"]
@@ -278,7 +278,7 @@ def test_keda_scales_each_group_on_exactly_its_queues():
     for name, d in workers().items():
         so = scaled[name]
         assert so["spec"]["scaleTargetRef"]["name"] == name
-        assert so["spec"]["minReplicaCount"] >= 1  # /readyz needs a live worker per task (see deploy/README.md)
+        assert so["spec"]["minReplicaCount"] >= 1  # a first job never waits for a cold start
         tasks = env_of(container(d))["FRESCO_WORKER_TASKS"].split(",")
         queues = {js.rq_queue_key(t, m) for t in tasks for m in c.models_for(t)}
         triggers = so["spec"]["triggers"]

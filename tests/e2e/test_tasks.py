@@ -230,3 +230,8 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["missing_tasks"] == []
+
+
+def test_readiness_scope_api_needs_redis_only(api):
+    r = api.get("/readyz", params={"scope": "api"})
+    assert r.status_code == 200 and r.json() == {"status": "ready", "redis": True}
