@@ -69,6 +69,15 @@ class ModelSpec(BaseModel):
     vae_slicing: bool = False
     num_frames: int | None = Field(None, ge=1, le=128)  # svd: the frames the model was trained for
     description: str = ""
+    # The GPU path (workers/models.py, BENCHMARKS.md): each option is off unless the models file turns it on.
+    channels_last: bool = False  # UNet and VAE convolutions in channels-last memory format
+    fuse_qkv: bool = False  # fused Q/K/V (and K/V) projections in the UNet's and VAE's attention
+    compile: bool = False  # regional torch.compile of the UNet's repeated transformer blocks
+    compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    compile_backend: str = "inductor"  # "eager"/"aot_eager" trace without generating code (tests)
+    # (width, height) sizes warmed at worker start (with compile: compiled then, so no request pays it;
+    # a request of another size then runs eagerly, never compiling). Empty: each task's default size.
+    buckets: list[tuple[int, int]] = []
 
     @model_validator(mode="after")
     def _check(self):

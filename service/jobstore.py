@@ -284,3 +284,53 @@ def to_view(h: dict[str, str], base_url: str, sign=_no_signature) -> dict[str, A
 
 def now() -> float:
     return time.time()
+
+
+# ---- dynamic batching (workers/jobs.py): a worker that RQ gave one job takes compatible queued ones too ----
+
+# The jobs waiting on an RQ queue list, with their parameters, for the worker to choose compatible ones.
+# KEYS[1] the RQ queue list. ARGV: how many entries from the head to look at.
+# Returns a flat list: id, params JSON, id, params JSON, ... (queued jobs only).
+BATCH_PEEK = """
+local ids = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  local h = redis.call('HMGET', 'fresco:job:' .. id, 'status', 'params')
+  if h[1] == 'queued' and h[2] then
+    out[#out + 1] = id
+    out[#out + 1] = h[2]
+  end
+end
+return out
+"""
+
+# Take the named jobs off an RQ queue list and start them on this worker, atomically per job: a job
+# another worker popped first (no longer on the list) or that is no longer queued (canceled) is
+# skipped. Each taken job goes queued -> running as TRANSITION moves it (started_at, worker,
+# progress, indexes, event), and its RQ job hash is marked started by this worker; the hash stays
+# until the job ends, so the reaper can requeue the job for RQ if this worker dies.
+# KEYS[1] the RQ queue list. ARGV: now, worker name, progress JSON, event JSON, then the job ids.
+# Returns a flat list: id, params JSON, created_at, ... for the jobs taken.
+BATCH_CLAIM = """
+local out = {}
+for i = 5, #ARGV do
+  local id = ARGV[i]
+  if redis.call('LREM', KEYS[1], 1, id) == 1 then
+    local key = 'fresco:job:' .. id
+    local h = redis.call('HMGET', key, 'status', 'task', 'params', 'created_at')
+    if h[1] == 'queued' then
+      redis.call('HSET', key, 'status', 'running', 'started_at', ARGV[1], 'worker', ARGV[2], 'progress', ARGV[3])
+      redis.call('ZREM', 'fresco:jobs:' .. h[2] .. ':queued', id)
+      redis.call('ZADD', 'fresco:jobs:' .. h[2] .. ':running', ARGV[1], id)
+      if redis.call('EXISTS', 'rq:job:' .. id) == 1 then
+        redis.call('HSET', 'rq:job:' .. id, 'status', 'started', 'worker_name', ARGV[2])
+      end
+      redis.call('PUBLISH', 'fresco:events:' .. id, ARGV[4])
+      out[#out + 1] = id
+      out[#out + 1] = h[3]
+      out[#out + 1] = h[4]
+    end
+  end
+end
+return out
+"""

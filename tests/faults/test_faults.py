@@ -103,7 +103,7 @@ def test_job_lost_between_pop_and_start_is_put_back(fstack, fclient, redis_proc)
     fstack.workers[0].send_signal(signal.SIGSTOP)  # no worker takes anything meanwhile
     try:
         job = fclient.post("/generate", json=turbo()).json()
-        queue = f"rq:queue:fresco-turbo-tiny-turbo"
+        queue = "rq:queue:fresco-turbo-tiny-turbo"
         assert r.lrem(queue, 0, job["id"]) == 1  # what a worker dying right after BLPOP leaves behind
         r.zadd("fresco:jobs:turbo:queued", {job["id"]: time.time() - 60})  # as if queued a while ago
         deadline = time.time() + 10

@@ -4,7 +4,6 @@ address actually connected to, with size and time caps. Every server here listen
 
 from __future__ import annotations
 
-import base64
 import http.server
 import io
 import threading
