@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service import jobstore as js
+from service.errors import FrescoError
 from service.routes.common import ctx, json_response
 from service.schemas import ErrorBody, JobView
 
@@ -43,11 +45,19 @@ def _sse(event: str, data) -> bytes:
     200: {"content": {"text/event-stream": {}}, "description": "progress events, then one done event"},
     404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
 async def job_events(request: Request, job_id: str):
-    """Server-Sent Events: a `progress` event per change, then `done` with the terminal JobView."""
+    """Server-Sent Events: a `progress` event per change, then `done` with the terminal JobView
+    (or `error` when the job store becomes unreachable mid-stream)."""
     c = ctx(request)
     first = await c.queue.get(job_id, c.owner(request))  # 401/404 before the stream starts
 
     async def stream():
+        try:
+            async for chunk in _events():
+                yield chunk
+        except FrescoError as exc:  # Redis lost mid-stream: say so, then end; the client reconnects
+            yield _sse("error", exc.body(uuid.uuid4().hex))
+
+    async def _events():
         with c.hub.subscribe(job_id) as events:
             h = first if first["status"] in js.TERMINAL else await c.queue.get(job_id)
             last = None

@@ -179,8 +179,16 @@ def test_api_drains_in_flight_requests_on_sigterm(redis_proc, tmp_path):
 def test_redis_outage_503_then_recovery_without_restart(fstack, fclient, redis_proc):
     job = fclient.post("/generate", json=turbo(), headers={"Prefer": "wait=30"}).json()
     pids = (fstack.api.pid, fstack.workers[0].pid)
+    slow = fclient.post("/generate", json=slow_job(20)).json()
+    events = []
+    reader = threading.Thread(target=lambda: events.extend(_sse_events(fstack.url, slow["id"])))
+    reader.start()
+    time.sleep(1.0)
     redis_proc.stop()
     try:
+        reader.join(20)
+        assert events and events[-1][0] == "error", events  # the stream says why it ends
+        assert events[-1][1]["error"]["code"] == "unavailable"
         r = fclient.post("/generate", json=turbo())
         assert r.status_code == 503 and "retry-after" in r.headers, r.text
         assert r.json()["error"]["code"] == "unavailable"
@@ -298,6 +306,17 @@ def test_full_disk_fails_the_job_with_a_reason_and_leaves_no_partial_file(own_re
         assert leftovers == [], leftovers
     finally:
         s.stop()
+
+
+def _sse_events(base: str, job_id: str) -> list[tuple[str, dict]]:
+    out, name = [], None
+    with httpx.stream("GET", f"{base}/jobs/{job_id}/events", timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                out.append((name, json.loads(line[5:])))
+    return out
 
 
 def _served(client) -> list[str]:
