@@ -39,3 +39,24 @@ test: install deploy-tools
 
 clean:
 	rm -rf $(VENV) .fresco .pytest_cache *.egg-info
+
+# Benchmarks (BENCHMARKS.md): run by hand, each prints its figures next to its target. Not tests.
+.PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-gpu
+bench: bench-overhead bench-throughput bench-memory bench-batching
+
+bench-overhead: install
+	$(BIN)/python bench/overhead.py
+
+bench-throughput: install
+	$(BIN)/python bench/throughput.py
+
+bench-memory: install
+	$(BIN)/python bench/memory.py
+
+bench-batching: install
+	$(BIN)/python bench/batching.py
+
+# Full-size models on a GPU host; `make bench-gpu GPU_ARGS=--tiny` runs the tiny CPU version.
+GPU_ARGS ?=
+bench-gpu: install
+	$(BIN)/python bench/gpu.py $(GPU_ARGS)

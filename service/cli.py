@@ -119,15 +119,48 @@ def cmd_up(settings: Settings, args) -> int:
 # ---------------------------------------------------------------- api, worker
 
 
+def _multiprocess_metrics_dir() -> tuple[str, bool]:
+    """A fresh directory for prometheus_client's multiprocess files, so counters sum over every API
+    process (service/metrics.py). A PROMETHEUS_MULTIPROC_DIR given by the operator is used, emptied of
+    an earlier run's files; else a temporary one, removed on exit. Set before any process imports
+    prometheus_client (uvicorn's processes inherit the environment)."""
+    import os
+    import tempfile
+
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        path = Path(given)
+        path.mkdir(parents=True, exist_ok=True)
+        for old in path.glob("*.db"):
+            old.unlink(missing_ok=True)
+        return str(path), False
+    path = tempfile.mkdtemp(prefix="fresco-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path, True
+
+
 def cmd_api(settings: Settings, args) -> int:
+    import importlib.util
+    import os
+    import shutil
+
     import uvicorn
 
     from service.logs import configure_logging
 
     configure_logging(settings)
-    uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                workers=args.processes, loop="auto", http="auto", access_log=args.access_log,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=30, log_config=None)
+    processes = args.processes or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    metrics_dir, temporary = _multiprocess_metrics_dir() if processes > 1 else (None, False)
+    # uvloop and httptools (uvicorn[standard]) when installed: the fastest event loop and HTTP parser.
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "auto"
+    http = "httptools" if importlib.util.find_spec("httptools") else "auto"
+    try:
+        uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=processes, loop=loop, http=http, access_log=args.access_log, backlog=args.backlog,
+                    log_level=settings.log_level.lower(), timeout_graceful_shutdown=30, log_config=None)
+    finally:
+        if temporary and metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
@@ -251,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workers", type=int, default=1, help="worker processes (each loads its own models)")
     up.add_argument("--grace", type=float, default=30.0, help="seconds a child gets to stop before it is killed")
     api = sub.add_parser("api", help="run the HTTP API alone")
-    api.add_argument("--processes", type=int, default=1, help="uvicorn worker processes")
+    api.add_argument("--processes", type=int, default=1,
+                     help="API processes sharing the port (0: one per CPU); metrics sum over all of them")
+    api.add_argument("--backlog", type=int, default=2048, help="the listening socket's connection backlog")
     api.add_argument("--access-log", action="store_true")
     sub.add_parser("worker", help="run one GPU worker alone")
     gen = sub.add_parser("generate", help="submit a job, follow its progress, save its results")

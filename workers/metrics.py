@@ -21,6 +21,9 @@ MODEL_LOAD_SECONDS = Gauge(
     "fresco_model_load_seconds", "Seconds the model took to load at worker start.", ["model"], registry=REGISTRY)
 MODEL_LOADS = Counter("fresco_model_loads_total", "Models loaded by this worker.", ["model"], registry=REGISTRY)
 BUSY = Gauge("fresco_worker_busy", "1 while the worker runs a job.", registry=REGISTRY)
+BATCH_SIZE = Histogram(
+    "fresco_batch_images", "Images per pipeline call: 1 unbatched, more when compatible jobs ran together.",
+    ["task"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
 GPU_OOMS = Counter("fresco_gpu_oom_total", "Jobs that ran out of GPU memory.", ["task"], registry=REGISTRY)
 
 

@@ -3,6 +3,13 @@
 `tiny` entries are built offline with random weights (workers/tiny.py); every other source is a hub
 id or a local directory read with `from_pretrained`. SDXL base, refiner and img2img share modules:
 the refiner takes the base's `vae` and `text_encoder_2`, img2img is `from_pipe` on the base.
+
+The GPU path, per model in the models file (all off by default): `dtype` (bfloat16/float16),
+`channels_last`, `fuse_qkv` (fused attention projections), `compile` (regional torch.compile of the
+UNet's repeated transformer blocks, warmed at start on the model's size `buckets` so no request pays
+compilation; afterwards an unseen shape runs eagerly instead of recompiling), the `vae` override (the
+fp16-fix VAE), `vae_tiling`/`vae_slicing`, `cpu_offload`. `optimize()` applies them; `warm_up()` runs
+each pipeline once per bucket.
 """
 
 from __future__ import annotations
@@ -117,9 +124,130 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         if spec.vae_slicing:
             p.vae.enable_slicing()
         p.set_progress_bar_config(disable=True)
+    optimize(spec, pipe, refiner)
     loaded = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
                          refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None)
     loaded.load_s = time.perf_counter() - started
     log.info("loaded model %s (%s, %s on %s) in %.2fs", spec.name, spec.source, str(dtype).removeprefix("torch."),
              device, loaded.load_s)
     return loaded
+
+
+# ---------------------------------------------------------------- the GPU path
+
+# Per model kind, the transformer block classes that regional compilation compiles: the UNet's repeated
+# blocks (diffusers' `_repeated_blocks`; the SVD UNet declares none, so its spatial and temporal blocks).
+COMPILED_BLOCKS = {"UNet2DConditionModel": ("BasicTransformerBlock",),
+                   "UNetSpatioTemporalConditionModel": ("BasicTransformerBlock", "TemporalBasicTransformerBlock")}
+DEFAULT_BUCKETS = {"sdxl": [(1024, 1024)], "turbo": [(512, 512)], "svd": [(1024, 576)]}
+
+
+def fuse_qkv(module) -> int:
+    """Fuse the Q/K/V projections of every attention layer that runs diffusers' default SDPA processor
+    (self-attention: one QKV matmul; cross-attention: one KV matmul). Returns how many were fused."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
+
+    fused = 0
+    for sub in module.modules():
+        if isinstance(sub, Attention) and type(sub.processor) is AttnProcessor2_0:
+            sub.fuse_projections(fuse=True)
+            sub.set_processor(FusedAttnProcessor2_0())
+            fused += 1
+    return fused
+
+
+def channels_last(module) -> None:
+    """Every 4-D weight (the 2-D convolutions) in channels-last memory format, which cuDNN's fastest
+    convolution kernels use; 5-D weights (SVD's temporal convolutions) stay as they are."""
+    with torch.no_grad():
+        for param in module.parameters():
+            if param.dim() == 4:
+                param.data = param.data.to(memory_format=torch.channels_last)
+
+
+def compile_blocks(module, spec: ModelSpec) -> int:
+    """Regional compilation: torch.compile each repeated transformer block (one compiled graph serves
+    every block of the same shape), much faster to compile than the whole UNet, nearly as fast to run."""
+    import torch._dynamo
+
+    names = COMPILED_BLOCKS.get(type(module).__name__) or tuple(getattr(module, "_repeated_blocks", ()) or ())
+    # Shapes differ per UNet level, bucket and batch size: room for every one of them.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 1024)
+    options: dict[str, Any] = {"fullgraph": True, "backend": spec.compile_backend}
+    if spec.compile_mode:
+        options["mode"] = spec.compile_mode
+    compiled = 0
+    for sub in module.modules():
+        if type(sub).__name__ in names:
+            sub.compile(**options)
+            compiled += 1
+    return compiled
+
+
+def optimize(spec: ModelSpec, *pipes) -> None:
+    """Apply the model's GPU-path options to its pipelines' UNets and VAEs (shared modules once)."""
+    seen: set[int] = set()
+    for pipe in pipes:
+        if pipe is None:
+            continue
+        for role in ("unet", "vae"):
+            module = getattr(pipe, role, None)
+            if module is None or id(module) in seen:
+                continue
+            seen.add(id(module))
+            if spec.fuse_qkv:
+                log.info("%s: fused the projections of %d attention layers in the %s", spec.name, fuse_qkv(module),
+                         role)
+            if spec.channels_last:
+                channels_last(module)
+            if spec.compile and role == "unet":
+                log.info("%s: compiling %d transformer blocks of the UNet (%s)", spec.name,
+                         compile_blocks(module, spec), spec.compile_backend)
+
+
+def warmup_params(task: str, spec: ModelSpec, width: int, height: int, num_images: int = 1) -> dict:
+    """The parameters of a warm-up job: a real request at the bucket's size, with few steps (the shapes,
+    not the step count, decide what gets compiled) and the guidance regime of the task's defaults."""
+    common = {"prompt": "warm-up", "negative_prompt": "", "width": width, "height": height, "seed": 0,
+              "num_images": num_images, "output_format": "png"}
+    if task == "turbo":
+        return {**common, "steps": 1, "guidance_scale": 0.0}
+    if task == "sdxl":
+        return {**common, "steps": 4, "guidance_scale": 5.0, "scheduler": "euler", "refiner": bool(spec.refiner),
+                "refiner_switch": 0.75}
+    if task == "img2img":
+        turbo = spec.kind == "turbo"
+        return {**common, "steps": 2, "strength": 0.5, "guidance_scale": 0.0 if turbo else 5.0,
+                "scheduler": "turbo" if turbo else "euler"}
+    frames = spec.num_frames or 14
+    return {**common, "steps": 2, "num_frames": frames, "fps": 7, "motion_bucket_id": 127,
+            "noise_aug_strength": 0.02, "min_guidance_scale": 1.0, "max_guidance_scale": 3.0,
+            "decode_chunk_size": 8, "output_format": "mp4"}
+
+
+def warm_up(pipeline, spec: ModelSpec, batch_size: int = 1) -> float:
+    """Run `pipeline` once per size bucket (and, with batching, at the largest batch too, so the
+    compiled blocks take a dynamic batch dimension). Then `freeze_compiled()`."""
+    from PIL import Image
+
+    from workers.progress import Progress
+
+    started = time.perf_counter()
+    task = pipeline.task
+    buckets = [tuple(b) for b in spec.buckets] or DEFAULT_BUCKETS.get(task if task != "img2img" else spec.kind,
+                                                                      [(512, 512)])
+    batches = sorted({1, batch_size}) if pipeline.batch_key(warmup_params(task, spec, 512, 512)) is not None else [1]
+    for width, height in buckets:
+        for batch in batches:
+            params = warmup_params(task, spec, width, height)
+            image = Image.new("RGB", (width, height), (127, 127, 127)) if task in ("img2img", "svd") else None
+            items = [(dict(params, seed=i), image) for i in range(batch)]
+            with torch.inference_mode():
+                pipeline.run_batch(items, Progress(lambda state: False, pipeline.plan(params)))
+    return time.perf_counter() - started
+
+
+def freeze_compiled() -> None:
+    """After every warm-up: a shape no warm-up compiled runs eagerly, never compiling in a request."""
+    torch.compiler.set_stance("eager_on_recompile")

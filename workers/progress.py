@@ -18,8 +18,12 @@ class JobCanceled(Exception):
 
 
 class Progress:
-    def __init__(self, report: Callable[[dict], bool], plan: list[tuple[str, int]]):
-        """`report(progress) -> canceled?`; `plan`: the denoising stages and their expected steps."""
+    def __init__(self, report: Callable[[dict], bool], plan: list[tuple[str, int]], published: dict | None = None):
+        """`report(progress) -> canceled?`; `plan`: the denoising stages and their expected steps.
+        `published`: the state the job already shows (written when it started running); the first
+        stage's begin then sends nothing new, saving a Redis round trip per job (the first step's
+        report checks the cancel flag)."""
+        self._published = published
         self._report = report
         self._plan = list(plan)
         self._denoise_total = sum(n for _, n in plan)
@@ -47,6 +51,8 @@ class Progress:
             raise ValueError(f"stage {stage!r} is not next in the plan {self._plan}")
         self._index += 1
         self.stage, self.step, self.total_steps = stage, 0, self._plan[self._index][1]
+        if self._index == 0 and self._published is not None and self._published == self.state():
+            return
         self._send()
 
     def on_step_end(self, pipe, i, t, callback_kwargs):

@@ -37,6 +37,14 @@ class FrescoWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.runtime = runtime
 
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        """RQ's worker heartbeat (three commands, sent before and after every job) in one round trip."""
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline=pipeline)
+        with self.connection.pipeline(transaction=False) as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            pipe.execute()
+
 
 class Heartbeat(threading.Thread):
     def __init__(self, redis_url: str, name: str, runtime: Runtime, settings: Settings):
@@ -48,7 +56,7 @@ class Heartbeat(threading.Thread):
     def info(self) -> dict:
         return {"tasks": self.runtime.tasks, "models": sorted(self.runtime.models), "serves": self.runtime.serves,
                 "pid": os.getpid(),
-                "job": self.runtime.current_job}
+                "job": self.runtime.current_job, "jobs": list(self.runtime.current_jobs)}
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -80,7 +88,7 @@ def main(settings: Settings) -> int:
     connection = sync_client(url, socket_timeout=None)
     name = settings.default_worker_name
     catalog = load_catalog(settings.models_file)
-    runtime = Runtime(settings, catalog, sync_client(url), storage_from_settings(settings), name).load()
+    runtime = Runtime(settings, catalog, sync_client(url), storage_from_settings(settings), name).load().warm_up()
     runtime.install()
     metrics.serve(settings.worker_metrics_port)
     pairs = sorted(runtime.pipelines, key=lambda pair: QUEUE_ORDER.index(pair[0]))
@@ -94,7 +102,9 @@ def main(settings: Settings) -> int:
     log.info("worker %s serving %s (metrics on :%s)", name, runtime.serves,
              settings.worker_metrics_port or "off")
     try:
-        worker.work(with_scheduler=False, logging_level=settings.log_level.upper())
+        # RQ logs four lines at INFO per job; Fresco logs its own one (job id, task, outcome, time).
+        level = settings.log_level.upper()
+        worker.work(with_scheduler=False, logging_level="WARNING" if level == "INFO" else level)
     finally:
         heartbeat.stop()
         if embedded:

@@ -1,9 +1,14 @@
-"""What every task pipeline shares: the interface, seeded generators, prompt-length warnings."""
+"""What every task pipeline shares: the interface, seeded generators, prompt-length warnings, batching.
+
+Dynamic batching: jobs whose `batch_key` is equal (and not None) can run in one pipeline call through
+`run_batch`. Each job keeps its own generators (seed, seed+1, ... per image), so its images are the
+ones it gets alone, up to float rounding: batched kernels may round differently (about 1e-6).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Hashable
 
 import torch
 
@@ -20,7 +25,11 @@ class Output:
 
 class TaskPipeline:
     """`plan(params)` names the denoising stages and their steps; `run(params, image, progress)`
-    runs them. Heavy objects are built once in `__init__`, at worker start."""
+    runs them. Heavy objects are built once in `__init__`, at worker start.
+
+    Batching: `batch_key(params)` is None for a job that always runs alone, else a key; jobs with
+    equal keys may run together in `run_batch([(params, image), ...], progress)`, which returns one
+    Output per job, in order."""
 
     task: str = ""
 
@@ -33,11 +42,48 @@ class TaskPipeline:
     def run(self, params: dict, image, progress: Progress) -> Output:
         raise NotImplementedError
 
+    def batch_key(self, params: dict) -> Hashable | None:
+        return None
+
+    def run_batch(self, items: list[tuple[dict, Any]], progress: Progress) -> list[Output]:
+        if len(items) != 1:
+            raise NotImplementedError(f"{self.task} runs one job at a time")
+        return [self.run(items[0][0], items[0][1], progress)]
+
 
 def generators(seed: int, count: int) -> list[torch.Generator]:
     """One CPU generator per output image, seeded seed, seed+1, ...: a seed reproduces its image
     alone or in a batch, on any device."""
     return [torch.Generator("cpu").manual_seed((seed + i) % 2**32) for i in range(count)]
+
+
+def batch_generators(items: list[tuple[dict, Any]]) -> list[torch.Generator]:
+    """Every job's own generators, in job order: image i of job j gets seed_j + i, as it would alone."""
+    return [g for params, _ in items for g in generators(params["seed"], params["num_images"])]
+
+
+def per_image(items: list[tuple[dict, Any]], value) -> list:
+    """`value(params, image)` repeated once per output image of each job, in job order: one prompt
+    (or negative prompt, or input image) per image, so jobs with different `num_images` batch."""
+    return [value(params, image) for params, image in items for _ in range(params["num_images"])]
+
+
+def split(images: list, items: list[tuple[dict, Any]]) -> list[list]:
+    """The pipeline's flat list of images, back into one list per job."""
+    out, start = [], 0
+    for params, _ in items:
+        out.append(images[start:start + params["num_images"]])
+        start += params["num_images"]
+    return out
+
+
+def negatives(items: list[tuple[dict, Any]]) -> list[str] | None:
+    """Per-image negative prompts, or None when no job has one. An empty negative prompt alone means
+    zeros (force_zeros_for_empty_prompt), not the embedding of "": jobs batch only when all have one
+    or none has one (see the batch keys), so a batch gives every job what it gets alone."""
+    if not any(params.get("negative_prompt") for params, _ in items):
+        return None
+    return per_image(items, lambda params, _: params.get("negative_prompt") or "")
 
 
 def prompt_warnings(pipe, **prompts: str | None) -> list[str]:

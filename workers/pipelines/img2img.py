@@ -2,6 +2,7 @@
 
 1. The input image is resized to the requested size.
 2. `int(steps × strength)` denoising steps run from the noised input, then the VAE decodes.
+A batch of compatible jobs runs as one call, with an input image, prompt and generator per output image.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from PIL import Image
 
 from workers.models import make_scheduler
-from workers.pipelines.base import Output, TaskPipeline, generators, prompt_warnings
+from workers.pipelines.base import (Output, TaskPipeline, batch_generators, negatives, per_image, prompt_warnings,
+                                    split)
 
 
 class Img2Img(TaskPipeline):
@@ -22,21 +24,38 @@ class Img2Img(TaskPipeline):
     def plan(self, p):
         return [("denoise", max(1, int(p["steps"] * p["strength"])))]
 
+    def batch_key(self, p):
+        turbo = self.model.spec.kind == "turbo"
+        return ("img2img", p["width"], p["height"], p["steps"], p["strength"],
+                None if turbo else p["guidance_scale"], p["scheduler"],
+                False if turbo else bool(p.get("negative_prompt")))
+
     def run(self, p, image, progress):
-        pipe = self.pipe
+        return self.run_batch([(p, image)], progress)[0]
+
+    def run_batch(self, items, progress):
+        pipe, p = self.pipe, items[0][0]
         turbo = self.model.spec.kind == "turbo"
         pipe.scheduler = make_scheduler("turbo" if turbo else p["scheduler"], self.model.scheduler_config)
-        # 1. the input at the output size
+        # 1. the inputs at the output size
         size = (p["width"], p["height"])
-        if image.size != size:
-            image = image.resize(size, Image.Resampling.LANCZOS)
-        # 2. denoise from the noised input, decode
+        items = [(q, image if image.size == size else image.resize(size, Image.Resampling.LANCZOS))
+                 for q, image in items]
+        if len(items) == 1:
+            image = items[0][1]
+            inputs = dict(prompt=p["prompt"], negative_prompt=(p.get("negative_prompt") or None) if not turbo else None,
+                          image=image, num_images_per_prompt=p["num_images"])
+        else:
+            inputs = dict(prompt=per_image(items, lambda q, _: q["prompt"]),
+                          negative_prompt=negatives(items) if not turbo else None,
+                          image=per_image(items, lambda _, image: image), num_images_per_prompt=1)
+        # 2. denoise from the noised inputs, decode
         progress.begin("denoise")
         images = pipe(
-            prompt=p["prompt"], negative_prompt=(p.get("negative_prompt") or None) if not turbo else None,
-            image=image, strength=p["strength"], num_inference_steps=p["steps"],
-            guidance_scale=0.0 if turbo else p["guidance_scale"], num_images_per_prompt=p["num_images"],
-            generator=generators(p["seed"], p["num_images"]), callback_on_step_end=progress.on_step_end,
+            **inputs, strength=p["strength"], num_inference_steps=p["steps"],
+            guidance_scale=0.0 if turbo else p["guidance_scale"],
+            generator=batch_generators(items), callback_on_step_end=progress.on_step_end,
         ).images
-        return Output(images=images, warnings=prompt_warnings(pipe, prompt=p["prompt"],
-                                                              negative_prompt=p.get("negative_prompt")))
+        return [Output(images=imgs, warnings=prompt_warnings(pipe, prompt=q["prompt"],
+                                                             negative_prompt=q.get("negative_prompt")))
+                for imgs, (q, _) in zip(split(images, items), items)]

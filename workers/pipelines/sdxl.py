@@ -3,12 +3,14 @@
 1. The base denoises the first `refiner_switch` of the schedule and hands over latents.
 2. The refiner (sharing the base's VAE and second text encoder) denoises the rest and decodes.
 Without a refiner, the base runs the whole schedule and decodes.
+A batch of compatible jobs runs as one call of each, with a prompt, negative prompt and generator per image.
 """
 
 from __future__ import annotations
 
 from workers.models import make_scheduler
-from workers.pipelines.base import Output, TaskPipeline, generators, prompt_warnings
+from workers.pipelines.base import (Output, TaskPipeline, batch_generators, negatives, per_image, prompt_warnings,
+                                    split)
 
 
 class SDXL(TaskPipeline):
@@ -23,30 +25,39 @@ class SDXL(TaskPipeline):
         base = max(1, round(p["steps"] * p["refiner_switch"]))
         return [("base", base), ("refiner", max(1, p["steps"] - base))]
 
+    def batch_key(self, p):
+        refiner = self._use_refiner(p)
+        return ("sdxl", p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
+                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")))
+
     def run(self, p, image, progress):
-        base = self.model.pipe
+        return self.run_batch([(p, image)], progress)[0]
+
+    def run_batch(self, items, progress):
+        base, p = self.model.pipe, items[0][0]
         # 1. fresh schedulers (they keep state) and one generator per image
         base.scheduler = make_scheduler(p["scheduler"], self.model.scheduler_config)
-        gens = generators(p["seed"], p["num_images"])
-        common = dict(
-            prompt=p["prompt"], negative_prompt=p["negative_prompt"] or None,
-            num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
-            num_images_per_prompt=p["num_images"], generator=gens,
-            callback_on_step_end=progress.on_step_end,
-        )
-        warnings = prompt_warnings(base, prompt=p["prompt"], negative_prompt=p["negative_prompt"])
+        if len(items) == 1:  # one job: its prompt once, `num_images` images of it
+            prompts = dict(prompt=p["prompt"], negative_prompt=p["negative_prompt"] or None,
+                           num_images_per_prompt=p["num_images"])
+        else:
+            prompts = dict(prompt=per_image(items, lambda q, _: q["prompt"]), negative_prompt=negatives(items),
+                           num_images_per_prompt=1)
+        common = dict(**prompts, num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
+                      generator=batch_generators(items), callback_on_step_end=progress.on_step_end)
+        warnings = [prompt_warnings(base, prompt=q["prompt"], negative_prompt=q["negative_prompt"]) for q, _ in items]
         # 2. base
         progress.begin("base")
         if not self._use_refiner(p):
             images = base(**common, width=p["width"], height=p["height"]).images
-            return Output(images=images, warnings=warnings)
-        switch = float(p["refiner_switch"])  # a numpy float would be ignored silently
-        latents = base(**common, width=p["width"], height=p["height"], denoising_end=switch,
-                       output_type="latent").images
-        # 3. refiner, from the handed-over latents
-        refiner = self.model.refiner
-        refiner.scheduler = make_scheduler(p["scheduler"], self.model.refiner_scheduler_config)
-        progress.begin("refiner")
-        images = refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
-                         negative_aesthetic_score=2.5).images
-        return Output(images=images, warnings=warnings)
+        else:
+            switch = float(p["refiner_switch"])  # a numpy float would be ignored silently
+            latents = base(**common, width=p["width"], height=p["height"], denoising_end=switch,
+                           output_type="latent").images
+            # 3. refiner, from the handed-over latents
+            refiner = self.model.refiner
+            refiner.scheduler = make_scheduler(p["scheduler"], self.model.refiner_scheduler_config)
+            progress.begin("refiner")
+            images = refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
+                             negative_aesthetic_score=2.5).images
+        return [Output(images=imgs, warnings=w) for imgs, w in zip(split(images, items), warnings)]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from workers.models import make_scheduler
-from workers.pipelines.base import Output, TaskPipeline, generators, prompt_warnings
+from workers.pipelines.base import (Output, TaskPipeline, batch_generators, generators, per_image, prompt_warnings,
+                                    split)
 
 
 class Turbo(TaskPipeline):
@@ -11,6 +12,10 @@ class Turbo(TaskPipeline):
 
     def plan(self, p):
         return [("denoise", p["steps"])]
+
+    def batch_key(self, p):
+        # Guidance is always off and prompts go in as a list, so size and steps are all that must match.
+        return ("turbo", p["width"], p["height"], p["steps"])
 
     def run(self, p, image, progress):
         pipe = self.model.pipe
@@ -23,3 +28,17 @@ class Turbo(TaskPipeline):
             generator=generators(p["seed"], p["num_images"]), callback_on_step_end=progress.on_step_end,
         ).images
         return Output(images=images, warnings=prompt_warnings(pipe, prompt=p["prompt"]))
+
+    def run_batch(self, items, progress):
+        if len(items) == 1:
+            return super().run_batch(items, progress)
+        pipe, p = self.model.pipe, items[0][0]
+        pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
+        progress.begin("denoise")
+        images = pipe(
+            prompt=per_image(items, lambda q, _: q["prompt"]), width=p["width"], height=p["height"],
+            num_inference_steps=p["steps"], guidance_scale=0.0, num_images_per_prompt=1,
+            generator=batch_generators(items), callback_on_step_end=progress.on_step_end,
+        ).images
+        return [Output(images=imgs, warnings=prompt_warnings(pipe, prompt=q["prompt"]))
+                for imgs, (q, _) in zip(split(images, items), items)]

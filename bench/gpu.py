@@ -1,0 +1,351 @@
+"""The GPU path, measured: plain diffusers defaults against Fresco's tuned path, in one run.
+
+Builds the full-size architectures with random weights (bench/configs/full_size.json: SDXL base and
+refiner UNets, the SDXL VAE, CLIP ViT-L and OpenCLIP bigG text encoders; SVD-XT's UNet, temporal VAE
+and CLIP vision encoder) directly on the device in the target dtype (seconds, no download; the time a
+model takes does not depend on its weights' values), then for each workload
+
+- plain: what the diffusers documentation does: float16, the SDXL VAE as configured (it upcasts to
+  float32 to decode), diffusers' default attention (SDPA), called directly;
+- fresco: the same modules through Fresco's own task pipelines (workers/pipelines), tuned as a models
+  file would ask: `--dtype` (bfloat16), a VAE that decodes in that dtype (the fp16-fix VAE's config),
+  channels_last, fused QKV projections, regional torch.compile of the UNets' transformer blocks, warmed
+  at the workload's size first (as a worker does at start, so no timed run compiles),
+
+and prints the median latency and the peak device memory of each, and their ratio.
+
+Workloads (batch 1): SDXL base + refiner 1024², 30 steps (switch 0.8); Turbo 512², 1 step;
+SVD-XT 25 frames 576×1024, 25 steps. `--tiny` runs the tiny profile's models at tiny sizes instead,
+on whatever device there is (the CPU here): the same code path, for the tests.
+
+    python bench/gpu.py [--only sdxl turbo svd] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
+    python bench/gpu.py --tiny --compile-backend eager      # CPU, seconds
+    python bench/gpu.py --save-turbo /tmp/t && python bench/overhead.py --models-file /tmp/t/models.yaml
+                                                            # Turbo end to end through the service
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent / "configs" / "full_size.json"
+TARGETS_S = {"sdxl": 1.5, "turbo": 0.080, "svd": 20.0}  # on one H100 (Turbo: end to end, see BENCHMARKS.md)
+
+FULL = {
+    "sdxl": {"width": 1024, "height": 1024, "steps": 30, "guidance_scale": 5.0, "refiner_switch": 0.8},
+    "turbo": {"width": 512, "height": 512, "steps": 1},
+    "svd": {"width": 1024, "height": 576, "num_frames": 25, "steps": 25, "decode_chunk_size": 8},
+}
+TINY = {
+    "sdxl": {"width": 256, "height": 256, "steps": 4, "guidance_scale": 5.0, "refiner_switch": 0.75},
+    "turbo": {"width": 256, "height": 256, "steps": 1},
+    "svd": {"width": 128, "height": 64, "num_frames": 4, "steps": 2, "decode_chunk_size": 4},
+}
+
+
+# ---------------------------------------------------------------- building the models
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype):
+    """(pipeline, refiner or None), random weights, built in place on `device` in `dtype`."""
+    from workers import tiny as tiny_profile
+
+    if tiny:
+        if kind == "svd":
+            pipe, refiner = tiny_profile.svd(), None
+        else:
+            pipe = tiny_profile.sdxl_base(seed=0 if kind == "sdxl" else 3)
+            refiner = tiny_profile.sdxl_refiner(pipe) if kind == "sdxl" else None
+        for p in (pipe, refiner):
+            if p is not None:
+                p.set_progress_bar_config(disable=True)
+                if p.dtype != dtype or p.device != device:
+                    p.to(device=device, dtype=dtype)
+        return pipe, refiner
+
+    from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, EulerDiscreteScheduler,
+                           StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline, StableVideoDiffusionPipeline,
+                           UNet2DConditionModel, UNetSpatioTemporalConditionModel)
+    from transformers import (CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection,
+                              CLIPVisionConfig, CLIPVisionModelWithProjection)
+
+    cfg = json.loads(CONFIGS.read_text())
+    with torch.device(device), default_dtype(dtype), torch.no_grad():
+        if kind == "svd":
+            pipe = StableVideoDiffusionPipeline(
+                vae=AutoencoderKLTemporalDecoder(**cfg["SVD_VAE"]),
+                image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["SVD_IMAGE_ENCODER"])),
+                unet=UNetSpatioTemporalConditionModel(**cfg["SVD_UNET"]),
+                scheduler=EulerDiscreteScheduler(**tiny_profile.SVD_SCHEDULER),
+                feature_extractor=CLIPImageProcessor(crop_size=224, size=224))
+            return pipe.to(device), None
+        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["OPENCLIP_BIGG_TEXT"]))
+        vae = AutoencoderKL(**cfg["SDXL_VAE"])
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**cfg["CLIP_L_TEXT"])), text_encoder_2=text_2,
+            tokenizer=tiny_profile.tokenizer(), tokenizer_2=tiny_profile.tokenizer(),
+            unet=UNet2DConditionModel(**cfg["SDXL_BASE_UNET"]),
+            scheduler=EulerDiscreteScheduler(**tiny_profile.SDXL_SCHEDULER), add_watermarker=False)
+        refiner = None
+        if kind == "sdxl":
+            refiner = StableDiffusionXLImg2ImgPipeline(
+                vae=vae, text_encoder=None, text_encoder_2=text_2, tokenizer=None,
+                tokenizer_2=tiny_profile.tokenizer(), unet=UNet2DConditionModel(**cfg["SDXL_REFINER_UNET"]),
+                scheduler=EulerDiscreteScheduler(**tiny_profile.SDXL_SCHEDULER), requires_aesthetics_score=True,
+                force_zeros_for_empty_prompt=False, add_watermarker=False)
+    for p in (pipe, refiner):
+        if p is not None:
+            p.set_progress_bar_config(disable=True)
+    return pipe, refiner
+
+
+# ---------------------------------------------------------------- the two ways of running them
+
+
+def plain_call(kind: str, pipe, refiner, w: dict, device: torch.device):
+    """How the diffusers documentation runs each workload."""
+    from diffusers import EulerAncestralDiscreteScheduler
+    from PIL import Image
+
+    gen = torch.Generator("cpu").manual_seed(0)
+    if kind == "turbo":
+        if not isinstance(pipe.scheduler, EulerAncestralDiscreteScheduler):
+            pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config,
+                                                                         timestep_spacing="trailing")
+        return pipe(prompt="a red fox", width=w["width"], height=w["height"], num_inference_steps=w["steps"],
+                    guidance_scale=0.0, generator=gen).images
+    if kind == "sdxl":
+        latents = pipe(prompt="a lighthouse", width=w["width"], height=w["height"], num_inference_steps=w["steps"],
+                       guidance_scale=w["guidance_scale"], denoising_end=w["refiner_switch"], output_type="latent",
+                       generator=gen).images
+        return refiner(prompt="a lighthouse", image=latents, num_inference_steps=w["steps"],
+                       denoising_start=w["refiner_switch"], guidance_scale=w["guidance_scale"],
+                       generator=gen).images
+    image = Image.new("RGB", (w["width"], w["height"]), (120, 90, 60))
+    return pipe(image=image, width=w["width"], height=w["height"], num_frames=w["num_frames"],
+                num_inference_steps=w["steps"], decode_chunk_size=w["decode_chunk_size"], generator=gen).frames
+
+
+def fresco_spec(kind: str, args, w: dict):
+    from service.catalog import ModelSpec
+
+    return ModelSpec(name=f"bench-{kind}", kind=kind, source="tiny" if args.tiny else "random",
+                     refiner=("tiny" if args.tiny else "random") if kind == "sdxl" else None,
+                     dtype=args.dtype, channels_last=True, fuse_qkv=True, compile=not args.no_compile,
+                     compile_backend=args.compile_backend, compile_mode=args.compile_mode,
+                     buckets=[(w["width"], w["height"])], num_frames=w.get("num_frames"))
+
+
+def fresco_params(kind: str, w: dict) -> dict:
+    common = {"prompt": "a red fox", "negative_prompt": "", "width": w["width"], "height": w["height"],
+              "steps": w["steps"], "seed": 0, "num_images": 1, "output_format": "png"}
+    if kind == "turbo":
+        return {**common, "guidance_scale": 0.0}
+    if kind == "sdxl":
+        return {**common, "guidance_scale": w["guidance_scale"], "scheduler": "euler", "refiner": True,
+                "refiner_switch": w["refiner_switch"]}
+    return {**common, "num_frames": w["num_frames"], "fps": 7, "motion_bucket_id": 127, "noise_aug_strength": 0.02,
+            "min_guidance_scale": 1.0, "max_guidance_scale": 3.0, "decode_chunk_size": w["decode_chunk_size"],
+            "output_format": "mp4"}
+
+
+def tune(kind: str, pipe, refiner, args, w: dict, device: torch.device):
+    """Fresco's path: the models file's options applied by workers/models.py, the task pipeline of
+    workers/pipelines, warmed at the workload's size. Returns (TaskPipeline, warm-up seconds)."""
+    from workers.models import LoadedModel, freeze_compiled, optimize, warm_up
+    from workers.pipelines.registry import PIPELINES
+
+    spec = fresco_spec(kind, args, w)
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else pipe.dtype
+    for p in (pipe, refiner):
+        if p is not None:
+            if p.dtype != dtype:
+                p.to(device=device, dtype=dtype)
+            vae = getattr(p, "vae", None)
+            if vae is not None and getattr(vae.config, "force_upcast", False):
+                vae.register_to_config(force_upcast=False)  # the fp16-fix VAE's config: decode in `dtype`
+    optimize(spec, pipe, refiner)
+    model = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
+                        refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None)
+    pipeline = PIPELINES[kind](model)
+    torch.compiler.set_stance("default")  # an earlier workload froze compilation: this one compiles its own
+    seconds = warm_up(pipeline, spec, 1)
+    if spec.compile:
+        freeze_compiled()
+    return pipeline, seconds
+
+
+def fresco_call(kind: str, pipeline, w: dict):
+    from PIL import Image
+
+    from workers.progress import Progress
+
+    params = fresco_params(kind, w)
+    image = Image.new("RGB", (w["width"], w["height"]), (120, 90, 60)) if kind == "svd" else None
+    with torch.inference_mode():
+        return pipeline.run(params, image, Progress(lambda state: False, pipeline.plan(params)))
+
+
+# ---------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_reset(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return None  # the CPU has no per-run peak to read; RSS only ever grows
+
+
+def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    out = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def measure(kind: str, args, device: torch.device, w: dict, repeats: int, plain_dtype: torch.dtype):
+    """Build, time plain diffusers, tune the same modules, time Fresco's path."""
+    t0 = time.perf_counter()
+    pipe, refiner = build(kind, args.tiny, device, plain_dtype)
+    built_s = time.perf_counter() - t0
+    peak_reset(device)
+    with torch.inference_mode():
+        plain = timed(lambda: plain_call(kind, pipe, refiner, w, device), device, repeats)
+    plain_peak = peak_bytes(device)
+    pipeline, warm_s = tune(kind, pipe, refiner, args, w, device)
+    peak_reset(device)
+    fresco = timed(lambda: fresco_call(kind, pipeline, w), device, repeats)
+    return built_s, warm_s, plain, plain_peak, fresco, peak_bytes(device)
+
+
+def _gib(b: int | None) -> str:
+    return f"{b / 2**30:6.2f} GiB" if b is not None else "   n/a    "
+
+
+def run_workload(kind: str, args, device: torch.device, out=print) -> dict:
+    w = (TINY if args.tiny else FULL)[kind]
+    repeats = args.repeats or ({"sdxl": 5, "turbo": 20, "svd": 3}[kind] if not args.tiny else 2)
+    plain_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    built_s, warm_s, plain, plain_peak, fresco, fresco_peak = measure(kind, args, device, w, repeats, plain_dtype)
+    peak_reset(device)  # the models are gone with measure()'s frame
+    row = {"workload": kind, "size": f"{w['width']}x{w['height']}", "steps": w["steps"],
+           "frames": w.get("num_frames"), "repeats": repeats, "build_s": built_s, "warmup_s": warm_s,
+           "plain_s": statistics.median(plain), "fresco_s": statistics.median(fresco),
+           "plain_peak_bytes": plain_peak, "fresco_peak_bytes": fresco_peak,
+           "target_s": None if args.tiny else TARGETS_S[kind]}
+    row["speedup"] = row["plain_s"] / row["fresco_s"]
+    target = "" if args.tiny else (f"  target {TARGETS_S[kind] * 1000:.0f} ms: "
+                                   f"{'met' if row['fresco_s'] <= TARGETS_S[kind] else 'NOT met'}")
+    frames = f" x{w['num_frames']}" if w.get("num_frames") else ""
+    out(f"{kind:6} {row['size']:>9} {w['steps']:>3} steps{frames}"
+        f"  plain {row['plain_s'] * 1000:9.1f} ms {_gib(plain_peak)}  fresco {row['fresco_s'] * 1000:9.1f} ms "
+        f"{_gib(fresco_peak)}  x{row['speedup']:.2f}  (built {built_s:.1f} s, warm-up {warm_s:.1f} s){target}")
+    return row
+
+
+MODELS_YAML = """\
+# Written by bench/gpu.py --save-turbo: random Turbo weights (full size; tiny with --tiny), the tuned path.
+models:
+  bench-turbo:
+    kind: turbo
+    source: ./turbo
+    dtype: {dtype}
+    channels_last: true
+    fuse_qkv: true
+    compile: {compile}
+    compile_backend: {backend}
+    buckets: [[512, 512]]
+"""
+
+
+def save_turbo(directory: Path, args, device: torch.device) -> Path:
+    """A Turbo pipeline with random weights saved as a diffusers directory, and a models file serving it
+    on the tuned path: `bench/overhead.py --models-file DIR/models.yaml` then measures Turbo end to end
+    (HTTP, Redis, worker, PNG, storage) on a GPU host."""
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else torch.float16
+    pipe, _ = build("turbo", args.tiny, device, dtype)
+    pipe.save_pretrained(directory / "turbo")
+    path = directory / "models.yaml"
+    path.write_text(MODELS_YAML.format(dtype=args.dtype, compile=str(not args.no_compile).lower(),
+                                       backend=args.compile_backend))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny profile's models at tiny sizes (CPU tests)")
+    parser.add_argument("--only", nargs="+", choices=["sdxl", "turbo", "svd"], default=["sdxl", "turbo", "svd"])
+    parser.add_argument("--repeats", type=int, default=0, help="timed runs per path (default: per workload)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="the tuned path's dtype (plain diffusers runs float16 on a GPU, float32 on a CPU)")
+    parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile-mode", default=None, help='e.g. "max-autotune-no-cudagraphs"')
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--device", default=None, help="default: cuda when there is one, else cpu")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here too")
+    parser.add_argument("--save-turbo", default=None, metavar="DIR",
+                        help="instead: save a random Turbo pipeline and a models file for bench/overhead.py there")
+    args = parser.parse_args(argv)
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" per cast
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.tiny and args.dtype == "bfloat16" and device.type == "cpu":
+        args.dtype = "float32"  # the tiny CPU run checks the path, not bfloat16 CPU kernels
+    if args.save_turbo:
+        print(f"models file for bench/overhead.py: {save_turbo(Path(args.save_turbo), args, device)}")
+        return 0
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device {name}, torch {torch.__version__}, {'tiny' if args.tiny else 'full-size'} models, "
+          f"tuned path: {args.dtype}, channels_last, fused QKV, "
+          f"{'no compile' if args.no_compile else f'regional compile ({args.compile_backend})'}")
+    try:
+        rows = [run_workload(kind, args, device) for kind in args.only]
+    finally:
+        torch.compiler.set_stance("default")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

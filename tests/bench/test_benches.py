@@ -1,0 +1,63 @@
+"""Every bench runs, at tiny scale and on the CPU, and reports what it promises (the figures themselves
+are for BENCHMARKS.md: benches are run by hand, these only keep them working). The overhead bench is
+run in test_api_processes.py; batching and resident models have their own tests in tests/workers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from bench import gpu, throughput
+
+
+def test_throughput_bench():
+    client = "wrk" if shutil.which("wrk") else "asyncio"  # wrk when installed, as the bench itself picks
+    rows = throughput.run(processes=[1], concurrency=[4], duration=0.5, clients=[client], status_jobs=20)
+    assert [r["kind"] for r in rows] == ["enqueue", "status"]
+    for r in rows:
+        assert r["requests"] > 0 and r["rate"] > 0 and r["errors"] == 0 and r["non2xx"] == 0
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+
+
+def test_asyncio_load_generator():
+    """The built-in load generator, on a throwaway server answering like the API."""
+    import asyncio
+    import threading
+
+    async def serve(ready: threading.Event, port: list):
+        async def handle(reader, writer):
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    break
+                length = next((int(x[15:]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")), 0)
+                if length:
+                    await reader.readexactly(length)
+                status = b"202 Accepted" if head.startswith(b"POST") else b"404 Not Found"
+                writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\n\r\n{}")
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port.append(server.sockets[0].getsockname()[1])
+        ready.set()
+        await asyncio.sleep(3)
+        server.close()
+
+    ready, port = threading.Event(), []
+    thread = threading.Thread(target=lambda: asyncio.run(serve(ready, port)), daemon=True)
+    thread.start()
+    ready.wait(5)
+    ok = throughput.asyncio_load(port[0], 3, 0.3, "enqueue", [])
+    assert ok["requests"] > 10 and ok["errors"] == 0 and ok["non2xx"] == 0
+    missing = throughput.asyncio_load(port[0], 2, 0.2, "status", ["x"])
+    assert missing["non2xx"] == missing["requests"] > 0  # every answer counted, 4xx as non2xx
+
+
+def test_gpu_bench_tiny(tmp_path):
+    out = tmp_path / "rows.json"
+    assert gpu.main(["--tiny", "--compile-backend", "eager", "--repeats", "1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["workload"] for r in rows] == ["sdxl", "turbo", "svd"]
+    for r in rows:
+        assert r["plain_s"] > 0 and r["fresco_s"] > 0 and r["speedup"] > 0

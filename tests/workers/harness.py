@@ -1,0 +1,78 @@
+"""An in-process worker for the worker tests: a real Redis (its own, embedded), jobs submitted with the
+API's own SUBMIT script and RQ job mapping, and a real `Runtime` with the tiny pipelines. `pop_and_run`
+does what RQ's worker does around `run_job`: pop the next job id off the queue list, fetch its RQ
+job, run it, delete the RQ job hash (result_ttl=0)."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import numpy as np
+from PIL import Image
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from service import jobstore as js
+from service.queue import _rq_job_mapping
+from service.settings import Settings
+from service.storage import LocalStorage
+
+
+def submit(redis, task: str, model: str, params: dict, *, retries: int = 0, timeout: int = 600) -> str:
+    """Enqueue as POST /generate does: Fresco's job hash, the queued index, RQ's job hash and list entry."""
+    job_id = str(uuid.uuid4())
+    now = js.now()
+    fields = js.new_job_fields(job_id, task, model, params, now, retries=retries)
+    rq_fields = _rq_job_mapping(job_id, task, model, {"id": job_id, "task": task, "model": model}, timeout)
+    args: list = [job_id, repr(now), 0, "", 60, len(fields)]
+    for k, v in fields.items():
+        args += [k, v]
+    for k, v in rq_fields.items():
+        args += [k, v]
+    reply = redis.register_script(js.SUBMIT)(
+        keys=[js.job_key(job_id), js.rq_job_key(job_id), js.state_key(task, "queued"), js.rq_queue_key(task, model),
+              "fresco:idem:-"], args=args)
+    assert reply in (b"ok", "ok")
+    return job_id
+
+
+def pop_and_run(runtime, redis, task: str, model: str) -> dict | None:
+    """One turn of RQ's worker loop, without RQ's process machinery (signals, alarms)."""
+    raw = redis.lpop(js.rq_queue_key(task, model))
+    if raw is None:
+        return None
+    job_id = raw.decode()
+    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    try:
+        return runtime.run(job.args[0])
+    finally:
+        redis.delete(js.rq_job_key(job_id))
+
+
+def job(redis, job_id: str) -> dict:
+    h = js.decode_hash(redis.hgetall(js.job_key(job_id)))
+    for key in ("params", "progress", "result", "error", "timings"):
+        if h.get(key):
+            h[key] = json.loads(h[key])
+    return h
+
+
+def image(storage: LocalStorage, job_id: str, index: int = 0) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(storage.get(job_id, f"{index}.png"))), dtype=np.int16)
+
+
+def same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
+    """The tolerance of tests/e2e/test_tasks.py: batched float kernels may round differently, so at
+    most one level off, in under 1% of the pixels."""
+    return a.shape == b.shape and np.abs(a - b).max() <= 1 and (a != b).mean() < 0.01
+
+
+def settings(redis_url: str, tmp_path, **overrides) -> Settings:
+    return Settings(**{"redis_url": redis_url, "data_dir": tmp_path, "worker_tasks": ["turbo"], **overrides})
+
+
+def turbo(seed: int, size: int = 256, steps: int = 1, prompt: str | None = None, num_images: int = 1) -> dict:
+    return {"prompt": prompt or f"a fox number {seed}", "width": size, "height": size, "steps": steps,
+            "num_images": num_images, "seed": seed, "guidance_scale": 0.0, "output_format": "png"}
