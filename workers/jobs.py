@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from redis import exceptions as redis_errors
 from rq.timeouts import JobTimeoutException
 
 from service import heartbeats
@@ -51,6 +52,25 @@ from workers.progress import JobCanceled, Progress
 log = logging.getLogger("fresco.jobs")
 _RUNTIME: "Runtime | None" = None
 PEEK_WINDOW = 64  # queue entries looked at for compatible jobs
+
+
+REDIS_DOWN = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError)
+END_RETRY_S = 300.0  # how long a finished job's outcome waits for Redis to come back
+
+
+def _until_redis_answers(write, what: str) -> None:
+    """A job's final state must be written, or it would look running until the reaper's stuck-job
+    timeout: through a Redis outage, keep trying (with a growing pause) for a few minutes."""
+    deadline, pause = time.monotonic() + END_RETRY_S, 0.1
+    while True:
+        try:
+            return write()
+        except REDIS_DOWN:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s: Redis unreachable; retrying in %.1fs", what, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 class InvalidInput(Exception):
@@ -166,15 +186,19 @@ class Runtime:
         member.ended, member.status = True, status
         finished = js.now()
         event = {"type": "done", "status": status}
-        if member.claimed:
-            with self.redis.pipeline(transaction=False) as pipe:
-                self._move(member.id, ("running",), status, event, ttl=self.settings.job_ttl_s, client=pipe,
+
+        def write():
+            if member.claimed:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    self._move(member.id, ("running",), status, event, ttl=self.settings.job_ttl_s, client=pipe,
+                               finished_at=repr(finished), progress=progress, **fields)
+                    pipe.delete(js.rq_job_key(member.id))
+                    pipe.execute()
+            else:
+                self._move(member.id, ("running",), status, event, ttl=self.settings.job_ttl_s,
                            finished_at=repr(finished), progress=progress, **fields)
-                pipe.delete(js.rq_job_key(member.id))
-                pipe.execute()
-        else:
-            self._move(member.id, ("running",), status, event, ttl=self.settings.job_ttl_s,
-                       finished_at=repr(finished), progress=progress, **fields)
+
+        _until_redis_answers(write, f"ending job {member.id}")
         outcome = status if status != "failed" else f"failed_{fields['error']['code']}"
         metrics.JOBS_FINISHED.labels(task, outcome).inc()
 
@@ -188,13 +212,18 @@ class Runtime:
         active = [m for m in members if not m.ended]
         state, event = js.dumps(progress_state), js.dumps({"type": "progress", "status": "running",
                                                              "progress": progress_state})
-        if len(active) == 1:
-            replies = [self._progress(keys=[js.job_key(active[0].id)], args=[active[0].id, state, event])]
-        else:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for m in active:
-                    self._progress(keys=[js.job_key(m.id)], args=[m.id, state, event], client=pipe)
-                replies = pipe.execute()
+        try:
+            if len(active) == 1:
+                replies = [self._progress(keys=[js.job_key(active[0].id)], args=[active[0].id, state, event])]
+            else:
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for m in active:
+                        self._progress(keys=[js.job_key(m.id)], args=[m.id, state, event], client=pipe)
+                    replies = pipe.execute()
+        except REDIS_DOWN:
+            # Redis away for a moment: this step's progress is lost, the job goes on.
+            log.warning("progress of %s not recorded: Redis unreachable", [m.id for m in active])
+            return False
         canceled = [m for m, reply in zip(active, replies) if reply]
         if len(canceled) == len(active):
             return True  # the pipeline stops; the caller ends them

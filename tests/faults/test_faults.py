@@ -205,6 +205,9 @@ def test_redis_outage_503_then_recovery_without_restart(fstack, fclient, redis_p
     after = fclient.post("/generate", json=turbo(), headers={"Prefer": "wait=30"})
     assert after.status_code == 200 and after.json()["status"] == "succeeded"
     assert fclient.get(f"/jobs/{job['id']}").json()["status"] == "succeeded"  # kept through the outage (AOF)
+    # The job running through the outage ends too: its worker kept going and wrote the outcome once
+    # Redis was back, instead of leaving it `running` for the reaper's stuck-job timeout.
+    assert wait_status(fclient, slow["id"], DONE, timeout=60)["status"] == "succeeded"
 
 
 @pytest.fixture
