@@ -59,12 +59,14 @@ def pixels(client: httpx.Client, job: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)), dtype=np.int16)
 
 
-def measure(jobs: int, batches: list[int], size: int, steps: int, rounds: int, wait_ms: float, out=print) -> dict:
+def measure(jobs: int, batches: list[int], size: int, steps: int, rounds: int, wait_ms: float, out=print,
+            models_file: str | None = None) -> dict:
     if 1 not in batches:
         batches = [1, *batches]
     rates: dict[int, list[float]] = {b: [] for b in batches}
     results: dict[int, list[dict]] = {}
-    with Deployment(workers=0) as dep:
+    env = {"FRESCO_MODELS_FILE": str(Path(models_file).resolve())} if models_file else {}
+    with Deployment(workers=0, env=env) as dep:
         dep.wait_ready()
         with httpx.Client(base_url=dep.url, timeout=120) as client:
             for _ in range(rounds):
@@ -98,10 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--wait-ms", type=float, default=0.0, help="FRESCO_WORKER_BATCH_WAIT_MS")
+    parser.add_argument("--models-file", default=None,
+                        help="its default Turbo model instead of the tiny profile's (a GPU host: see bench/gpu.py "
+                             "--save-turbo)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
-    summary = measure(args.jobs, args.batch, args.size, args.steps, args.rounds, args.wait_ms)
+    summary = measure(args.jobs, args.batch, args.size, args.steps, args.rounds, args.wait_ms,
+                      models_file=args.models_file)
     print(f"({time.monotonic() - started:.0f} s)")
     if args.json:
         print(json.dumps(summary))

@@ -91,29 +91,38 @@ def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype):
                               CLIPVisionConfig, CLIPVisionModelWithProjection)
 
     cfg = json.loads(CONFIGS.read_text())
+    # Schedulers, tokenizers and the image processor stay on the CPU in float32: only the weights are
+    # built in place on the device, in the target dtype.
+    def scheduler(config: dict):
+        return EulerDiscreteScheduler(**config)
+
     with torch.device(device), default_dtype(dtype), torch.no_grad():
         if kind == "svd":
-            pipe = StableVideoDiffusionPipeline(
-                vae=AutoencoderKLTemporalDecoder(**cfg["SVD_VAE"]),
-                image_encoder=CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["SVD_IMAGE_ENCODER"])),
-                unet=UNetSpatioTemporalConditionModel(**cfg["SVD_UNET"]),
-                scheduler=EulerDiscreteScheduler(**tiny_profile.SVD_SCHEDULER),
-                feature_extractor=CLIPImageProcessor(crop_size=224, size=224))
-            return pipe.to(device), None
-        text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["OPENCLIP_BIGG_TEXT"]))
-        vae = AutoencoderKL(**cfg["SDXL_VAE"])
-        pipe = StableDiffusionXLPipeline(
-            vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**cfg["CLIP_L_TEXT"])), text_encoder_2=text_2,
-            tokenizer=tiny_profile.tokenizer(), tokenizer_2=tiny_profile.tokenizer(),
-            unet=UNet2DConditionModel(**cfg["SDXL_BASE_UNET"]),
-            scheduler=EulerDiscreteScheduler(**tiny_profile.SDXL_SCHEDULER), add_watermarker=False)
-        refiner = None
-        if kind == "sdxl":
-            refiner = StableDiffusionXLImg2ImgPipeline(
-                vae=vae, text_encoder=None, text_encoder_2=text_2, tokenizer=None,
-                tokenizer_2=tiny_profile.tokenizer(), unet=UNet2DConditionModel(**cfg["SDXL_REFINER_UNET"]),
-                scheduler=EulerDiscreteScheduler(**tiny_profile.SDXL_SCHEDULER), requires_aesthetics_score=True,
-                force_zeros_for_empty_prompt=False, add_watermarker=False)
+            vae = AutoencoderKLTemporalDecoder(**cfg["SVD_VAE"])
+            image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["SVD_IMAGE_ENCODER"]))
+            unet = UNetSpatioTemporalConditionModel(**cfg["SVD_UNET"])
+        else:
+            text = CLIPTextModel(CLIPTextConfig(**cfg["CLIP_L_TEXT"]))
+            text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["OPENCLIP_BIGG_TEXT"]))
+            vae = AutoencoderKL(**cfg["SDXL_VAE"])
+            unet = UNet2DConditionModel(**cfg["SDXL_BASE_UNET"])
+            refiner_unet = UNet2DConditionModel(**cfg["SDXL_REFINER_UNET"]) if kind == "sdxl" else None
+    if kind == "svd":
+        pipe = StableVideoDiffusionPipeline(
+            vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler(tiny_profile.SVD_SCHEDULER),
+            feature_extractor=CLIPImageProcessor(crop_size=224, size=224))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, None
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tiny_profile.tokenizer(),
+        tokenizer_2=tiny_profile.tokenizer(), unet=unet, scheduler=scheduler(tiny_profile.SDXL_SCHEDULER),
+        add_watermarker=False)
+    refiner = None
+    if refiner_unet is not None:
+        refiner = StableDiffusionXLImg2ImgPipeline(
+            vae=vae, text_encoder=None, text_encoder_2=text_2, tokenizer=None, tokenizer_2=tiny_profile.tokenizer(),
+            unet=refiner_unet, scheduler=scheduler(tiny_profile.SDXL_SCHEDULER), requires_aesthetics_score=True,
+            force_zeros_for_empty_prompt=False, add_watermarker=False)
     for p in (pipe, refiner):
         if p is not None:
             p.set_progress_bar_config(disable=True)

@@ -135,6 +135,7 @@ def measure(jobs: int, size: int, steps: int, mode: str, warmup: int = 5, deploy
         "e2e_p50_ms": percentile(e2e, 50) * 1000, "e2e_p95_ms": percentile(e2e, 95) * 1000,
         "added_p50_ms": percentile(added, 50) * 1000, "added_p95_ms": percentile(added, 95) * 1000,
         "added_vs_worker_inference_p50_ms": percentile([e - w for e, w in zip(e2e, worker_inf)], 50) * 1000,
+        "added_vs_worker_inference_p95_ms": percentile([e - w for e, w in zip(e2e, worker_inf)], 95) * 1000,
         "phases_p50_ms": {k: statistics.median(v) * 1000 for k, v in phases.items()},
         "png_bytes": rows[-1][3]["result"]["images"][0].get("bytes"),
     }
@@ -147,7 +148,8 @@ def measure(jobs: int, size: int, steps: int, mode: str, warmup: int = 5, deploy
     out(f"{'added (pairwise difference)':34}{result['added_p50_ms']:8.1f}ms{result['added_p95_ms']:8.1f}ms"
         f"   target p50 <= {TARGET_P50_MS:.0f} ms: {'met' if result['added_p50_ms'] <= TARGET_P50_MS else 'NOT met'}")
     within = result["added_vs_worker_inference_p50_ms"]
-    out(f"{'added vs the job own inference_s':34}{within:8.1f}ms{'':10}   target p50 <= {TARGET_P50_MS:.0f} ms: "
+    out(f"{'added vs the job own inference_s':34}{within:8.1f}ms{result['added_vs_worker_inference_p95_ms']:8.1f}ms"
+        f"   target p50 <= {TARGET_P50_MS:.0f} ms: "
         f"{'met' if within <= TARGET_P50_MS else 'NOT met'}")
     out("where the end-to-end time goes (p50 of each phase):")
     for k, v in result["phases_p50_ms"].items():

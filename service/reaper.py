@@ -51,11 +51,11 @@ class Reaper:
         while not self._stopping.is_set():
             try:
                 await self.sweep()
-            except asyncio.CancelledError:
-                raise
                 if self.storage is not None and js.now() - self._last_results_sweep > RESULTS_SWEEP_EVERY_S:
                     self._last_results_sweep = js.now()
                     await self.expire_results()
+            except asyncio.CancelledError:
+                raise
             except REDIS_DOWN:
                 pass  # nothing to do until Redis is back
             except Exception:

@@ -61,3 +61,12 @@ def test_gpu_bench_tiny(tmp_path):
     assert [r["workload"] for r in rows] == ["sdxl", "turbo", "svd"]
     for r in rows:
         assert r["plain_s"] > 0 and r["fresco_s"] > 0 and r["speedup"] > 0
+
+
+def test_gpu_bench_saves_a_turbo_for_the_end_to_end_benches(tmp_path):
+    from service.catalog import load_catalog
+
+    assert gpu.main(["--tiny", "--compile-backend", "eager", "--save-turbo", str(tmp_path)]) == 0
+    spec = load_catalog(tmp_path / "models.yaml").spec("bench-turbo")
+    assert spec.kind == "turbo" and spec.fuse_qkv and spec.channels_last and spec.compile
+    assert (tmp_path / "turbo" / "model_index.json").is_file() and spec.source == str(tmp_path / "turbo")
