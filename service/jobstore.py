@@ -31,10 +31,6 @@ def state_key(task: str, status: str) -> str:
     return f"fresco:jobs:{task}:{status}"
 
 
-def events_channel(job_id: str) -> str:
-    return f"fresco:events:{job_id}"
-
-
 EVENTS_PATTERN = "fresco:events:*"
 WORKERS_KEY = "fresco:workers"
 

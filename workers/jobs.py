@@ -73,10 +73,6 @@ def _until_redis_answers(write, what: str) -> None:
             pause = min(pause * 2, 5.0)
 
 
-class InvalidInput(Exception):
-    """The job cannot run as asked (e.g. this worker lacks the model); a client-side failure."""
-
-
 class JobFailed(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)
