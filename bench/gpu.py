@@ -182,8 +182,9 @@ def fresco_params(kind: str, w: dict) -> dict:
 def tune(kind: str, pipe, refiner, args, w: dict, device: torch.device):
     """Fresco's path: the models file's options applied by workers/models.py, the task pipeline of
     workers/pipelines, warmed at the workload's size. Returns (TaskPipeline, warm-up seconds)."""
-    from workers.models import LoadedModel, freeze_compiled, optimize, warm_up
+    from workers.models import LoadedModel, freeze_compiled, optimize
     from workers.pipelines.registry import PIPELINES
+    from workers.runtime import warm_up
 
     spec = fresco_spec(kind, args, w)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else pipe.dtype

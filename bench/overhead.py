@@ -43,7 +43,8 @@ def in_process_runner(size: int, steps: int, models_file: str | None = None):
     import torch
 
     from service.catalog import load_catalog
-    from workers.models import freeze_compiled, load_model, warm_up
+    from workers.models import freeze_compiled, load_model
+    from workers.runtime import warm_up
     from workers.pipelines.turbo import Turbo
     from workers.progress import Progress
 

@@ -28,16 +28,9 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TASKS = ("sdxl", "turbo", "img2img", "svd")
-Kind = Literal["sdxl", "turbo", "svd"]
+from service.tasks import TASK_NAMES, TASKS, tasks_for_kind
 
-# Which model kinds can serve a task. img2img runs on the SDXL base or on Turbo weights (from_pipe).
-KINDS_FOR_TASK: dict[str, tuple[str, ...]] = {
-    "sdxl": ("sdxl",),
-    "turbo": ("turbo",),
-    "img2img": ("sdxl", "turbo"),
-    "svd": ("svd",),
-}
+Kind = Literal["sdxl", "turbo", "svd"]  # which kinds serve which task: the task table (service/tasks.py)
 
 # Schedulers a request may name (sdxl, and img2img on an sdxl model): name -> (diffusers class, options).
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -94,7 +87,11 @@ class ModelSpec(BaseModel):
 
     @property
     def tasks(self) -> list[str]:
-        return [t for t in TASKS if self.kind in KINDS_FOR_TASK[t]]
+        return tasks_for_kind(self.kind)
+
+    def facts(self) -> dict:
+        """What `GET /models` may show about the model, by name (each task row picks its own)."""
+        return {"refiner": bool(self.refiner), "max_num_frames": self.num_frames}
 
 
 class Catalog(BaseModel):
@@ -122,7 +119,7 @@ class Catalog(BaseModel):
                 raise ValueError(f"defaults: unknown task {task!r}")
             if name not in self.models or task not in self.models[name].tasks:
                 raise ValueError(f"defaults: model {name!r} cannot serve {task}")
-        for task in TASKS:
+        for task in TASK_NAMES:
             if task not in self.defaults:
                 names = self.models_for(task)
                 if names:

@@ -1,4 +1,5 @@
-"""`fresco up | api | worker | generate`.
+"""`fresco up | api | worker | generate | hash-key`: the composition root, the one module that starts
+the API (service/api/) or a worker (workers/, imported here only).
 
 `up` is the local run: an embedded Redis (unless FRESCO_REDIS_URL is set), the API and worker
 processes, restarted when they die, all stopped on Ctrl-C or SIGTERM. A real deployment runs
@@ -17,7 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from service.jobs.states import EventType, JobStatus
 from service.settings import Settings, child_environment
+from service.tasks import TASK_NAMES
 
 
 # ---------------------------------------------------------------- up
@@ -60,7 +63,7 @@ class Child:
 def cmd_up(settings: Settings, args) -> int:
     import httpx
 
-    from service.redis_conn import EmbeddedRedis
+    from service.redis import EmbeddedRedis
 
     def say(msg: str) -> None:
         print(f"fresco: {msg}", flush=True)
@@ -121,7 +124,7 @@ def cmd_up(settings: Settings, args) -> int:
 
 def _multiprocess_metrics_dir() -> tuple[str, bool]:
     """A fresh directory for prometheus_client's multiprocess files, so counters sum over every API
-    process (service/metrics.py). A PROMETHEUS_MULTIPROC_DIR given by the operator is used, emptied of
+    process (service/api/metrics.py). A PROMETHEUS_MULTIPROC_DIR given by the operator is used, emptied of
     an earlier run's files; else a temporary one, removed on exit. Set before any process imports
     prometheus_client (uvicorn's processes inherit the environment)."""
     import os
@@ -155,7 +158,7 @@ def cmd_api(settings: Settings, args) -> int:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "auto"
     http = "httptools" if importlib.util.find_spec("httptools") else "auto"
     try:
-        uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
+        uvicorn.run("service.api.app:create_app", factory=True, host=settings.host, port=settings.port,
                     workers=processes, loop=loop, http=http, access_log=args.access_log, backlog=args.backlog,
                     log_level=settings.log_level.lower(), timeout_graceful_shutdown=30, log_config=None)
     finally:
@@ -165,6 +168,9 @@ def cmd_api(settings: Settings, args) -> int:
 
 
 def cmd_worker(settings: Settings, args) -> int:
+    from workers import tuning
+
+    tuning.tune_process()  # before torch is imported: the allocator and OpenMP settings it reads
     from workers.worker import main
 
     return main(settings)
@@ -231,7 +237,7 @@ def cmd_generate(settings: Settings, args) -> int:
             print("\ncanceled", file=sys.stderr)
             return 130
         print(file=sys.stderr)
-        if job["status"] != "succeeded":
+        if job["status"] != JobStatus.SUCCEEDED:
             print(f"job {job['status']}: {(job.get('error') or {}).get('message')}", file=sys.stderr)
             return 1
         for warning in job.get("warnings") or []:
@@ -256,7 +262,7 @@ def _follow(client, job_id: str) -> dict:
                 event = line[6:].strip()
             elif line.startswith("data:"):
                 data = json.loads(line[5:])
-                if event == "done":
+                if event == EventType.DONE:
                     print(_bar(data["progress"], data["status"]), end="", file=sys.stderr, flush=True)
                     return data
                 print(_bar(data["progress"], data["status"]), end="", file=sys.stderr, flush=True)
@@ -265,7 +271,7 @@ def _follow(client, job_id: str) -> dict:
 
 def cmd_hash_key(settings: Settings, args) -> int:
     """Print a key's SHA-256 digest for FRESCO_API_KEYS (and a new random key when none is given)."""
-    from service.auth import digest, new_key
+    from service.api.auth import digest, new_key
 
     key = args.key or new_key()
     if not args.key:
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--access-log", action="store_true")
     sub.add_parser("worker", help="run one GPU worker alone")
     gen = sub.add_parser("generate", help="submit a job, follow its progress, save its results")
-    gen.add_argument("task", choices=["sdxl", "turbo", "img2img", "svd"])
+    gen.add_argument("task", choices=TASK_NAMES)
     gen.add_argument("--prompt")
     gen.add_argument("--image", help="input image file (img2img, svd)")
     gen.add_argument("--model")

@@ -1,4 +1,10 @@
-"""Fresco's settings: one class, env prefix FRESCO_, validated at start. Nothing else reads os.environ."""
+"""Fresco's settings: one class, env prefix FRESCO_, validated at start.
+
+Fresco's own configuration is read here only. Two process-level variables are read where they act,
+on purpose: PROMETHEUS_MULTIPROC_DIR (prometheus_client's own, `service/api/metrics.py` and `fresco
+api`) and the allocator and OpenMP variables an operator may set (`workers/tuning.py` leaves its
+defaults alone when they are there).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-TASKS = ("sdxl", "turbo", "img2img", "svd")
+from service.tasks import TASK_NAMES, TASKS
 
 
 class Settings(BaseSettings):
@@ -42,7 +48,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(2048 * 2048, ge=64 * 64)  # width × height of outputs and input images
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024)  # an input image, decoded (its base64 fits the body)
-    allow_image_urls: bool = False  # fetch `image` URLs (public addresses only; see service/image_fetch.py)
+    allow_image_urls: bool = False  # fetch `image` URLs (public addresses only; see service/fetch.py)
     image_url_schemes: Annotated[list[str], NoDecode] = ["https"]
     image_url_allow_networks: Annotated[list[str], NoDecode] = []  # CIDRs exempt from the public-only rule
     image_url_timeout_s: float = Field(10.0, gt=0, le=120)
@@ -53,7 +59,8 @@ class Settings(BaseSettings):
     url_signing_secret: str | None = None  # HMAC secret of result URLs; default: derived from the key digests
     result_url_ttl_s: int = Field(3600, ge=60)  # how long a signed result URL stays valid
     # Queued jobs per task beyond which POST /generate answers 503 (0: no cap). Held atomically.
-    queue_cap: dict[str, int] = {"sdxl": 1000, "turbo": 5000, "img2img": 1000, "svd": 200}
+    # A task the setting leaves out keeps its default from the task table (service/tasks.py).
+    queue_cap: dict[str, int] = {name: task.queue_cap for name, task in TASKS.items()}
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)  # how long an Idempotency-Key is remembered
     reaper_interval_s: float = Field(2.0, ge=0)  # how often each API process looks for lost jobs (0: never)
 
@@ -61,12 +68,12 @@ class Settings(BaseSettings):
     models_file: Path | None = None
 
     # Worker
-    worker_tasks: Annotated[list[str], NoDecode] = list(TASKS)
+    worker_tasks: Annotated[list[str], NoDecode] = list(TASK_NAMES)
     worker_name: str | None = None
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # 0 turns the worker's /metrics off
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_ttl_s: float = Field(10.0, gt=0)
-    job_timeout_s: dict[str, int] = {"sdxl": 600, "turbo": 60, "img2img": 600, "svd": 1800}
+    job_timeout_s: dict[str, int] = {name: task.timeout_s for name, task in TASKS.items()}  # as queue_cap
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
     fault_injection: bool = False  # tests only: honour `fresco-fault:<name>` prompts (workers/faults.py)
 
@@ -90,8 +97,17 @@ class Settings(BaseSettings):
             v = [t.strip() for t in v.split(",") if t.strip()]
         unknown = [t for t in v if t not in TASKS]
         if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
+            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASK_NAMES)}")
         return v
+
+    @field_validator("queue_cap", "job_timeout_s", mode="after")
+    @classmethod
+    def _per_task(cls, v, info):
+        unknown = [t for t in v if t not in TASKS]
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASK_NAMES)}")
+        default = "queue_cap" if info.field_name == "queue_cap" else "timeout_s"
+        return {name: v.get(name, getattr(task, default)) for name, task in TASKS.items()}
 
     @field_validator("image_url_schemes", "image_url_allow_networks", mode="before")
     @classmethod

@@ -17,6 +17,16 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+# Each group of tests by topic gets its directory's marker (registered in pyproject.toml), so that
+# `pytest -m "not (faults or deploy or bench)"` (`make test-fast`) runs the quick part.
+MARKED_DIRECTORIES = ("e2e", "faults", "deploy", "bench")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(item.fspath).relative_to(ROOT / "tests").parts
+        if len(parts) > 1 and parts[0] in MARKED_DIRECTORIES:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 def free_port() -> int:
@@ -39,11 +49,33 @@ def redis_url(tmp_path_factory):
     if url:
         yield url
         return
-    from service.redis_conn import EmbeddedRedis
+    from service.redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
     yield server.url
     server.close()
+
+
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """An embedded Redis of the test module's own: no stack, worker or reaper of another test sees its
+    keys (the session's `redis_url` is shared with running stacks, whose reapers sweep every job)."""
+    from service.redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path_factory.mktemp("module-redis"))
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture
+def module_redis(module_server):
+    """A sync client of the module's own Redis, emptied for each test."""
+    from service.redis import sync_client
+
+    r = sync_client(module_server.url)
+    r.flushdb()
+    yield r
+    r.close()
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +181,7 @@ def api(app_settings):
     """The API in-process (no worker): for validation and other API-only behaviour."""
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.api.app import create_app
 
     with TestClient(create_app(app_settings)) as c:
         yield c

@@ -25,8 +25,6 @@ IMAGE_SAVE = {
     "jpeg": ("JPEG", {"quality": 92}),
     "webp": ("WEBP", {"quality": 92}),
 }
-EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "mp4": "mp4", "gif": "gif"}
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "mp4": "video/mp4", "gif": "image/gif"}
 FAST_PNG = -1  # png_level: Fresco's fast encoder
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

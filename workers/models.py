@@ -8,8 +8,8 @@ The GPU path, per model in the models file (all off by default): `dtype` (bfloat
 `channels_last`, `fuse_qkv` (fused attention projections), `compile` (regional torch.compile of the
 UNet's repeated transformer blocks, warmed at start on the model's size `buckets` so no request pays
 compilation; afterwards an unseen shape runs eagerly instead of recompiling), the `vae` override (the
-fp16-fix VAE), `vae_tiling`/`vae_slicing`, `cpu_offload`. `optimize()` applies them; `warm_up()` runs
-each pipeline once per bucket.
+fp16-fix VAE), `vae_tiling`/`vae_slicing`, `cpu_offload`. `optimize()` applies them; workers/runtime.py
+`warm_up()` runs each pipeline once per bucket.
 """
 
 from __future__ import annotations
@@ -139,7 +139,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 # blocks (diffusers' `_repeated_blocks`; the SVD UNet declares none, so its spatial and temporal blocks).
 COMPILED_BLOCKS = {"UNet2DConditionModel": ("BasicTransformerBlock",),
                    "UNetSpatioTemporalConditionModel": ("BasicTransformerBlock", "TemporalBasicTransformerBlock")}
-DEFAULT_BUCKETS = {"sdxl": [(1024, 1024)], "turbo": [(512, 512)], "svd": [(1024, 576)]}
 
 
 def fuse_qkv(module) -> int:
@@ -204,48 +203,6 @@ def optimize(spec: ModelSpec, *pipes) -> None:
             if spec.compile and role == "unet":
                 log.info("%s: compiling %d transformer blocks of the UNet (%s)", spec.name,
                          compile_blocks(module, spec), spec.compile_backend)
-
-
-def warmup_params(task: str, spec: ModelSpec, width: int, height: int, num_images: int = 1) -> dict:
-    """The parameters of a warm-up job: a real request at the bucket's size, with few steps (the shapes,
-    not the step count, decide what gets compiled) and the guidance regime of the task's defaults."""
-    common = {"prompt": "warm-up", "negative_prompt": "", "width": width, "height": height, "seed": 0,
-              "num_images": num_images, "output_format": "png"}
-    if task == "turbo":
-        return {**common, "steps": 1, "guidance_scale": 0.0}
-    if task == "sdxl":
-        return {**common, "steps": 4, "guidance_scale": 5.0, "scheduler": "euler", "refiner": bool(spec.refiner),
-                "refiner_switch": 0.75}
-    if task == "img2img":
-        turbo = spec.kind == "turbo"
-        return {**common, "steps": 2, "strength": 0.5, "guidance_scale": 0.0 if turbo else 5.0,
-                "scheduler": "turbo" if turbo else "euler"}
-    frames = spec.num_frames or 14
-    return {**common, "steps": 2, "num_frames": frames, "fps": 7, "motion_bucket_id": 127,
-            "noise_aug_strength": 0.02, "min_guidance_scale": 1.0, "max_guidance_scale": 3.0,
-            "decode_chunk_size": 8, "output_format": "mp4"}
-
-
-def warm_up(pipeline, spec: ModelSpec, batch_size: int = 1) -> float:
-    """Run `pipeline` once per size bucket (and, with batching, at the largest batch too, so the
-    compiled blocks take a dynamic batch dimension). Then `freeze_compiled()`."""
-    from PIL import Image
-
-    from workers.progress import Progress
-
-    started = time.perf_counter()
-    task = pipeline.task
-    buckets = [tuple(b) for b in spec.buckets] or DEFAULT_BUCKETS.get(task if task != "img2img" else spec.kind,
-                                                                      [(512, 512)])
-    batches = sorted({1, batch_size}) if pipeline.batch_key(warmup_params(task, spec, 512, 512)) is not None else [1]
-    for width, height in buckets:
-        for batch in batches:
-            params = warmup_params(task, spec, width, height)
-            image = Image.new("RGB", (width, height), (127, 127, 127)) if task in ("img2img", "svd") else None
-            items = [(dict(params, seed=i), image) for i in range(batch)]
-            with torch.inference_mode():
-                pipeline.run_batch(items, Progress(lambda state: False, pipeline.plan(params)))
-    return time.perf_counter() - started
 
 
 def freeze_compiled() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-POST_STAGES = ("decode", "encode", "store")
+from service.jobs.states import POST_STAGES, Stage, progress
 
 
 class JobCanceled(Exception):
@@ -18,7 +18,7 @@ class JobCanceled(Exception):
 
 
 class Progress:
-    def __init__(self, report: Callable[[dict], bool], plan: list[tuple[str, int]], published: dict | None = None):
+    def __init__(self, report: Callable[[dict], bool], plan: list[tuple[Stage, int]], published: dict | None = None):
         """`report(progress) -> canceled?`; `plan`: the denoising stages and their expected steps.
         `published`: the state the job already shows (written when it started running); the first
         stage's begin then sends nothing new, saving a Redis round trip per job (the first step's
@@ -31,7 +31,7 @@ class Progress:
         self._posted = 0  # post-stages (decode, encode, store) done
         self._fraction = 0.0
         self._index = -1
-        self.stage, self.step, self.total_steps = "queued", 0, 0
+        self.stage, self.step, self.total_steps = Stage.QUEUED, 0, 0
         self.step_hook: Callable[[int], None] | None = None  # fault injection in tests
 
     def _send(self) -> None:
@@ -42,10 +42,9 @@ class Progress:
             raise JobCanceled()
 
     def state(self) -> dict:
-        return {"stage": self.stage, "step": self.step, "total_steps": self.total_steps,
-                "fraction": round(self._fraction, 4)}
+        return progress(self.stage, self.step, self.total_steps, round(self._fraction, 4))
 
-    def begin(self, stage: str) -> None:
+    def begin(self, stage: Stage) -> None:
         """Enter the next planned denoising stage."""
         if self._index + 1 >= len(self._plan) or self._plan[self._index + 1][0] != stage:
             raise ValueError(f"stage {stage!r} is not next in the plan {self._plan}")
@@ -66,12 +65,12 @@ class Progress:
         if self.step_hook is not None:
             self.step_hook(self.step)
         if self.step >= self.total_steps and self._index == len(self._plan) - 1:
-            self.post("decode")  # the pipeline decodes right after its last step
+            self.post(Stage.DECODE)  # the pipeline decodes right after its last step
         else:
             self._send()
         return callback_kwargs
 
-    def post(self, stage: str) -> None:
+    def post(self, stage: Stage) -> None:
         """Enter decode, encode or store: all denoising and the earlier post-stages count as done."""
         if self.stage == stage:
             return
@@ -82,5 +81,5 @@ class Progress:
 
     def finished(self) -> dict:
         self._denoised, self._posted, self._fraction = self._denoise_total, len(POST_STAGES), 1.0
-        self.stage, self.step, self.total_steps = "done", 1, 1
+        self.stage, self.step, self.total_steps = Stage.DONE, 1, 1
         return self.state()

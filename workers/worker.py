@@ -1,8 +1,10 @@
 """The GPU worker process: an RQ SimpleWorker (never a forking one) with resident models.
 
-Models load once, before the first job is taken; a heartbeat thread keeps the worker visible (during
-jobs too) so the API knows which tasks and models are live. The worker listens on one RQ queue per
-task and model it has loaded, so it never takes a job it cannot run.
+`main` is the start-up, in order: settings and logs, Redis, the models (workers/runtime.py, loaded
+and warmed once), the job runner RQ calls (workers/jobs.py), metrics, a heartbeat thread that keeps
+the worker visible during jobs too, and the RQ loop on one queue per task and model it has loaded,
+so it never takes a job it cannot run. Process tuning (workers/tuning.py) happens before torch is
+imported, in `service/cli.py`.
 """
 
 from __future__ import annotations
@@ -10,32 +12,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Callable
 
 from rq import Queue, SimpleWorker
 from rq.serializers import JSONSerializer
 
-from service import heartbeats
 from service.catalog import load_catalog
-from service.jobstore import queue_name
+from service.jobs import heartbeats, keys
 from service.logs import configure_logging
-from service.redis_conn import EmbeddedRedis, sync_client
+from service.redis import EmbeddedRedis, sync_client
 from service.settings import Settings
 from service.storage import storage_from_settings
 from workers import metrics
-from workers.jobs import Runtime
+from workers.jobs import JobRunner
+from workers.runtime import Runtime
 
 log = logging.getLogger("fresco.worker")
-# Short jobs first: a worker serving every task takes a queued Turbo job before a queued video.
-QUEUE_ORDER = ("turbo", "img2img", "sdxl", "svd")
 
 
 class FrescoWorker(SimpleWorker):
     """Runs each job in this process, where the models already are."""
 
-    def __init__(self, *args, runtime: Runtime, **kwargs):
+    def __init__(self, *args, **kwargs):
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
-        self.runtime = runtime
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         """RQ's worker heartbeat (three commands, sent before and after every job) in one round trip."""
@@ -47,16 +47,14 @@ class FrescoWorker(SimpleWorker):
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, redis_url: str, name: str, runtime: Runtime, settings: Settings):
+    """Fresco's own worker heartbeat (RQ's SimpleWorker sends none during a job): what the worker
+    serves and runs, every `heartbeat_interval_s`, under a TTL key the reaper and /readyz read."""
+
+    def __init__(self, redis_url: str, name: str, info: Callable[[], dict], settings: Settings):
         super().__init__(name="fresco-heartbeat", daemon=True)
         self.redis = sync_client(redis_url)
-        self.worker_name, self.runtime, self.settings = name, runtime, settings
+        self.worker_name, self.info, self.settings = name, info, settings
         self.stopped = threading.Event()
-
-    def info(self) -> dict:
-        return {"tasks": self.runtime.tasks, "models": sorted(self.runtime.models), "serves": self.runtime.serves,
-                "pid": os.getpid(),
-                "job": self.runtime.current_job, "jobs": list(self.runtime.current_jobs)}
 
     def run(self) -> None:
         while not self.stopped.is_set():
@@ -85,22 +83,26 @@ def main(settings: Settings) -> int:
     if not url:
         embedded = EmbeddedRedis(settings.data_dir)
         url = embedded.url
-    connection = sync_client(url, socket_timeout=None)
     name = settings.default_worker_name
-    catalog = load_catalog(settings.models_file)
-    runtime = Runtime(settings, catalog, sync_client(url), storage_from_settings(settings), name).load().warm_up()
-    runtime.install()
-    metrics.serve(settings.worker_metrics_port)
-    pairs = sorted(runtime.pipelines, key=lambda pair: QUEUE_ORDER.index(pair[0]))
-    if not pairs:
+    runtime = Runtime(settings, load_catalog(settings.models_file)).load().warm_up()
+    if not runtime.pipelines:
         log.error("no models serve the tasks %s in this catalogue", settings.worker_tasks)
         return 2
-    heartbeat = Heartbeat(url, name, runtime, settings)
+    runner = JobRunner(runtime, sync_client(url), storage_from_settings(settings), settings, name).serve()
+    metrics.serve(settings.worker_metrics_port)
+
+    def info() -> dict:
+        jobs = list(runner.current_jobs)
+        return {"tasks": runtime.tasks, "models": sorted(runtime.models), "serves": runtime.serves,
+                "pid": os.getpid(), "job": jobs[0] if jobs else None, "jobs": jobs}
+
+    heartbeat = Heartbeat(url, name, info, settings)
     heartbeat.start()
-    queues = [Queue(queue_name(t, m), connection=connection, serializer=JSONSerializer) for t, m in pairs]
-    worker = FrescoWorker(queues, connection=connection, name=name, runtime=runtime)
-    log.info("worker %s serving %s (metrics on :%s)", name, runtime.serves,
-             settings.worker_metrics_port or "off")
+    connection = sync_client(url, socket_timeout=None)
+    queues = [Queue(keys.queue_name(t, m), connection=connection, serializer=JSONSerializer)
+              for t, m in runtime.queues()]
+    worker = FrescoWorker(queues, connection=connection, name=name)
+    log.info("worker %s serving %s (metrics on :%s)", name, runtime.serves, settings.worker_metrics_port or "off")
     try:
         # RQ logs four lines at INFO per job; Fresco logs its own one (job id, task, outcome, time).
         level = settings.log_level.upper()

@@ -1,6 +1,6 @@
 """Every bench runs, at tiny scale and on the CPU, and reports what it promises (the figures themselves
 are for BENCHMARKS.md: benches are run by hand, these only keep them working). The overhead bench is
-run in test_api_processes.py; batching and resident models have their own tests in tests/workers."""
+run in tests/bench/test_deployment.py; batching and resident models have their own tests in tests/workers."""
 
 from __future__ import annotations
 

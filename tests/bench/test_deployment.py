@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench import overhead
 from bench.common import Deployment
-from service import jobstore as js
+from service.jobs import keys
 from tests.workers.harness import same_pixels
 
 
@@ -54,7 +54,7 @@ def test_batching_overhead_and_metrics_in_a_real_deployment(tmp_path, capsys):
         assert value(worker_metrics, "fresco_batch_images_sum", task="turbo") == 8  # one call of 4, four of 1
         assert value(worker_metrics, "fresco_batch_images_count", task="turbo") == 5
         r = dep.redis()
-        assert r.keys("rq:job:*") == [] and r.llen(js.rq_queue_key("turbo", "tiny-turbo")) == 0
+        assert r.keys(keys.rq_job("*")) == [] and r.llen(keys.rq_queue("turbo", "tiny-turbo")) == 0
         # 2. the overhead bench
         result = overhead.measure(jobs=2, size=256, steps=1, mode="longpoll", warmup=1, dep=dep)
         assert result["jobs"] == 2 and result["in_process_p50_ms"] > 0 and result["e2e_p50_ms"] > 0

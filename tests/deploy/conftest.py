@@ -43,7 +43,7 @@ def s3():
 def s3_stack(s3, tmp_path_factory):
     """API and one worker (all four tasks, tiny profile) with S3 storage, on a Redis of their own so no
     other test's worker can take their jobs. Yields (stack, bucket)."""
-    from service.redis_conn import EmbeddedRedis
+    from service.redis import EmbeddedRedis
 
     data = tmp_path_factory.mktemp("s3-stack")
     redis = EmbeddedRedis(data / "redis")

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -121,13 +122,37 @@ def test_dockerignore_sends_only_what_the_images_copy():
     assert sources == {"pyproject.toml", "README.md", "service", "workers"}
     for src in sources:
         target = ROOT / src
-        files = [target] if target.is_file() else [p for p in target.rglob("*.py")]
+        files = [target] if target.is_file() else [p for p in target.rglob("*") if p.suffix in (".py", ".lua")]
         assert files
         for f in files:
             assert not dockerignored(str(f.relative_to(ROOT)), patterns), f
     for unwanted in (".venv/bin/python", ".git/config", ".fresco/redis.db", "tests/conftest.py",
                      "service/__pycache__/app.cpython-311.pyc", "bench/e2e_latency.py", "deploy/k8s/api.yaml"):
         assert dockerignored(unwanted, patterns), unwanted
+
+
+def test_the_package_the_images_install_carries_the_lua_scripts(tmp_path):
+    """The images `pip install /src` (not editable): the built wheel holds every module and the job
+    state machine's scripts, which are data files, not Python."""
+    import shutil as sh
+    import zipfile
+
+    src = tmp_path / "src"  # what the Dockerfile copies, and nothing else (a build writes into its source)
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        sh.copy(ROOT / name, src / name)
+    for package in ("service", "workers"):
+        sh.copytree(ROOT / package, src / package, ignore=sh.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = tmp_path.glob("fresco-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    scripts = {f"service/jobs/scripts/{p.name}" for p in (ROOT / "service/jobs/scripts").glob("*.lua")}
+    assert len(scripts) == 8 and scripts <= names
+    for package in ("service", "workers"):
+        for path in (ROOT / package).rglob("*.py"):
+            assert str(path.relative_to(ROOT)) in names, path
 
 
 # ---------------------------------------------------------------- docker-compose.yml

@@ -17,8 +17,9 @@ import pytest
 import redis
 import yaml
 
-from service import jobstore as js
-from service.catalog import Catalog, TASKS
+from service.catalog import Catalog
+from service.jobs import keys
+from service.tasks import TASK_NAMES as TASKS
 from service.settings import Settings
 from tests.deploy.conftest import DEPLOY, run_tool, tool
 
@@ -280,7 +281,7 @@ def test_keda_scales_each_group_on_exactly_its_queues():
         assert so["spec"]["scaleTargetRef"]["name"] == name
         assert so["spec"]["minReplicaCount"] >= 1  # a first job never waits for a cold start
         tasks = env_of(container(d))["FRESCO_WORKER_TASKS"].split(",")
-        queues = {js.rq_queue_key(t, m) for t in tasks for m in c.models_for(t)}
+        queues = {keys.rq_queue(t, m) for t in tasks for m in c.models_for(t)}
         triggers = so["spec"]["triggers"]
         assert {t["metadata"]["listName"] for t in triggers if t["type"] == "redis"} == queues
         for t in triggers:

@@ -1,5 +1,5 @@
 """An in-process worker for the worker tests: a real Redis (its own, embedded), jobs submitted with the
-API's own SUBMIT script and RQ job mapping, and a real `Runtime` with the tiny pipelines. `pop_and_run`
+API's own protocol.submit, and a real `JobRunner` on a `Runtime` with the tiny pipelines. `pop_and_run`
 does what RQ's worker does around `run_job`: pop the next job id off the queue list, fetch its RQ
 job, run it, delete the RQ job hash (result_ttl=0)."""
 
@@ -14,45 +14,34 @@ from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from service import jobstore as js
-from service.queue import _rq_job_mapping
+from service.jobs import keys, protocol
 from service.settings import Settings
 from service.storage import LocalStorage
 
 
 def submit(redis, task: str, model: str, params: dict, *, retries: int = 0, timeout: int = 600) -> str:
-    """Enqueue as POST /generate does: Fresco's job hash, the queued index, RQ's job hash and list entry."""
+    """Enqueue as POST /generate does: Fresco's job record, the queued index, RQ's job hash and list entry."""
     job_id = str(uuid.uuid4())
-    now = js.now()
-    fields = js.new_job_fields(job_id, task, model, params, now, retries=retries)
-    rq_fields = _rq_job_mapping(job_id, task, model, {"id": job_id, "task": task, "model": model}, timeout)
-    args: list = [job_id, repr(now), 0, "", 60, len(fields)]
-    for k, v in fields.items():
-        args += [k, v]
-    for k, v in rq_fields.items():
-        args += [k, v]
-    reply = redis.register_script(js.SUBMIT)(
-        keys=[js.job_key(job_id), js.rq_job_key(job_id), js.state_key(task, "queued"), js.rq_queue_key(task, model),
-              "fresco:idem:-"], args=args)
-    assert reply in (b"ok", "ok")
+    assert protocol.submit(job_id, task, model, params, owner=None, retries=retries, timeout_s=timeout,
+                           cap=0).run(redis)
     return job_id
 
 
-def pop_and_run(runtime, redis, task: str, model: str) -> dict | None:
+def pop_and_run(runner, redis, task: str, model: str) -> dict | None:
     """One turn of RQ's worker loop, without RQ's process machinery (signals, alarms)."""
-    raw = redis.lpop(js.rq_queue_key(task, model))
+    raw = redis.lpop(keys.rq_queue(task, model))
     if raw is None:
         return None
     job_id = raw.decode()
     job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     try:
-        return runtime.run(job.args[0])
+        return runner.run(job.args[0])
     finally:
-        redis.delete(js.rq_job_key(job_id))
+        redis.delete(keys.rq_job(job_id))
 
 
 def job(redis, job_id: str) -> dict:
-    h = js.decode_hash(redis.hgetall(js.job_key(job_id)))
+    h = protocol.decode_hash(redis.hgetall(keys.job(job_id)))
     for key in ("params", "progress", "result", "error", "timings"):
         if h.get(key):
             h[key] = json.loads(h[key])
@@ -71,6 +60,17 @@ def same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
 
 def settings(redis_url: str, tmp_path, **overrides) -> Settings:
     return Settings(**{"redis_url": redis_url, "data_dir": tmp_path, "worker_tasks": ["turbo"], **overrides})
+
+
+def make_runner(redis_url: str, data, name: str, catalog, **overrides):
+    """A worker's job runner, in this process: the tiny models of `worker_tasks` loaded, results in
+    `data`/results."""
+    from service.redis import sync_client
+    from workers.jobs import JobRunner
+    from workers.runtime import Runtime
+
+    s = settings(redis_url, data, **overrides)
+    return JobRunner(Runtime(s, catalog).load(), sync_client(redis_url), LocalStorage(data / "results"), s, name)
 
 
 def turbo(seed: int, size: int = 256, steps: int = 1, prompt: str | None = None, num_images: int = 1) -> dict:

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from service.catalog import ModelSpec, load_catalog
-from workers.models import COMPILED_BLOCKS, freeze_compiled, load_model, warm_up
+from workers.models import COMPILED_BLOCKS, freeze_compiled, load_model
 from workers.pipelines.registry import PIPELINES
 from workers.progress import Progress
+from workers.runtime import warm_up
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any, Hashable
 
 import torch
 
+from service.jobs.states import Stage
 from workers.models import LoadedModel
 from workers.progress import Progress
 
@@ -29,14 +30,24 @@ class TaskPipeline:
 
     Batching: `batch_key(params)` is None for a job that always runs alone, else a key; jobs with
     equal keys may run together in `run_batch([(params, image), ...], progress)`, which returns one
-    Output per job, in order."""
+    Output per job, in order.
+
+    Warm-up (workers/runtime.py): `warmup_params(width, height)` is a real job's parameters at that
+    size, with few steps (the shapes, not the step count, decide what gets compiled);
+    `default_size()` the size warmed when the models file names no buckets."""
 
     task: str = ""
 
     def __init__(self, model: LoadedModel):
         self.model = model
 
-    def plan(self, params: dict) -> list[tuple[str, int]]:
+    def plan(self, params: dict) -> list[tuple[Stage, int]]:
+        raise NotImplementedError
+
+    def default_size(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def warmup_params(self, width: int, height: int) -> dict:
         raise NotImplementedError
 
     def run(self, params: dict, image, progress: Progress) -> Output:
@@ -49,6 +60,9 @@ class TaskPipeline:
         if len(items) != 1:
             raise NotImplementedError(f"{self.task} runs one job at a time")
         return [self.run(items[0][0], items[0][1], progress)]
+
+
+WARMUP_COMMON = {"prompt": "warm-up", "negative_prompt": "", "seed": 0, "num_images": 1, "output_format": "png"}
 
 
 def generators(seed: int, count: int) -> list[torch.Generator]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from PIL import Image
 
+from service.jobs.states import Stage
 from workers.models import make_scheduler
-from workers.pipelines.base import (Output, TaskPipeline, batch_generators, negatives, per_image, prompt_warnings,
-                                    split)
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives, per_image,
+                                    prompt_warnings, split)
 
 
 class Img2Img(TaskPipeline):
@@ -22,7 +23,15 @@ class Img2Img(TaskPipeline):
         self.pipe = model.img2img()  # built at load time, not on the first request
 
     def plan(self, p):
-        return [("denoise", max(1, int(p["steps"] * p["strength"])))]
+        return [(Stage.DENOISE, max(1, int(p["steps"] * p["strength"])))]
+
+    def default_size(self):
+        return (512, 512) if self.model.spec.kind == "turbo" else (1024, 1024)
+
+    def warmup_params(self, width, height):
+        turbo = self.model.spec.kind == "turbo"
+        return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2, "strength": 0.5,
+                "guidance_scale": 0.0 if turbo else 5.0, "scheduler": "turbo" if turbo else "euler"}
 
     def batch_key(self, p):
         turbo = self.model.spec.kind == "turbo"
@@ -50,7 +59,7 @@ class Img2Img(TaskPipeline):
                           negative_prompt=negatives(items) if not turbo else None,
                           image=per_image(items, lambda _, image: image), num_images_per_prompt=1)
         # 2. denoise from the noised inputs, decode
-        progress.begin("denoise")
+        progress.begin(Stage.DENOISE)
         images = pipe(
             **inputs, strength=p["strength"], num_inference_steps=p["steps"],
             guidance_scale=0.0 if turbo else p["guidance_scale"],

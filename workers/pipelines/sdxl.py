@@ -8,9 +8,10 @@ A batch of compatible jobs runs as one call of each, with a prompt, negative pro
 
 from __future__ import annotations
 
+from service.jobs.states import Stage
 from workers.models import make_scheduler
-from workers.pipelines.base import (Output, TaskPipeline, batch_generators, negatives, per_image, prompt_warnings,
-                                    split)
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives, per_image,
+                                    prompt_warnings, split)
 
 
 class SDXL(TaskPipeline):
@@ -21,9 +22,16 @@ class SDXL(TaskPipeline):
 
     def plan(self, p):
         if not self._use_refiner(p):
-            return [("base", p["steps"])]
+            return [(Stage.BASE, p["steps"])]
         base = max(1, round(p["steps"] * p["refiner_switch"]))
-        return [("base", base), ("refiner", max(1, p["steps"] - base))]
+        return [(Stage.BASE, base), (Stage.REFINER, max(1, p["steps"] - base))]
+
+    def default_size(self):
+        return 1024, 1024
+
+    def warmup_params(self, width, height):
+        return {**WARMUP_COMMON, "width": width, "height": height, "steps": 4, "guidance_scale": 5.0,
+                "scheduler": "euler", "refiner": self.model.refiner is not None, "refiner_switch": 0.75}
 
     def batch_key(self, p):
         refiner = self._use_refiner(p)
@@ -47,7 +55,7 @@ class SDXL(TaskPipeline):
                       generator=batch_generators(items), callback_on_step_end=progress.on_step_end)
         warnings = [prompt_warnings(base, prompt=q["prompt"], negative_prompt=q["negative_prompt"]) for q, _ in items]
         # 2. base
-        progress.begin("base")
+        progress.begin(Stage.BASE)
         if not self._use_refiner(p):
             images = base(**common, width=p["width"], height=p["height"]).images
         else:
@@ -57,7 +65,7 @@ class SDXL(TaskPipeline):
             # 3. refiner, from the handed-over latents
             refiner = self.model.refiner
             refiner.scheduler = make_scheduler(p["scheduler"], self.model.refiner_scheduler_config)
-            progress.begin("refiner")
+            progress.begin(Stage.REFINER)
             images = refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
                              negative_aesthetic_score=2.5).images
         return [Output(images=imgs, warnings=w) for imgs, w in zip(split(images, items), warnings)]

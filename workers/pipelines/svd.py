@@ -9,17 +9,27 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from workers.pipelines.base import Output, TaskPipeline
+from service.jobs.states import Stage
+from workers.pipelines.base import WARMUP_COMMON, Output, TaskPipeline
 
 
 class SVD(TaskPipeline):
     task = "svd"
 
     def plan(self, p):
-        return [("denoise", p["steps"])]
+        return [(Stage.DENOISE, p["steps"])]
+
+    def default_size(self):
+        return 1024, 576
+
+    def warmup_params(self, width, height):
+        return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2,
+                "num_frames": self.model.spec.num_frames or 14, "fps": 7, "motion_bucket_id": 127,
+                "noise_aug_strength": 0.02, "min_guidance_scale": 1.0, "max_guidance_scale": 3.0,
+                "decode_chunk_size": 8, "output_format": "mp4"}
 
     def run(self, p, image, progress):
-        progress.begin("denoise")
+        progress.begin(Stage.DENOISE)
         frames = self.model.pipe(
             image=image, height=p["height"], width=p["width"], num_frames=p["num_frames"],
             num_inference_steps=p["steps"], fps=p["fps"], motion_bucket_id=p["motion_bucket_id"],

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from service.jobs.states import Stage
 from workers.models import make_scheduler
-from workers.pipelines.base import (Output, TaskPipeline, batch_generators, generators, per_image, prompt_warnings,
-                                    split)
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, generators, per_image,
+                                    prompt_warnings, split)
 
 
 class Turbo(TaskPipeline):
     task = "turbo"
 
     def plan(self, p):
-        return [("denoise", p["steps"])]
+        return [(Stage.DENOISE, p["steps"])]
+
+    def default_size(self):
+        return 512, 512
+
+    def warmup_params(self, width, height):
+        return {**WARMUP_COMMON, "width": width, "height": height, "steps": 1, "guidance_scale": 0.0}
 
     def batch_key(self, p):
         # Guidance is always off and prompts go in as a list, so size and steps are all that must match.
@@ -21,7 +28,7 @@ class Turbo(TaskPipeline):
         pipe = self.model.pipe
         # 1. a fresh Euler-ancestral scheduler; 2. denoise and decode
         pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
-        progress.begin("denoise")
+        progress.begin(Stage.DENOISE)
         images = pipe(
             prompt=p["prompt"], width=p["width"], height=p["height"], num_inference_steps=p["steps"],
             guidance_scale=0.0, num_images_per_prompt=p["num_images"],
@@ -34,7 +41,7 @@ class Turbo(TaskPipeline):
             return super().run_batch(items, progress)
         pipe, p = self.model.pipe, items[0][0]
         pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
-        progress.begin("denoise")
+        progress.begin(Stage.DENOISE)
         images = pipe(
             prompt=per_image(items, lambda q, _: q["prompt"]), width=p["width"], height=p["height"],
             num_inference_steps=p["steps"], guidance_scale=0.0, num_images_per_prompt=1,

@@ -1,0 +1,87 @@
+"""create_app(settings): the HTTP API. Routers, error handlers, and a lifespan that connects Redis,
+the event hub and the reaper. The API never imports torch, diffusers or the worker code."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from fastapi import FastAPI
+
+from service.api.access import JobAccess
+from service.api.auth import Auth
+from service.api.deps import Context
+from service.api.errors import install_error_handlers
+from service.api.events import EventHub
+from service.api.metrics import ApiMetrics
+from service.api.routes import generate, health, jobs, models, results
+from service.api.schemas import generate_adapter
+from service.catalog import Catalog, load_catalog
+from service.jobs.reaper import Reaper
+from service.redis import EmbeddedRedis, async_client
+from service.settings import Settings, get_settings
+from service.storage import storage_from_settings
+
+log = logging.getLogger("fresco.api")
+
+
+def _openapi_with_request_schema(app: FastAPI):
+    """The request body is parsed by hand (size limit, strict JSON), so add its schema to OpenAPI."""
+    base = app.openapi
+
+    def openapi():
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        body = generate_adapter.json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["GenerateRequest"] = body
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    catalog = catalog or load_catalog(settings.models_file)
+    metrics = ApiMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        embedded = None
+        url = settings.redis_url
+        if not url:
+            embedded = EmbeddedRedis(settings.data_dir)
+            url = embedded.url
+        redis = async_client(url)
+        hub = EventHub(async_client(url, socket_timeout=None))
+        hub.start()
+        storage = storage_from_settings(settings)
+        app.state.ctx = Context(settings=settings, catalog=catalog, redis=redis, hub=hub,
+                                jobs=JobAccess(redis, hub, settings.job_ttl_s), storage=storage, metrics=metrics,
+                                auth=Auth(settings, redis))
+        if not app.state.ctx.auth.enabled:
+            log.warning("no API keys configured (FRESCO_API_KEYS): anyone who can reach this API can submit "
+                        "jobs and read every job and result")
+        reaper = Reaper(redis, settings, storage)
+        if settings.reaper_interval_s:
+            reaper.start(settings.reaper_interval_s)
+        try:
+            yield
+        finally:
+            await reaper.stop()
+            await hub.stop()
+            await redis.aclose()
+            if embedded:
+                embedded.close()
+
+    app = FastAPI(title="Fresco", version="0.1.0", lifespan=lifespan,
+                  description="HTTP inference service for SDXL, SDXL Turbo, img2img and Stable Video Diffusion.")
+    install_error_handlers(app)
+    for module in (generate, jobs, results, models, health):
+        app.include_router(module.router)
+    metrics.instrument(app)
+    app.openapi = _openapi_with_request_schema(app)
+    return app

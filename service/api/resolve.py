@@ -1,0 +1,116 @@
+"""From a validated request to the job's full parameters: the rules that need the catalogue and settings.
+
+Common to every task: the model (the task's default when absent), the seed (drawn when absent), the
+input image (fetched, checked and decoded) where the task takes one, the pixel limit. Then one rule
+function per task, registered in `RULES`. Every resolved parameter, the seed included, is reported
+back in the JobView's `params`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from service.api.errors import ValidationFailed, field_error
+from service.api.inputs import DecodedImage, ImageRejected, read_image
+from service.catalog import Catalog, ModelSpec
+from service.settings import Settings
+from service.tasks import TASKS
+
+
+@dataclass
+class Resolved:
+    task: str
+    model: str
+    params: dict[str, Any]
+    image: DecodedImage | None = None
+    retries: int = 0
+
+
+@dataclass
+class Rules:
+    """What a task's rule function gets: the request, its model, the settings, the decoded input image,
+    the parameters so far (to complete), and the list of field errors (to add to)."""
+
+    req: Any
+    spec: ModelSpec
+    settings: Settings
+    image: DecodedImage | None
+    params: dict[str, Any]
+    errors: list[dict] = field(default_factory=list)
+
+    def error(self, name: str, message: str) -> None:
+        self.errors.append(field_error(name, message))
+
+    def pixels(self, width: int, height: int) -> None:
+        if width * height > self.settings.max_pixels:
+            self.error("width", f"width × height must be at most {self.settings.max_pixels} pixels")
+
+
+def _sdxl(r: Rules) -> None:
+    r.pixels(r.req.width, r.req.height)
+    if r.req.refiner and not r.spec.refiner:
+        r.error("refiner", f"model {r.spec.name} has no refiner")
+    r.params["refiner"] = bool(r.spec.refiner) if r.req.refiner is None else r.req.refiner
+
+
+def _turbo(r: Rules) -> None:
+    r.pixels(r.req.width, r.req.height)
+    r.params["guidance_scale"] = 0.0
+
+
+def _img2img(r: Rules) -> None:
+    req = r.req
+    if int(req.steps * req.strength) < 1:
+        r.error("strength", "steps × strength must be at least 1 (no denoising step would run)")
+    if r.spec.kind == "turbo":
+        if req.scheduler is not None:
+            r.error("scheduler", "turbo models use their own scheduler")
+        r.params["scheduler"] = "turbo"
+        r.params["guidance_scale"] = 0.0  # Turbo runs without classifier-free guidance
+    else:
+        r.params["scheduler"] = req.scheduler or "euler"
+    if r.image is not None:
+        width = req.width or r.image.width // 8 * 8
+        height = req.height or r.image.height // 8 * 8
+        if width < 64 or height < 64:
+            r.error("image", "must be at least 64 pixels on each side, or give width and height")
+        r.pixels(width, height)
+        r.params["width"], r.params["height"] = width, height
+
+
+def _svd(r: Rules) -> None:
+    req = r.req
+    r.pixels(req.width, req.height)
+    if req.min_guidance_scale > req.max_guidance_scale:
+        r.error("min_guidance_scale", "must not exceed max_guidance_scale")
+    max_frames = r.spec.num_frames or 14
+    if req.num_frames is not None and req.num_frames > max_frames:
+        r.error("num_frames", f"must be at most {max_frames} for model {r.spec.name}")
+    r.params["num_frames"] = req.num_frames or max_frames
+
+
+RULES: dict[str, Callable[[Rules], None]] = {"sdxl": _sdxl, "turbo": _turbo, "img2img": _img2img, "svd": _svd}
+
+
+async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
+    task = req.task
+    model = req.model or catalog.default_for(task)
+    names = catalog.models_for(task)
+    if model is None or model not in names:
+        raise ValidationFailed([field_error("model", f"must be one of {names} for task {task}")])
+    params = req.model_dump(exclude={"task", "model", "image", "retries"})
+    params["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**32)
+    rules = Rules(req, catalog.spec(model), settings, None, params)
+    if TASKS[task].takes_image:
+        try:
+            rules.image = await read_image(req.image, settings)
+        except ImageRejected as exc:
+            rules.error("image", str(exc))
+    RULES[task](rules)
+    if rules.errors:
+        raise ValidationFailed(rules.errors)
+    if rules.image is not None:
+        params["image"] = {"name": rules.image.filename, "width": rules.image.width, "height": rules.image.height}
+    return Resolved(task=task, model=model, params=params, image=rules.image, retries=req.retries)

@@ -1,0 +1,133 @@
+"""POST /generate: read the body within its limit, validate, resolve, enqueue; optionally wait."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+
+from service.api import idempotency
+from service.api.access import MAX_WAIT_S
+from service.api.deps import Context, Ctx
+from service.api.errors import (BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationFailed,
+                                dedupe, json_response, validation_fields)
+from service.api.resolve import resolve
+from service.api.schemas import ErrorBody, JobView, generate_adapter
+from service.api.submit import submit
+from service.jobs.protocol import Idempotency
+from service.jobs.states import TERMINAL
+from service.redis import REDIS_DOWN
+
+router = APIRouter()
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,6})(?:$|[,;\s])", re.IGNORECASE)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit`: by Content-Length when sent, else
+    while streaming (chunked bodies), never after buffering all of it."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise BadRequest("Content-Length is not a number")
+        if int(length) > limit:
+            raise PayloadTooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str):
+    # NaN and ±Infinity are no JSON numbers; they reach validation as non-finite floats (422, field named).
+    return float(name)
+
+
+def parse_json(body: bytes):
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not valid UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply") from None
+    except ValueError:
+        raise BadRequest("the body is not valid JSON") from None
+
+
+async def _submit(c: Context, data, owner: str | None, idem: Idempotency | None = None) -> str:
+    try:
+        req = generate_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ValidationFailed(dedupe(validation_fields(exc))) from None
+    resolved = await resolve(req, c.catalog, c.settings)
+    job_id = await submit(c.redis, c.storage, c.settings, resolved, owner=owner, idempotency=idem)
+    c.metrics.jobs_submitted.labels(resolved.task).inc()
+    return job_id
+
+
+def prefer_wait(request: Request) -> int | None:
+    header = request.headers.get("prefer")
+    if not header:
+        return None
+    match = _PREFER_WAIT.search(header)
+    return min(int(match.group(1)), MAX_WAIT_S) if match else None
+
+
+@router.post(
+    "/generate",
+    status_code=202,
+    response_model=JobView,
+    responses={200: {"model": JobView, "description": "the job ended within `Prefer: wait=N`"},
+               400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 409: {"model": ErrorBody},
+               413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody},
+               429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/GenerateRequest"}}}}},
+)
+async def generate(request: Request, c: Ctx):
+    """Validate a request for one of the four tasks and enqueue it."""
+    # The body is read and parsed before the API key is checked, as it always was: a client learns
+    # that its body is too large or not JSON whether or not its key is valid.
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType()
+    body = await read_body(request, c.settings.max_body_bytes)
+    data = parse_json(body)
+    owner = c.auth.owner(request)
+    await c.auth.rate_limit(owner)
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        job_id = await _submit(c, data, owner)
+    else:
+        idempotency.check_header(key)
+        rkey, digest = idempotency.redis_key(owner, key), idempotency.body_digest(data)
+        try:
+            job_id = await idempotency.claim(c.redis, rkey, digest, c.settings.idempotency_ttl_s)
+        except REDIS_DOWN:
+            raise Unavailable("the job queue is unreachable; retry later") from None
+        if job_id is None:
+            try:
+                idem = Idempotency(rkey, f"{digest}:", c.settings.idempotency_ttl_s)
+                job_id = await _submit(c, data, owner, idem)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await idempotency.release(c.redis, rkey, digest)
+                raise
+
+    headers = {"Location": f"/jobs/{job_id}"}
+    wait = prefer_wait(request)
+    if wait:
+        h = await c.jobs.wait(job_id, wait)
+        headers["Preference-Applied"] = f"wait={wait}"
+        if h["status"] in TERMINAL:
+            return json_response(c.view(h, request), 200, headers)
+    else:
+        h = await c.jobs.get(job_id)
+    return json_response(c.view(h, request), 202, headers)

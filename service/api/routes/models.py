@@ -1,0 +1,60 @@
+"""GET /models: each task's models, which are loaded on a live worker, defaults and limits."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.api.deps import Ctx, Owner
+from service.api.errors import json_response
+from service.api.schemas import REQUESTS
+from service.catalog import SCHEDULERS
+from service.jobs.heartbeats import live_workers, serves
+from service.redis import REDIS_DOWN
+from service.tasks import TASKS
+
+router = APIRouter()
+TINY_NOTE = "the tiny profile runs random weights on the CPU: its images are noise by design"
+
+
+def _parameters(model_cls) -> dict:
+    """Each request field's default and limits, as JSON Schema keywords."""
+    keep = ("default", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "enum",
+            "minLength", "maxLength")
+    out = {}
+    for name, prop in model_cls.model_json_schema()["properties"].items():
+        if name in ("task", "model"):
+            continue
+        merged = dict(prop)
+        for alt in prop.get("anyOf", []):
+            merged.update({k: v for k, v in alt.items() if k != "type"})
+        out[name] = {k: merged[k] for k in keep if k in merged}
+    return out
+
+
+@router.get("/models")
+async def models(c: Ctx, owner: Owner):
+    try:
+        workers = await live_workers(c.redis, c.settings.heartbeat_ttl_s)
+    except REDIS_DOWN:
+        workers = []
+    loaded = {pair for w in workers for pair in w.get("serves", [])}
+    tasks = {}
+    for task in TASKS.values():
+        entries = []
+        for name in c.catalog.models_for(task.name):
+            spec = c.catalog.spec(name)
+            facts = spec.facts()
+            entries.append({"name": name, "kind": spec.kind, "source": spec.source,
+                            "loaded": serves(task.name, name) in loaded, "description": spec.description,
+                            **{fact: facts[fact] for fact in task.model_facts}})
+        info = {"default_model": c.catalog.default_for(task.name), "models": entries,
+                "parameters": _parameters(REQUESTS[task.name])}
+        if task.schedulers:
+            info["schedulers"] = list(SCHEDULERS)
+        info["limits"] = {"max_pixels": c.settings.max_pixels}
+        if task.takes_image:
+            info["limits"]["max_image_bytes"] = c.settings.max_image_bytes
+        tasks[task.name] = info
+    return json_response({"profile": c.catalog.profile,
+                          "note": TINY_NOTE if c.catalog.profile == "tiny" else None,
+                          "tasks": tasks})

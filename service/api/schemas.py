@@ -1,0 +1,198 @@
+"""The API contract as types: per-task requests (a strict union tagged by `task`), JobView, ErrorBody.
+
+Rules that need no outside knowledge live here; rules that need the catalogue or the settings
+(model names, max pixels, the model's frame count, the input image) live in `service/api/resolve.py`.
+Each task's request class is registered in `REQUESTS` (the task table's rows, tests/service/test_tasks.py).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic_core import PydanticCustomError
+
+from service.catalog import SCHEDULERS
+from service.jobs.states import ErrorCode, JobStatus, Stage
+
+SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
+ImageFormat = Literal["png", "jpeg", "webp"]
+VideoFormat = Literal["mp4", "webp", "gif"]
+
+
+def _clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("text_nul", "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PydanticCustomError("text_surrogate", "must be valid Unicode (no unpaired surrogates)") from None
+    return value
+
+
+Prompt = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_clean_text)]
+NegativePrompt = Annotated[str, Field(max_length=2000), AfterValidator(_clean_text)]
+# An image: data URL, bare base64 or https URL. The byte limit is checked again after decoding.
+ImageRef = Annotated[str, Field(min_length=1, max_length=64 * 1024 * 1024), AfterValidator(_clean_text)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+Guidance = Annotated[float, Field(ge=0, le=20, allow_inf_nan=False)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    seed: Seed | None = None
+    # Run the job once more if its worker dies mid-job (worker_lost); 0 fails it instead.
+    retries: int = Field(0, ge=0, le=1)
+
+
+class SDXLRequest(_Request):
+    """SDXL base, then optionally the refiner as an ensemble of experts."""
+
+    task: Literal["sdxl"]
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    width: int = Field(1024, ge=256, le=2048, multiple_of=8)
+    height: int = Field(1024, ge=256, le=2048, multiple_of=8)
+    steps: int = Field(30, ge=1, le=100)
+    guidance_scale: Guidance = 5.0
+    num_images: int = Field(1, ge=1, le=4)
+    refiner: bool | None = None  # default: true when the model has one
+    refiner_switch: float = Field(0.8, gt=0, lt=1, allow_inf_nan=False)
+    scheduler: SchedulerName = "euler"
+    output_format: ImageFormat = "png"
+
+
+class TurboRequest(_Request):
+    """SDXL Turbo: 1 to 4 steps, no classifier-free guidance."""
+
+    task: Literal["turbo"]
+    prompt: Prompt
+    width: int = Field(512, ge=256, le=1024, multiple_of=8)
+    height: int = Field(512, ge=256, le=1024, multiple_of=8)
+    steps: int = Field(1, ge=1, le=4)
+    num_images: int = Field(1, ge=1, le=8)
+    guidance_scale: float = Field(0.0, ge=0, le=0, allow_inf_nan=False)  # accepted only as 0
+    output_format: ImageFormat = "png"
+
+
+class Img2ImgRequest(_Request):
+    """SDXL (or Turbo) img2img; the output keeps the input's size unless width/height say otherwise."""
+
+    task: Literal["img2img"]
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    image: ImageRef
+    strength: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
+    steps: int = Field(30, ge=1, le=100)
+    guidance_scale: Guidance = 5.0
+    num_images: int = Field(1, ge=1, le=4)
+    width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
+    scheduler: SchedulerName | None = None  # sdxl models: "euler"; turbo models: their own
+    output_format: ImageFormat = "png"
+
+
+class SVDRequest(_Request):
+    """Stable Video Diffusion image-to-video."""
+
+    task: Literal["svd"]
+    image: ImageRef
+    width: int = Field(1024, ge=64, le=2048, multiple_of=64)
+    height: int = Field(576, ge=64, le=2048, multiple_of=64)
+    num_frames: int | None = Field(None, ge=1)  # default and maximum: the model's
+    fps: int = Field(7, ge=1, le=60)
+    motion_bucket_id: int = Field(127, ge=0, le=255)
+    noise_aug_strength: float = Field(0.02, ge=0, le=1, allow_inf_nan=False)
+    steps: int = Field(25, ge=1, le=100)
+    min_guidance_scale: Guidance = 1.0
+    max_guidance_scale: Guidance = 3.0
+    decode_chunk_size: int = Field(8, ge=1, le=128)
+    output_format: VideoFormat = "mp4"
+
+
+# Task name -> its request class (each class's `task` Literal is its name).
+REQUESTS: dict[str, type[BaseModel]] = {cls.model_fields["task"].annotation.__args__[0]: cls
+                                        for cls in (SDXLRequest, TurboRequest, Img2ImgRequest, SVDRequest)}
+GenerateRequest = Annotated[Union[tuple(REQUESTS.values())], Field(discriminator="task")]  # type: ignore[valid-type]
+generate_adapter: TypeAdapter[Any] = TypeAdapter(GenerateRequest)
+
+
+# ---- responses (documented in the OpenAPI schema; handlers build them as plain dicts) ----
+
+
+class Progress(BaseModel):
+    stage: Literal[tuple(s.value for s in Stage)]  # type: ignore[valid-type]
+    step: int
+    total_steps: int
+    fraction: float
+
+
+class ImageResult(BaseModel):
+    url: str
+    content_type: str
+    width: int
+    height: int
+    seed: int
+
+
+class VideoResult(BaseModel):
+    url: str
+    content_type: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    seed: int
+
+
+class Result(BaseModel):
+    images: list[ImageResult] | None = None
+    video: VideoResult | None = None
+
+
+class JobError(BaseModel):
+    code: Literal[tuple(c.value for c in ErrorCode)]  # type: ignore[valid-type]
+    message: str
+
+
+class Timings(BaseModel):
+    queue_s: float | None = None
+    inference_s: float | None = None
+    encode_s: float | None = None
+    store_s: float | None = None
+    total_s: float | None = None
+
+
+class JobView(BaseModel):
+    id: str
+    task: str
+    model: str
+    status: Literal[tuple(s.value for s in JobStatus)]  # type: ignore[valid-type]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    queue_position: int | None
+    progress: Progress
+    params: dict[str, Any]
+    warnings: list[str]
+    result: Result | None
+    error: JobError | None
+    timings: Timings
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: list[FieldError] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+    request_id: str

@@ -1,0 +1,62 @@
+"""A job record as the contract's JobView: timestamps in ISO 8601, result and input URLs absolute
+(and, with API keys on, signed)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from service.jobs.states import queued_progress
+
+
+def iso(ts: float | str | None) -> str | None:
+    if ts in (None, ""):
+        return None
+    dt = datetime.fromtimestamp(float(ts), tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def _json(h: dict, key: str, default=None):
+    value = h.get(key)
+    return json.loads(value) if value else default
+
+
+def _no_signature(job_id: str, name: str) -> str:
+    return ""
+
+
+def to_view(h: dict[str, str], base_url: str, sign: Callable[[str, str], str] = _no_signature) -> dict[str, Any]:
+    """The stored record -> the JobView. `sign(job_id, name)` gives a result URL's query string."""
+    job_id = h["id"]
+
+    def url(name: str) -> str:
+        return f"{base_url}/results/{job_id}/{name}{sign(job_id, name)}"
+
+    result = _json(h, "result")
+    if result:
+        for item in result.get("images") or []:
+            item["url"] = url(item.pop("name"))
+        if result.get("video"):
+            result["video"]["url"] = url(result["video"].pop("name"))
+    params = _json(h, "params", {})
+    image = params.get("image")
+    if isinstance(image, dict) and "name" in image:
+        params["image"] = {"url": url(image["name"]), "width": image.get("width"), "height": image.get("height")}
+    position = int(h.get("_queue_position", -1))
+    return {
+        "id": job_id,
+        "task": h["task"],
+        "model": h["model"],
+        "status": h["status"],
+        "created_at": iso(h.get("created_at")),
+        "started_at": iso(h.get("started_at")),
+        "finished_at": iso(h.get("finished_at")),
+        "queue_position": position if position >= 0 else None,
+        "progress": _json(h, "progress", queued_progress()),
+        "params": params,
+        "warnings": _json(h, "warnings", []),
+        "result": result,
+        "error": _json(h, "error"),
+        "timings": _json(h, "timings", {}),
+    }

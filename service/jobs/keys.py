@@ -1,0 +1,80 @@
+"""Every Redis key Fresco uses, and the keys of RQ's that Fresco writes or reads, spelled here only.
+
+    fresco:job:<id>               hash: the job record (fields in JOB_FIELDS)
+    fresco:jobs:<task>:<status>   sorted set: the task's job ids by when they entered that status
+    fresco:events:<id>            pub/sub channel: the job's progress and done events
+    fresco:workers                sorted set: worker names by last heartbeat
+    fresco:worker:<name>          string: the worker's heartbeat (JSON, short TTL)
+    fresco:idem:<sha256>          string: an Idempotency-Key's claim, `<body digest>:<job id>`
+    fresco:rate:<key name>        string: an API key's rate-limit state (GCRA)
+    rq:queue:fresco-<task>-<model>  list: RQ's queue of one task and model (job ids)
+    rq:queues                     set: RQ's registry of queue keys
+    rq:job:<id>                   hash: RQ's job (JSON-serialized call of RQ_ENTRY_POINT)
+
+Lua scripts never spell a key: the functions in `service/jobs/protocol.py` pass every key they touch
+as KEYS, built here.
+"""
+
+from __future__ import annotations
+
+from rq.job import Job
+from rq.queue import Queue
+
+PREFIX = "fresco:"
+# The one function RQ runs, enqueued by dotted path, so the API never imports the worker code
+# (tests/workers/test_jobs.py pins it to `workers.jobs.run_job`).
+RQ_ENTRY_POINT = "workers.jobs.run_job"
+
+# The fields of a job record (`job(id)`), what writes them, and what the Lua scripts may name.
+JOB_FIELDS = frozenset({
+    "id", "task", "model", "owner", "created_at", "params", "retries_left",  # set at submit
+    "status", "progress", "warnings",  # changed by every transition
+    "started_at", "worker",  # set when a worker starts the job
+    "finished_at", "result", "error", "timings",  # set when it ends
+    "cancel",  # set by a cancel request; read by the worker at each step
+})
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def status_index(task: str, status: str) -> str:
+    return f"{PREFIX}jobs:{task}:{status}"
+
+
+def events(job_id: str) -> str:
+    return f"{PREFIX}events:{job_id}"
+
+
+EVENTS_PATTERN = events("*")
+WORKERS = f"{PREFIX}workers"
+
+
+def worker(name: str) -> str:
+    return f"{PREFIX}worker:{name}"
+
+
+def idempotency(digest: str) -> str:
+    """`digest`: the SHA-256 hex of the API key's name and the Idempotency-Key (service/api/idempotency.py)."""
+    return f"{PREFIX}idem:{digest}"
+
+
+def rate(owner: str) -> str:
+    return f"{PREFIX}rate:{owner}"
+
+
+def queue_name(task: str, model: str) -> str:
+    """One RQ queue per task and model: a worker only ever takes jobs for models it has loaded."""
+    return f"fresco-{task}-{model}"
+
+
+def rq_queue(task: str, model: str) -> str:
+    return Queue.redis_queue_namespace_prefix + queue_name(task, model)
+
+
+RQ_QUEUES = Queue.redis_queues_keys
+
+
+def rq_job(job_id: str) -> str:
+    return Job.redis_job_namespace_prefix + job_id

@@ -1,0 +1,339 @@
+"""The job state machine: one typed function per Lua script, the only place their arguments are packed
+and their replies read.
+
+Each function returns a `Call`; run it with a sync client (`call.run(redis)`, the workers), an async
+one (`await call.arun(redis)`, the API and the reaper), or queue several in one pipeline
+(`run_all(redis, calls)`). Every key comes from `service/jobs/keys.py` and is passed as KEYS; every
+status, stage and event from `service/jobs/states.py` is passed as ARGV. The transitions, and the one
+function that performs each:
+
+    (new) -> queued              submit        POST /generate
+    queued -> running            start         the worker RQ hands the job to
+                                 claim         the same worker, for the jobs it batches with it
+    queued -> canceled           cancel        DELETE /jobs/{id} (a running job is only flagged)
+    running -> succeeded|failed|canceled
+                                 end           the worker, when the job ends
+    running -> queued|failed     reap          the reaper, when the job's worker is gone
+    running -> failed            fail_stuck    the reaper, when a job outlives its timeout
+    queued (lost) -> queued      restore       the reaper, when a queued job is on no RQ list
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Callable, Generic, Sequence, TypeVar
+
+import redis as redis_sync
+import redis.asyncio as redis_async
+from redis.exceptions import NoScriptError
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
+
+from service.jobs import keys
+from service.jobs.states import (CANCELED_BY_REQUEST, ErrorCode, JobStatus, done_event, ended_progress, job_error,
+                                 progress_event, queued_progress)
+from service.tasks import TASK_NAMES
+
+T = TypeVar("T")
+SCRIPTS = Path(__file__).with_name("scripts")
+RQ_FAILURE_TTL_S = 24 * 3600  # how long RQ keeps a failed job's hash (Fresco's record is the truth)
+_RQ_CONNECTION = redis_sync.Redis()  # RQ's Job wants one to build its hash; building never uses it
+
+
+def now() -> float:
+    return time.time()
+
+
+def dumps(obj: Any) -> str:
+    """JSON as stored in a job record and published in events: compact, UTF-8."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _str(value) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def decode_hash(raw) -> dict[str, str]:
+    """A flat [k, v, k, v] list or a dict of bytes -> a dict of str."""
+    items = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2])
+    return {_str(k): _str(v) for k, v in items}
+
+
+# ---------------------------------------------------------------- running scripts
+
+
+class Script:
+    """One `scripts/<name>.lua`: its source and SHA, run by EVALSHA (loaded on first use per server)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.script = (SCRIPTS / f"{name}.lua").read_bytes()
+        self.sha = hashlib.sha1(self.script).hexdigest()
+
+    def run(self, client, keys_: Sequence[str], args: Sequence) -> Any:
+        if isinstance(client, redis_sync.client.Pipeline):
+            client.scripts.add(self)  # the pipeline loads it, if needed, before it executes
+            return client.evalsha(self.sha, len(keys_), *keys_, *args)
+        try:
+            return client.evalsha(self.sha, len(keys_), *keys_, *args)
+        except NoScriptError:
+            client.script_load(self.script)
+            return client.evalsha(self.sha, len(keys_), *keys_, *args)
+
+    async def arun(self, client, keys_: Sequence[str], args: Sequence) -> Any:
+        if isinstance(client, redis_async.client.Pipeline):
+            client.scripts.add(self)
+            return await client.evalsha(self.sha, len(keys_), *keys_, *args)
+        try:
+            return await client.evalsha(self.sha, len(keys_), *keys_, *args)
+        except NoScriptError:
+            await client.script_load(self.script)
+            return await client.evalsha(self.sha, len(keys_), *keys_, *args)
+
+    def __hash__(self) -> int:  # pipelines keep a set of the scripts they need
+        return hash(self.sha)
+
+
+SUBMIT, VIEW, TRANSITION, PROGRESS, CANCEL, REAP, RESTORE, CLAIM = (
+    Script(n) for n in ("submit", "view", "transition", "progress", "cancel", "reap", "restore", "claim"))
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One script invocation, packed: run it on a client, or queue it in a pipeline and `decode` the
+    pipeline's reply for it."""
+
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple
+    decode: Callable[[Any], T]
+
+    def run(self, client) -> T:
+        return self.decode(self.script.run(client, self.keys, self.args))
+
+    async def arun(self, client) -> T:
+        return self.decode(await self.script.arun(client, self.keys, self.args))
+
+    def queue(self, pipe) -> None:
+        self.script.run(pipe, self.keys, self.args)
+
+
+def run_all(client, calls: Sequence[Call]) -> list:
+    """Several calls in one round trip (sync client, no transaction), each reply decoded."""
+    if len(calls) == 1:
+        return [calls[0].run(client)]
+    with client.pipeline(transaction=False) as pipe:
+        for call in calls:
+            call.queue(pipe)
+        replies = pipe.execute()
+    return [call.decode(reply) for call, reply in zip(calls, replies)]
+
+
+def _is(expected: str) -> Callable[[Any], bool]:
+    return lambda reply: _str(reply) == expected
+
+
+def _moved(reply) -> bool:
+    return bool(reply) and int(reply[0]) == 1
+
+
+# ---------------------------------------------------------------- submit and view
+
+
+def _rq_job_fields(job_id: str, task: str, model: str, timeout_s: int) -> dict:
+    """RQ's own job hash (built with RQ's `Job` and JSON serializer, so an unmodified RQ worker reads
+    it): a call of RQ_ENTRY_POINT with {id, task, model}."""
+    job = Job.create(
+        keys.RQ_ENTRY_POINT,
+        args=[{"id": job_id, "task": task, "model": model}],
+        connection=_RQ_CONNECTION,
+        serializer=JSONSerializer,
+        id=job_id,
+        timeout=timeout_s,
+        result_ttl=0,  # Fresco keeps its own record; RQ drops its copy when done
+        failure_ttl=RQ_FAILURE_TTL_S,
+        status=RQStatus.QUEUED,
+        origin=keys.queue_name(task, model),
+        description=f"fresco {task} {job_id}",
+    )
+    job.enqueued_at = datetime.now(timezone.utc)
+    return job.to_dict()
+
+
+@dataclass(frozen=True)
+class Idempotency:
+    """An Idempotency-Key claimed for this submit: `key` is set to `value_prefix + job id`."""
+
+    key: str
+    value_prefix: str
+    ttl_s: int
+
+
+def submit(job_id: str, task: str, model: str, params: dict, *, owner: str | None, retries: int, timeout_s: int,
+           cap: int, idempotency: Idempotency | None = None, at: float | None = None) -> Call[bool]:
+    """Enqueue: True, or False when the task's queue is at `cap` (nothing written)."""
+    at = now() if at is None else at
+    record = {"id": job_id, "task": task, "model": model, "status": JobStatus.QUEUED, "created_at": repr(at),
+              "params": dumps(params), "warnings": "[]", "progress": dumps(queued_progress()),
+              "owner": owner or "", "retries_left": str(retries)}
+    args: list = [job_id, repr(at), cap, idempotency.value_prefix + job_id if idempotency else "",
+                  idempotency.ttl_s if idempotency else 0, len(record)]
+    for pair in record.items():
+        args += pair
+    for pair in _rq_job_fields(job_id, task, model, timeout_s).items():
+        args += pair
+    keys_ = [keys.job(job_id), keys.rq_job(job_id), keys.status_index(task, JobStatus.QUEUED),
+             keys.rq_queue(task, model), keys.RQ_QUEUES]
+    if idempotency:
+        keys_.append(idempotency.key)
+    return Call(SUBMIT, tuple(keys_), tuple(args), _is("ok"))
+
+
+def view(job_id: str) -> Call[dict[str, str] | None]:
+    """The job's record (str -> str), with `_queue_position` added; None when there is no such job."""
+    return Call(VIEW, (keys.job(job_id), *(keys.status_index(t, JobStatus.QUEUED) for t in TASK_NAMES)),
+                (job_id, JobStatus.QUEUED, *TASK_NAMES), lambda raw: decode_hash(raw) if raw else None)
+
+
+def load_input(client, job_id: str) -> tuple[dict, float] | None:
+    """A worker's read of the job it is about to start: its params and creation time (sync client)."""
+    raw_params, raw_created = client.hmget(keys.job(job_id), "params", "created_at")
+    if raw_params is None:
+        return None
+    return json.loads(raw_params), float(raw_created)
+
+
+# ---------------------------------------------------------------- transitions
+
+
+def _transition(job_id: str, task: str, allowed: Sequence[JobStatus], to: JobStatus, *, ttl: int = 0,
+                event: dict | None = None, at: float | None = None, **fields) -> Call[bool]:
+    at = now() if at is None else at
+    args: list = [job_id, len(allowed), *allowed, to, repr(at), ttl, dumps(event) if event else ""]
+    for name, value in fields.items():
+        args += [name, value if isinstance(value, str) else dumps(value)]
+    keys_ = (keys.job(job_id), *(keys.status_index(task, s) for s in allowed), keys.status_index(task, to),
+             keys.events(job_id))
+    return Call(TRANSITION, keys_, tuple(args), _moved)
+
+
+def start(job_id: str, task: str, *, worker: str, progress: dict, at: float) -> Call[bool]:
+    """queued -> running on `worker`; False when the job was no longer queued (canceled meanwhile)."""
+    return _transition(job_id, task, (JobStatus.QUEUED,), JobStatus.RUNNING, at=at,
+                       event=progress_event(JobStatus.RUNNING, progress), started_at=repr(at), worker=worker,
+                       progress=progress)
+
+
+def end(job_id: str, task: str, status: JobStatus, *, ttl: int, progress: dict, at: float | None = None,
+        **fields) -> Call[bool]:
+    """running -> succeeded | failed | canceled, with the job's final fields (result, error, timings,
+    warnings); the record then expires after `ttl` seconds."""
+    at = now() if at is None else at
+    return _transition(job_id, task, (JobStatus.RUNNING,), status, ttl=ttl, at=at, event=done_event(status),
+                       finished_at=repr(at), progress=progress, **fields)
+
+
+def fail_stuck(job_id: str, task: str, *, message: str, ttl: int, at: float) -> Call[bool]:
+    """running -> failed/timeout, for a job its worker is stuck in past its timeout."""
+    return _transition(job_id, task, (JobStatus.RUNNING,), JobStatus.FAILED, ttl=ttl, at=at,
+                       event=done_event(JobStatus.FAILED), finished_at=repr(at),
+                       error=job_error(ErrorCode.TIMEOUT, message))
+
+
+def report(job_id: str, progress: dict) -> Call[bool]:
+    """Store and publish a running job's progress; True when the job should stop (cancel asked)."""
+    return Call(PROGRESS, (keys.job(job_id), keys.events(job_id)),
+                (JobStatus.RUNNING, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress))),
+                lambda reply: bool(reply))
+
+
+class CancelOutcome(StrEnum):
+    CANCELED = "canceled"  # it was queued: canceled now
+    FLAGGED = "running"  # it is running: its worker stops it at the next step
+    ENDED = "ended"  # it had already ended
+    MISSING = "missing"  # no such job
+
+
+def cancel(job_id: str, task: str, model: str, *, ttl: int, at: float | None = None) -> Call[CancelOutcome]:
+    at = now() if at is None else at
+    keys_ = (keys.job(job_id), keys.rq_queue(task, model), keys.rq_job(job_id),
+             keys.status_index(task, JobStatus.QUEUED), keys.status_index(task, JobStatus.CANCELED),
+             keys.events(job_id))
+    args = (job_id, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELED, repr(at), ttl,
+            dumps(job_error(ErrorCode.CANCELED, CANCELED_BY_REQUEST)), dumps(done_event(JobStatus.CANCELED)),
+            dumps(ended_progress()))
+    return Call(CANCEL, keys_, args, lambda reply: CancelOutcome(_str(reply)) if reply else CancelOutcome.MISSING)
+
+
+def reap(job_id: str, task: str, model: str, *, worker: str, ttl: int, at: float) -> Call[JobStatus | None]:
+    """A running job whose worker is gone: its new status, queued (a retry was left) or failed
+    (worker_lost), or None when it was not running on `worker` any more."""
+    keys_ = (keys.job(job_id), keys.rq_queue(task, model), keys.status_index(task, JobStatus.RUNNING),
+             keys.status_index(task, JobStatus.QUEUED), keys.status_index(task, JobStatus.FAILED),
+             keys.events(job_id))
+    args = (job_id, worker, repr(at), ttl, JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.FAILED,
+            dumps(job_error(ErrorCode.WORKER_LOST, "the worker running this job stopped answering")),
+            dumps(progress_event(JobStatus.QUEUED, queued_progress())), dumps(done_event(JobStatus.FAILED)),
+            dumps(ended_progress()), dumps(queued_progress()))
+    outcomes = {"requeued": JobStatus.QUEUED, "failed": JobStatus.FAILED}
+    return Call(REAP, keys_, args, lambda reply: outcomes[_str(reply)] if reply else None)
+
+
+def restore(job_id: str, task: str, model: str) -> Call[bool]:
+    """A queued job found on no RQ list goes back on its list: True when it did."""
+    return Call(RESTORE, (keys.job(job_id), keys.rq_queue(task, model), keys.rq_job(job_id)),
+                (job_id, JobStatus.QUEUED), lambda reply: bool(reply))
+
+
+# ---------------------------------------------------------------- dynamic batching
+
+
+def peek(client, task: str, model: str, window: int) -> list[tuple[str, dict]]:
+    """The queued jobs at the head of a task and model's RQ list, with their params, for a worker to
+    choose compatible ones from (sync client, two round trips; `claim` is what takes them)."""
+    ids = [_str(i) for i in client.lrange(keys.rq_queue(task, model), 0, window - 1)]
+    if not ids:
+        return []
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(keys.job(job_id), "status", "params")
+        rows = pipe.execute()
+    return [(job_id, json.loads(params)) for job_id, (status, params) in zip(ids, rows)
+            if params is not None and _str(status) == JobStatus.QUEUED]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: str
+    params: dict
+    created: float
+
+
+def claim(task: str, model: str, job_ids: Sequence[str], *, worker: str, progress: dict,
+          at: float) -> Call[list[Claimed]]:
+    """Take `job_ids` off the task and model's RQ list and start them on `worker` (queued -> running);
+    the jobs another worker took first, or that were canceled, are left out of the answer."""
+    keys_: list[str] = [keys.rq_queue(task, model), keys.status_index(task, JobStatus.QUEUED),
+                        keys.status_index(task, JobStatus.RUNNING)]
+    for job_id in job_ids:
+        keys_ += [keys.job(job_id), keys.rq_job(job_id), keys.events(job_id)]
+    args = (repr(at), worker, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress)),
+            JobStatus.QUEUED, JobStatus.RUNNING, RQStatus.STARTED.value, *job_ids)
+
+    def decode(reply) -> list[Claimed]:
+        return [Claimed(_str(i), json.loads(p), float(c)) for i, p, c in zip(reply[::3], reply[1::3], reply[2::3])]
+
+    return Call(CLAIM, tuple(keys_), args, decode)
+
+
+def forget_rq_job(pipe, job_id: str) -> None:
+    """Queue the deletion of a job's RQ hash (what RQ does for the job it ran, result_ttl=0) for a job
+    the worker claimed itself."""
+    pipe.delete(keys.rq_job(job_id))

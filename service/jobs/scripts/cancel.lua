@@ -1,0 +1,25 @@
+-- Cancel a job. A queued one is taken off its RQ queue (and RQ's job hash deleted) and canceled at
+-- once; a running one gets the flag its worker reads at its next step.
+-- KEYS: 1 job record, 2 its RQ queue list, 3 its RQ job hash, 4 the task's queued index, 5 the
+--       task's canceled index, 6 the job's event channel
+-- ARGV: 1 job id, 2 queued status, 3 running status, 4 canceled status, 5 now, 6 TTL of the
+--       canceled record, 7 error JSON, 8 done event JSON, 9 final progress JSON
+-- Returns 'canceled', 'running' (flagged), 'ended' (already terminal), or false for no such job.
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return false end
+if cur == ARGV[2] then
+  redis.call('LREM', KEYS[2], 0, ARGV[1])
+  redis.call('DEL', KEYS[3])
+  redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', ARGV[5], 'error', ARGV[7],
+             'progress', ARGV[9], 'cancel', '1')
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
+  redis.call('PUBLISH', KEYS[6], ARGV[8])
+  return 'canceled'
+end
+if cur == ARGV[3] then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+  return 'running'
+end
+return 'ended'

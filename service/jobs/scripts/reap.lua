@@ -1,0 +1,26 @@
+-- The reaper's move for a running job whose worker is gone, only if the job is still running on
+-- that worker (another reaper may have been first): with a retry left (and no cancel asked for) it
+-- goes back to its queue, else it fails.
+-- KEYS: 1 job record, 2 its RQ queue list, 3 the task's running index, 4 queued index, 5 failed
+--       index, 6 the job's event channel
+-- ARGV: 1 job id, 2 the worker it ran on, 3 now, 4 TTL of the failed record, 5 running status,
+--       6 queued status, 7 failed status, 8 error JSON, 9 requeue event JSON, 10 done event JSON,
+--       11 final progress JSON, 12 queued progress JSON
+-- Returns 'requeued', 'failed', or false when there was nothing to do.
+if redis.call('HGET', KEYS[1], 'status') ~= ARGV[5] then return false end
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then return false end
+redis.call('ZREM', KEYS[3], ARGV[1])
+local retries = tonumber(redis.call('HGET', KEYS[1], 'retries_left') or '0')
+if retries > 0 and not redis.call('HGET', KEYS[1], 'cancel') then
+  redis.call('HSET', KEYS[1], 'status', ARGV[6], 'retries_left', tostring(retries - 1), 'progress', ARGV[12])
+  redis.call('HDEL', KEYS[1], 'started_at', 'worker')
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('PUBLISH', KEYS[6], ARGV[9])
+  return 'requeued'
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[7], 'error', ARGV[8], 'finished_at', ARGV[3], 'progress', ARGV[11])
+redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+redis.call('PUBLISH', KEYS[6], ARGV[10])
+return 'failed'
