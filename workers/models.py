@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,24 +76,93 @@ class LoadedModel:
         return self._img2img
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def _weight_variants(folder: Path) -> tuple[bool, set[str]]:
+    """Whether `folder` holds plain weight files, and which variants it holds (`x.fp16.safetensors`,
+    sharded `x.fp16-00001-of-00002.safetensors`: "fp16")."""
+    plain, variants = False, set()
+    for f in folder.iterdir():
+        if f.suffix not in _WEIGHT_SUFFIXES or not f.is_file():
+            continue
+        parts = f.name[: -len(f.suffix)].split(".")
+        if len(parts) == 1:
+            plain = True
+        else:
+            variants.add(parts[-1].split("-")[0])
+    return plain, variants
+
+
+def local_variant(source: str, name: str, given: str | None) -> str | None:
+    """The `variant` to load a local model directory with: the models file's, or, when it gives none
+    and some component holds only variant weights (`*.fp16.safetensors`, as hub snapshots downloaded
+    with `variant="fp16"` do), that variant. A hub id is left to diffusers. Two variants and no plain
+    weights is ambiguous: an error that names them."""
+    path = Path(source)
+    if given or not path.is_dir():
+        return given
+    needs: set[str] = set()
+    for folder in [path, *(p for p in path.iterdir() if p.is_dir())]:
+        plain, variants = _weight_variants(folder)
+        if variants and not plain:
+            needs |= variants
+    if not needs:
+        return None
+    if len(needs) > 1:
+        raise ValueError(f"model {name}: {source} holds only {sorted(needs)} variant weights for some components; "
+                         f"set `variant:` to one of them in the models file")
+    variant = needs.pop()
+    log.info("model %s: %s holds only %r variant weights for some components; loading that variant "
+             "(set `variant: %s` in the models file to say so)", name, source, variant, variant)
+    return variant
+
+
+def _missing_weights_hint(exc: Exception, spec: ModelSpec) -> Exception:
+    """diffusers' "no file named diffusion_pytorch_model.bin" when a repository holds only variant
+    weights, with the fix a user can make."""
+    if "no file named" in str(exc) and not spec.variant:
+        return ValueError(f"model {spec.name}: {exc}. If {spec.source} holds only variant weights (for example "
+                          f"`*.fp16.safetensors`), set `variant: fp16` for it in the models file")
+    return exc
+
+
 def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
     from diffusers import (AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline,
                            StableVideoDiffusionPipeline)
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if spec.variant:
-        kwargs["variant"] = spec.variant
-    if spec.kind == "svd":
-        return StableVideoDiffusionPipeline.from_pretrained(spec.source, **kwargs), None
-    if spec.vae:
-        kwargs["vae"] = AutoencoderKL.from_pretrained(spec.vae, dtype=dtype)
-    pipe = StableDiffusionXLPipeline.from_pretrained(spec.source, add_watermarker=False, **kwargs)
-    refiner = None
-    if spec.refiner:
-        refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-            spec.refiner, text_encoder_2=pipe.text_encoder_2, vae=pipe.vae, add_watermarker=False,
-            **{k: v for k, v in kwargs.items() if k != "vae"})
+    def variant_kwargs(source: str, given: str | None = spec.variant) -> dict[str, Any]:
+        variant = local_variant(source, spec.name, given)
+        return {"variant": variant} if variant else {}
+
+    try:
+        if spec.kind == "svd":
+            return StableVideoDiffusionPipeline.from_pretrained(spec.source, dtype=dtype,
+                                                                **variant_kwargs(spec.source)), None
+        extra: dict[str, Any] = {}
+        if spec.vae:
+            # `variant` names the pipeline's files; a VAE override (the fp16-fix VAE) has its own.
+            extra["vae"] = AutoencoderKL.from_pretrained(spec.vae, dtype=dtype, **variant_kwargs(spec.vae, None))
+        pipe = StableDiffusionXLPipeline.from_pretrained(spec.source, add_watermarker=False, dtype=dtype,
+                                                         **variant_kwargs(spec.source), **extra)
+        refiner = None
+        if spec.refiner:
+            refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+                spec.refiner, text_encoder_2=pipe.text_encoder_2, vae=pipe.vae, add_watermarker=False, dtype=dtype,
+                **variant_kwargs(spec.refiner))
+    except (OSError, ValueError) as exc:
+        raise _missing_weights_hint(exc, spec) from exc
     return pipe, refiner
+
+
+def no_needless_upcast(pipe, dtype: torch.dtype) -> None:
+    """An SDXL VAE configured with `force_upcast` (SDXL's and Turbo's own VAE) makes diffusers' img2img
+    cast the whole VAE to float32 and back around every encode, whatever its dtype. The upcast exists
+    because that VAE overflows in float16; in bfloat16 (float32's range) or float32 it is needless work
+    on every job, so it is turned off for those dtypes. In float16 it stays (or use the fp16-fix VAE)."""
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and dtype != torch.float16 and getattr(vae.config, "force_upcast", False):
+        vae.register_to_config(force_upcast=False)
 
 
 def _tiny(spec: ModelSpec):
@@ -124,6 +194,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         if spec.vae_slicing:
             p.vae.enable_slicing()
         p.set_progress_bar_config(disable=True)
+        no_needless_upcast(p, dtype)
     optimize(spec, pipe, refiner)
     loaded = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
                          refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None)

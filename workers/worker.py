@@ -23,7 +23,7 @@ from service.logs import configure_logging
 from service.redis import EmbeddedRedis, sync_client
 from service.settings import Settings
 from service.storage import storage_from_settings
-from workers import metrics
+from workers import metrics, quiet
 from workers.jobs import JobRunner
 from workers.runtime import Runtime
 
@@ -74,6 +74,7 @@ class Heartbeat(threading.Thread):
 
 def main(settings: Settings) -> int:
     configure_logging(settings)
+    quiet.silence_known_noise()
     if settings.torch_threads:
         import torch
 

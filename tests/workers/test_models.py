@@ -271,3 +271,91 @@ def test_models_lists_local_models_loaded(http, weights):
         assert tasks[task]["default_model"] == names[0]
     assert tasks["sdxl"]["models"][0]["refiner"] is True
     assert tasks["svd"]["models"][0]["max_num_frames"] == 4
+
+
+# ---- weights variants and dtypes (found running full-size checkpoints) ----
+
+
+def test_a_directory_of_fp16_variant_files_loads_without_naming_the_variant(weights, tmp_path):
+    """A hub snapshot downloaded with `variant="fp16"` holds only `*.fp16.safetensors`: found, not a
+    "no file named diffusion_pytorch_model.bin" error."""
+    from service.catalog import ModelSpec
+    from workers.models import load_model, local_variant
+
+    source = tmp_path / "turbo-fp16"
+    weights["pipes"]["turbo"].save_pretrained(source, variant="fp16")
+    unet_files = sorted(p.name for p in (source / "unet").iterdir())
+    assert unet_files == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    assert local_variant(str(source), "t", None) == "fp16"
+    assert local_variant(str(source), "t", "bf16") == "bf16"  # the models file's word goes
+    assert local_variant(str(weights["root"] / "turbo"), "t", None) is None  # plain weights: no variant
+    assert local_variant("stabilityai/sdxl-turbo", "t", None) is None  # a hub id: diffusers' business
+    model = load_model(ModelSpec(name="t", kind="turbo", source=str(source), dtype="float32", device="cpu"))
+    assert _same_weights(model.pipe.unet, weights["pipes"]["turbo"].unet)
+
+
+def test_two_variants_and_no_plain_weights_is_an_error_that_names_them(weights, tmp_path):
+    from workers.models import local_variant
+
+    source = tmp_path / "two"
+    weights["pipes"]["turbo"].save_pretrained(source, variant="fp16")
+    unet = source / "unet"
+    (unet / "diffusion_pytorch_model.fp16.safetensors").rename(unet / "diffusion_pytorch_model.bf16.safetensors")
+    with pytest.raises(ValueError, match=r"\['bf16', 'fp16'\].*set `variant:`"):
+        local_variant(str(source), "two", None)
+
+
+def test_missing_weights_say_how_to_fix_them(tmp_path, weights):
+    from service.catalog import ModelSpec
+    from workers.models import load_model
+
+    source = tmp_path / "no-unet-weights"
+    weights["pipes"]["turbo"].save_pretrained(source)
+    (source / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(ValueError, match="set `variant: fp16`"):
+        load_model(ModelSpec(name="t", kind="turbo", source=str(source), dtype="float32", device="cpu"))
+
+
+@pytest.mark.parametrize("dtype, upcast", [("bfloat16", False), ("float32", False), ("float16", True)])
+def test_a_force_upcast_vae_is_cast_per_job_only_in_float16(weights, tmp_path, dtype, upcast):
+    """Turbo's own VAE says `force_upcast`: diffusers' img2img then casts the shared VAE to float32 and
+    back on every job. Needless in bfloat16 and float32: off there, kept for float16."""
+    from service.catalog import ModelSpec
+    from workers.models import load_model
+
+    source = tmp_path / "turbo-upcast"
+    if not source.exists():
+        weights["pipes"]["turbo"].vae.register_to_config(force_upcast=True)
+        try:
+            weights["pipes"]["turbo"].save_pretrained(source)
+        finally:
+            weights["pipes"]["turbo"].vae.register_to_config(force_upcast=False)
+    model = load_model(ModelSpec(name="t", kind="turbo", source=str(source), dtype=dtype, device="cpu"))
+    assert model.pipe.vae.config.force_upcast is upcast
+    assert model.img2img().vae.config.force_upcast is upcast  # the same VAE
+
+
+def test_an_img2img_job_in_bfloat16_never_casts_the_vae(weights, tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from service.catalog import ModelSpec
+    from workers.models import load_model
+    from workers.pipelines.img2img import Img2Img
+    from workers.progress import Progress
+
+    source = tmp_path / "turbo-upcast"
+    weights["pipes"]["turbo"].vae.register_to_config(force_upcast=True)
+    try:
+        weights["pipes"]["turbo"].save_pretrained(source)
+    finally:
+        weights["pipes"]["turbo"].vae.register_to_config(force_upcast=False)
+    model = load_model(ModelSpec(name="t", kind="turbo", source=str(source), dtype="bfloat16", device="cpu"))
+    pipeline = Img2Img(model)  # built at worker start
+    casts = []
+    to = type(model.pipe.vae).to
+    monkeypatch.setattr(type(model.pipe.vae), "to", lambda self, *a, **k: casts.append((a, k)) or to(self, *a, **k))
+    params = {"prompt": "p", "steps": 2, "strength": 0.5, "guidance_scale": 0.0, "scheduler": "turbo",
+              "num_images": 1, "seed": 1, "width": 64, "height": 64}
+    with torch.inference_mode():
+        out = pipeline.run(params, PILImage.new("RGB", (64, 64)), Progress(lambda s: False, pipeline.plan(params)))
+    assert len(out.images) == 1 and casts == []

@@ -1,0 +1,36 @@
+"""Library log lines that mean nothing to a Fresco operator, silenced in one place.
+
+Each entry drops one known line, and only that line, from one library logger; everything else those
+libraries say still reaches the log. Called at worker start, before any model loads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+# (logger, a fragment of the message, why it is harmless here)
+KNOWN_NOISE: tuple[tuple[str, str, str], ...] = (
+    ("diffusers.models.modeling_utils", "that should be kept in float32: []",
+     "diffusers 0.42 warns on every `.to(dtype)` of a model, listing the modules that must stay float32; "
+     "the list is empty for every model Fresco loads, so the cast is exactly what was asked for. Printed "
+     "once per module at start, and twice per img2img job on a float16 model whose VAE needs upcasting."),
+    ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to",
+     "SVD's CLIPImageProcessor uses its PIL implementation when torchvision is absent (a worker needs no "
+     "torchvision); the result is the same 224x224 input to the image encoder."),
+)
+
+
+class _DropLine(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def silence_known_noise() -> None:
+    for name, fragment, _why in KNOWN_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLine) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(_DropLine(fragment))
