@@ -63,10 +63,12 @@ def _str(value) -> str | None:
 def decode_hash(raw) -> dict[str, str]:
     """A flat [k, v, k, v] list or a dict of bytes -> a dict of str."""
     items = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2])
-    return {_str(k): _str(v) for k, v in items}
+    return {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v) for k, v in items}
 
 
 # ---------------------------------------------------------------- running scripts
+
+_SyncPipeline, _AsyncPipeline = redis_sync.client.Pipeline, redis_async.client.Pipeline
 
 
 class Script:
@@ -78,7 +80,7 @@ class Script:
         self.sha = hashlib.sha1(self.script).hexdigest()
 
     def run(self, client, keys_: Sequence[str], args: Sequence) -> Any:
-        if isinstance(client, redis_sync.client.Pipeline):
+        if isinstance(client, _SyncPipeline):
             client.scripts.add(self)  # the pipeline loads it, if needed, before it executes
             return client.evalsha(self.sha, len(keys_), *keys_, *args)
         try:
@@ -88,7 +90,7 @@ class Script:
             return client.evalsha(self.sha, len(keys_), *keys_, *args)
 
     async def arun(self, client, keys_: Sequence[str], args: Sequence) -> Any:
-        if isinstance(client, redis_async.client.Pipeline):
+        if isinstance(client, _AsyncPipeline):
             client.scripts.add(self)
             return await client.evalsha(self.sha, len(keys_), *keys_, *args)
         try:
@@ -105,7 +107,7 @@ SUBMIT, VIEW, TRANSITION, PROGRESS, CANCEL, REAP, RESTORE, CLAIM = (
     Script(n) for n in ("submit", "view", "transition", "progress", "cancel", "reap", "restore", "claim"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call(Generic[T]):
     """One script invocation, packed: run it on a client, or queue it in a pipeline and `decode` the
     pipeline's reply for it."""
@@ -196,10 +198,18 @@ def submit(job_id: str, task: str, model: str, params: dict, *, owner: str | Non
     return Call(SUBMIT, tuple(keys_), tuple(args), _is("ok"))
 
 
+# The view's arguments that never change, encoded once: it is the API's hottest call.
+_VIEW_KEYS = tuple(keys.status_index(t, JobStatus.QUEUED).encode() for t in TASK_NAMES)
+_VIEW_ARGS = (JobStatus.QUEUED.encode(), *(t.encode() for t in TASK_NAMES))
+
+
+def _view_reply(raw) -> dict[str, str] | None:
+    return decode_hash(raw) if raw else None
+
+
 def view(job_id: str) -> Call[dict[str, str] | None]:
     """The job's record (str -> str), with `_queue_position` added; None when there is no such job."""
-    return Call(VIEW, (keys.job(job_id), *(keys.status_index(t, JobStatus.QUEUED) for t in TASK_NAMES)),
-                (job_id, JobStatus.QUEUED, *TASK_NAMES), lambda raw: decode_hash(raw) if raw else None)
+    return Call(VIEW, (keys.job(job_id), *_VIEW_KEYS), (job_id, *_VIEW_ARGS), _view_reply)
 
 
 def load_input(client, job_id: str) -> tuple[dict, float] | None:

@@ -19,6 +19,23 @@ def test_throughput_bench():
         assert 0 < r["p50_ms"] <= r["p99_ms"]
 
 
+def test_api_cpu_bench_against_a_checkout():
+    """bench/api_cpu.py, with this checkout as the other tree too: both measured, a ratio near 1."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    r = subprocess.run([sys.executable, "bench/api_cpu.py", "--against", str(ROOT), "--turns", "1", "--requests", "40",
+                        "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    for tree in ("this", "against"):
+        assert set(summary[tree]) == {"GET /jobs/{id}", "POST /generate"}
+        assert all(50 < us < 50_000 for values in summary[tree].values() for us in values)
+    assert "ratio this/against" in r.stdout
+
+
 def test_asyncio_load_generator():
     """The built-in load generator, on a throwaway server answering like the API."""
     import asyncio

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from service.api.access import MAX_WAIT_S
-from service.api.deps import Ctx, Owner
+from service.api.deps import Caller
 from service.api.errors import FrescoError, json_response
 from service.api.schemas import ErrorBody, JobView
 from service.jobs.states import TERMINAL, EventType, JobStatus
@@ -21,17 +21,19 @@ KEEPALIVE_S = 15.0
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-async def get_job(request: Request, c: Ctx, owner: Owner, job_id: str, wait: int = Query(0, ge=0, le=MAX_WAIT_S)):
+async def get_job(request: Request, caller: Caller, job_id: str, wait: int = Query(0, ge=0, le=MAX_WAIT_S)):
     """The job's state. With `?wait=N`, answer as soon as the job ends, or after N seconds."""
+    c, owner = caller.ctx, caller.owner
     h = await c.jobs.wait(job_id, wait, owner) if wait else await c.jobs.get(job_id, owner)
     return json_response(c.view(h, request))
 
 
 @router.delete("/jobs/{job_id}", status_code=202, response_model=JobView,
                responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-async def cancel_job(request: Request, c: Ctx, owner: Owner, job_id: str):
+async def cancel_job(request: Request, caller: Caller, job_id: str):
     """Cancel: a queued job never runs; a running one stops at its next denoising step."""
-    h = await c.jobs.cancel(job_id, owner)
+    c = caller.ctx
+    h = await c.jobs.cancel(job_id, caller.owner)
     return json_response(c.view(h, request), 202)
 
 
@@ -42,10 +44,11 @@ def _sse(event: str, data) -> bytes:
 @router.get("/jobs/{job_id}/events", responses={
     200: {"content": {"text/event-stream": {}}, "description": "progress events, then one done event"},
     404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-async def job_events(request: Request, c: Ctx, owner: Owner, job_id: str):
+async def job_events(request: Request, caller: Caller, job_id: str):
     """Server-Sent Events: a `progress` event per change, then `done` with the terminal JobView
     (or `error` when the job store becomes unreachable mid-stream)."""
-    first = await c.jobs.get(job_id, owner)  # 401/404 before the stream starts
+    c = caller.ctx
+    first = await c.jobs.get(job_id, caller.owner)  # 401/404 before the stream starts
 
     async def stream():
         try:

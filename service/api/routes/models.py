@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import Ctx, Owner
+from service.api.deps import Caller
 from service.api.errors import json_response
 from service.api.schemas import REQUESTS
 from service.catalog import SCHEDULERS
@@ -32,7 +32,8 @@ def _parameters(model_cls) -> dict:
 
 
 @router.get("/models")
-async def models(c: Ctx, owner: Owner):
+async def models(caller: Caller):
+    c = caller.ctx
     try:
         workers = await live_workers(c.redis, c.settings.heartbeat_ttl_s)
     except REDIS_DOWN:
