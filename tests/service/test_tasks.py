@@ -63,13 +63,16 @@ def test_settings_take_their_per_task_defaults_from_the_table():
         Settings(job_timeout_s={"txt2vid": 10})
 
 
-def test_the_request_union_and_the_cli_offer_every_task():
+def test_the_request_union_and_the_cli_offer_every_task(capsys):
     from service.cli import main
 
     tags = generate_adapter.json_schema()["discriminator"]["mapping"]
     assert sorted(tags) == sorted(TASK_NAMES)
     with pytest.raises(SystemExit):
         main(["generate", "not-a-task"])
+    error = capsys.readouterr().err
+    assert "invalid choice: 'not-a-task'" in error
+    assert "(choose from " + ", ".join(f"'{t}'" for t in TASK_NAMES) + ")" in error
 
 
 def test_get_models_lists_every_task(api):
