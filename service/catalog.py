@@ -17,20 +17,51 @@ A models file:
       svd-xt: {kind: svd, source: stabilityai/stable-video-diffusion-img2vid-xt, num_frames: 25}
     defaults:                                               # optional: the first model of a fitting kind
       img2img: sdxl-base-1.0
+    adapters:                                               # optional: LoRAs and embeddings requests may use
+      pixel-art:
+        kind: lora                                          # lora | embedding
+        source: nerijs/pixel-art-xl                         # a hub id, a local .safetensors file or directory
+        weight_name: pixel-art-xl.safetensors               # the file, where a repo or directory holds several
+        base: sdxl                                          # model families, kinds or names it fits
+        trigger: [pixel art]                                # optional: words that call up its style
+        default_scale: 0.8
+      unaestheticxl:
+        kind: embedding
+        source: /models/embeddings/unaestheticXLv31.safetensors
+        base: sdxl
+        token: <unaesthetic>                                # written in a prompt, it means the embedding
 """
 
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
-from typing import Literal
+from urllib.parse import urlsplit
+from pathlib import Path, PurePosixPath
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.tasks import TASK_NAMES, TASKS, tasks_for_kind
 
 Kind = Literal["sdxl", "turbo", "svd"]  # which kinds serve which task: the task table (service/tasks.py)
+# Model kinds of one architecture: an adapter made for the family fits each of them (Turbo is SDXL-shaped).
+FAMILIES: dict[str, tuple[str, ...]] = {"sdxl": ("sdxl", "turbo"), "svd": ("svd",)}
+LORA_SCALE = (-2.0, 2.0)  # the scale a request may give a LoRA (the contract's limits)
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")  # never loaded as adapters: unpickling runs code
+
+
+def adapter_url_problem(url: str, schemes: list[str]) -> str | None:
+    """Why an adapter URL is refused before anything is fetched (None: fetch it, the worker checks the
+    bytes are safetensors). The message never quotes the URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.hostname:
+        return f"must be an URL with scheme {' or '.join(schemes)}"
+    if parts.username or parts.password:
+        return "must not carry credentials"
+    if PurePosixPath(parts.path).suffix.lower() in PICKLE_SUFFIXES:
+        return "names a pickle file, which can run code when loaded; give a .safetensors file"
+    return None
 
 # Schedulers a request may name (sdxl, and img2img on an sdxl model): name -> (diffusers class, options).
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -71,6 +102,8 @@ class ModelSpec(BaseModel):
     # (width, height) sizes warmed at worker start (with compile: compiled then, so no request pays it;
     # a request of another size then runs eagerly, never compiling). Empty: each task's default size.
     buckets: list[tuple[int, int]] = []
+    # With compile: the highest LoRA rank requests may bring (LoRAs hot-swap into slots of this rank).
+    lora_rank: int = Field(128, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _check(self):
@@ -94,11 +127,64 @@ class ModelSpec(BaseModel):
         return {"refiner": bool(self.refiner), "max_num_frames": self.num_frames}
 
 
+class AdapterSpec(BaseModel):
+    """A LoRA or a textual-inversion embedding, by name, with the models it fits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["lora", "embedding"]
+    source: str  # hub id, local .safetensors file or directory, or "tiny"
+    weight_name: str | None = None  # the file inside a hub repo or directory
+    base: list[str]  # model families (FAMILIES), kinds or model names it fits
+    token: list[str] = []  # embeddings: the prompt token(s) that mean it
+    trigger: list[str] = []  # LoRAs: words that call up the style (shown, never added to a prompt)
+    default_scale: float = Field(1.0, ge=LORA_SCALE[0], le=LORA_SCALE[1], allow_inf_nan=False)
+    description: str = ""
+
+    @field_validator("base", "token", "trigger", mode="before")
+    @classmethod
+    def _listed(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "embedding" and not self.token:
+            raise ValueError(f"adapter {self.name}: an embedding needs its `token`")
+        if self.kind == "lora" and self.token:
+            raise ValueError(f"adapter {self.name}: `token` is for embeddings; a LoRA may name `trigger` words")
+        if not self.base:
+            raise ValueError(f"adapter {self.name}: `base` names the model families, kinds or models it fits")
+        path = self.weight_name or self.source
+        if not self.is_tiny and Path(path).suffix.lower() in PICKLE_SUFFIXES:
+            raise ValueError(f"adapter {self.name}: {Path(path).suffix} files are pickles, which can run code when "
+                             f"loaded; Fresco loads adapters from .safetensors files only")
+        return self
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.source == "tiny"
+
+    def fits(self, model: ModelSpec) -> bool:
+        return any(b == model.name or b == model.kind or model.kind in FAMILIES.get(b, ()) for b in self.base)
+
+    def listing(self) -> dict:
+        """How `GET /models` shows it, under each model it fits."""
+        out: dict = {"name": self.name, "kind": self.kind, "description": self.description}
+        if self.kind == "embedding":
+            out["tokens"] = self.token
+        else:
+            out["triggers"] = self.trigger
+            out["scale"] = {"default": self.default_scale, "minimum": LORA_SCALE[0], "maximum": LORA_SCALE[1]}
+        return out
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     models: dict[str, ModelSpec]
     defaults: dict[str, str] = {}
+    adapters: dict[str, AdapterSpec] = {}
     profile: str = "custom"
 
     @model_validator(mode="before")
@@ -106,10 +192,10 @@ class Catalog(BaseModel):
     def _names(cls, data):
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             data = dict(data)
-            data["models"] = {
-                name: ({"name": name, **spec} if isinstance(spec, dict) else spec)
-                for name, spec in data["models"].items()
-            }
+            for section in ("models", "adapters"):
+                if isinstance(data.get(section), dict):
+                    data[section] = {name: ({"name": name, **spec} if isinstance(spec, dict) else spec)
+                                     for name, spec in data[section].items()}
         return data
 
     @model_validator(mode="after")
@@ -124,6 +210,17 @@ class Catalog(BaseModel):
                 names = self.models_for(task)
                 if names:
                     self.defaults[task] = names[0]
+        known = set(self.models) | {spec.kind for spec in self.models.values()} | set(FAMILIES) | set(get_args(Kind))
+        for adapter in self.adapters.values():
+            unknown = [b for b in adapter.base if b not in known]
+            if unknown:
+                raise ValueError(f"adapter {adapter.name}: base {unknown} is no model, kind or family "
+                                 f"({sorted(FAMILIES)} or a model name)")
+            if adapter.kind == "embedding":
+                taken = [t for other in self.adapters.values() if other is not adapter for t in other.token
+                         if t in adapter.token]
+                if taken:
+                    raise ValueError(f"adapter {adapter.name}: token {taken} is another embedding's too")
         return self
 
     def models_for(self, task: str) -> list[str]:
@@ -135,6 +232,11 @@ class Catalog(BaseModel):
     def spec(self, name: str) -> ModelSpec:
         return self.models[name]
 
+    def adapters_for(self, model: str, kind: str | None = None) -> list[AdapterSpec]:
+        """The adapters that fit `model` (of `kind` when given), in models-file order."""
+        spec = self.models[model]
+        return [a for a in self.adapters.values() if a.fits(spec) and (kind is None or a.kind == kind)]
+
 
 def tiny_catalog() -> Catalog:
     note = "tiny profile: random weights, CPU; its images are noise by design"
@@ -144,6 +246,15 @@ def tiny_catalog() -> Catalog:
             "tiny-sdxl": {"kind": "sdxl", "source": "tiny", "refiner": "tiny", "description": note},
             "tiny-turbo": {"kind": "turbo", "source": "tiny", "description": note},
             "tiny-svd": {"kind": "svd", "source": "tiny", "num_frames": 14, "description": note},
+        },
+        # Built offline from fixed seeds (workers/tiny.py ADAPTERS), so the tour shows the feature.
+        adapters={
+            "tiny-style": {"kind": "lora", "source": "tiny", "base": "sdxl", "trigger": ["tiny style"],
+                           "description": "tiny profile: a random LoRA (diffusers/PEFT layout)"},
+            "tiny-sketch": {"kind": "lora", "source": "tiny", "base": "sdxl", "default_scale": 0.8,
+                            "description": "tiny profile: a random LoRA (kohya layout)"},
+            "tiny-cat": {"kind": "embedding", "source": "tiny", "base": "sdxl", "token": ["<tiny-cat>"],
+                         "description": "tiny profile: a random textual-inversion embedding"},
         },
     )
 
@@ -161,10 +272,11 @@ def load_catalog(path: Path | None) -> Catalog:
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a models file is a mapping with a `models` key")
     base = path.parent
-    for spec in (data.get("models") or {}).values():
-        # Relative local directories are relative to the models file.
-        for key in ("source", "refiner", "vae"):
-            value = spec.get(key) if isinstance(spec, dict) else None
-            if isinstance(value, str) and value != "tiny" and (value.startswith(".") or (base / value).is_dir()):
-                spec[key] = str((base / value).resolve())
+    for section, fields in (("models", ("source", "refiner", "vae")), ("adapters", ("source",))):
+        for spec in (data.get(section) or {}).values():
+            # Relative local paths are relative to the models file.
+            for key in fields:
+                value = spec.get(key) if isinstance(spec, dict) else None
+                if isinstance(value, str) and value != "tiny" and (value.startswith(".") or (base / value).exists()):
+                    spec[key] = str((base / value).resolve())
     return Catalog.model_validate(data)

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     image_url_schemes: Annotated[list[str], NoDecode] = ["https"]
     image_url_allow_networks: Annotated[list[str], NoDecode] = []  # CIDRs exempt from the public-only rule
     image_url_timeout_s: float = Field(10.0, gt=0, le=120)
+    # LoRAs given by URL in a request (`loras: [{"url"}]`), fetched by the worker through the same guard
+    # as image URLs (the schemes and allowed networks above), safetensors only, cached on disk by digest.
+    allow_adapter_urls: bool = False
+    max_adapter_bytes: int = Field(1024 * 1024 * 1024, ge=1024)  # one adapter file
+    adapter_url_timeout_s: float = Field(300.0, gt=0, le=3600)
+    adapter_cache_bytes: int = Field(20 * 1024**3, ge=0)  # the worker's disk cache of fetched adapters (LRU)
+    adapter_cache_dir: Path | None = None  # default: <data_dir>/adapters
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long a finished job and its view are kept
     # API keys, as SHA-256 digests: "alice:<hex>,bob:<hex>" or a JSON object (`fresco hash-key` makes one).
     api_keys: Annotated[dict[str, str], NoDecode] = {}
@@ -75,6 +82,7 @@ class Settings(BaseSettings):
     heartbeat_ttl_s: float = Field(10.0, gt=0)
     job_timeout_s: dict[str, int] = {name: task.timeout_s for name, task in TASKS.items()}  # as queue_cap
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
+    worker_max_loras: int = Field(4, ge=1, le=64)  # LoRAs kept loaded per model (least recently used leave)
     fault_injection: bool = False  # tests only: honour `fresco-fault:<name>` prompts (workers/faults.py)
 
     # Logs: readable text locally, JSON lines in production.
@@ -131,6 +139,10 @@ class Settings(BaseSettings):
     @property
     def results_path(self) -> Path:
         return self.results_dir or self.data_dir / "results"
+
+    @property
+    def adapter_cache_path(self) -> Path:
+        return self.adapter_cache_dir or self.data_dir / "adapters"
 
     @property
     def default_worker_name(self) -> str:

@@ -22,17 +22,18 @@ class Task:
     output: str = "images"  # "images" or "video"
     takes_image: bool = False  # the request carries an input image
     schedulers: bool = False  # the request may name a scheduler (GET /models lists them)
+    adapters: bool = False  # the request may name LoRAs (`loras`); embeddings work in its prompt
     model_facts: tuple[str, ...] = ()  # per-model facts `GET /models` shows (ModelSpec.facts())
 
 
 # In the order the contract lists them (and `GET /models`, the CLI and error messages show them).
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("sdxl", kinds=("sdxl",), priority=2, timeout_s=600, queue_cap=1000, schedulers=True,
+    Task("sdxl", kinds=("sdxl",), priority=2, timeout_s=600, queue_cap=1000, schedulers=True, adapters=True,
          model_facts=("refiner",)),
-    Task("turbo", kinds=("turbo",), priority=0, timeout_s=60, queue_cap=5000),
+    Task("turbo", kinds=("turbo",), priority=0, timeout_s=60, queue_cap=5000, adapters=True),
     # img2img runs on the SDXL base or on Turbo weights (from_pipe: no second copy).
     Task("img2img", kinds=("sdxl", "turbo"), priority=1, timeout_s=600, queue_cap=1000, takes_image=True,
-         schedulers=True),
+         schedulers=True, adapters=True),
     Task("svd", kinds=("svd",), priority=3, timeout_s=1800, queue_cap=200, output="video", takes_image=True,
          model_facts=("max_num_frames",)),
 )}

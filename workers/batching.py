@@ -38,6 +38,7 @@ class Member:
     output: Output | None = None
     ended: bool = False
     status: JobStatus = JobStatus.RUNNING
+    params_changed: bool = False  # the worker completed `params` (the LoRAs' digests): written when it ends
     timings: dict = field(default_factory=dict)
 
 

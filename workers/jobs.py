@@ -33,6 +33,7 @@ from service.settings import Settings
 from service.storage import Storage
 from workers import faults, metrics, results
 from workers.batching import Batching, Member
+from workers.errors import JobFailed
 from workers.pipelines.base import TaskPipeline
 from workers.progress import JobCanceled, Progress
 from workers.runtime import Runtime
@@ -40,14 +41,6 @@ from workers.runtime import Runtime
 log = logging.getLogger("fresco.jobs")
 END_RETRY_S = 300.0  # how long a finished job's outcome waits for Redis to come back
 RESTART_EXIT_CODE = 3  # a worker that must be restarted (sticky GPU error) exits with this
-
-
-class JobFailed(Exception):
-    """A job that cannot run, with the error code and message the client sees."""
-
-    def __init__(self, code: ErrorCode, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 @dataclass(frozen=True)
@@ -198,7 +191,12 @@ class JobRunner:
             if isinstance(m.params.get("image"), dict):
                 data = self.storage.get(m.id, m.params["image"]["name"])
                 m.image = Image.open(io.BytesIO(data)).convert("RGB")
-        # 1. inference: one pipeline call for the whole batch
+        # 1. adapters: the batch's LoRAs active (loaded first when not resident), or none
+        used = batch.pipeline.use_adapters(members[0].params, progress_)
+        if used:
+            for m in members:
+                m.params, m.params_changed = {**m.params, "loras": used}, True
+        # 2. inference: one pipeline call for the whole batch
         t0 = time.perf_counter()
         with torch.inference_mode():
             outputs = batch.pipeline.run_batch([(m.params, m.image) for m in members], progress_)
@@ -208,11 +206,11 @@ class JobRunner:
             m.timings["inference_s"] = round(inference_s, 4)
         if len(members) > 1:
             log.info("batch of %d %s jobs done in %.3fs", len(members), task, inference_s)
-        # 2. encode (canceled mid-batch: their outputs are dropped)
+        # 3. encode (canceled mid-batch: their outputs are dropped)
         progress_.post(Stage.ENCODE)
         live = batch.active
         encoded = self.encoder.encode_all([(m.output, m.params) for m in live])
-        # 3. store, and each job ends as soon as its files are stored
+        # 4. store, and each job ends as soon as its files are stored
         progress_.post(Stage.STORE)
         for m, (files, result, encode_s) in zip(live, encoded):
             if m.ended:
@@ -258,6 +256,8 @@ class JobRunner:
         if member.ended:
             return
         member.ended, member.status = True, status
+        if member.params_changed:
+            fields["params"] = member.params
         call = protocol.end(member.id, batch.task, status, ttl=self.settings.job_ttl_s, progress=final, **fields)
 
         def write():

@@ -24,6 +24,20 @@ BUSY = Gauge("fresco_worker_busy", "1 while the worker runs a job.", registry=RE
 BATCH_SIZE = Histogram(
     "fresco_batch_images", "Images per pipeline call: 1 unbatched, more when compatible jobs ran together.",
     ["task"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)
+ADAPTER_LOADS = Counter(
+    "fresco_adapter_loads_total", "LoRAs loaded into a model (a cold load: not resident before).", ["model"],
+    registry=REGISTRY)
+ADAPTER_LOAD_SECONDS = Histogram(
+    "fresco_adapter_load_seconds", "Seconds a cold LoRA load took (reading the file and loading the layers).",
+    ["model"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=REGISTRY)
+ADAPTER_CACHE = Counter(
+    "fresco_adapter_cache_total", "Adapter lookups: `resident` (LoRAs loaded in the model) and `disk` (URL "
+    "adapters fetched before), each a hit or a miss.", ["cache", "result"], registry=REGISTRY)
+ADAPTERS_RESIDENT = Gauge(
+    "fresco_adapters_resident", "LoRAs loaded in the model now (at most FRESCO_WORKER_MAX_LORAS).", ["model"],
+    registry=REGISTRY)
+ADAPTER_FETCH_BYTES = Counter(
+    "fresco_adapter_fetch_bytes_total", "Bytes of adapter files fetched from request URLs.", registry=REGISTRY)
 GPU_OOMS = Counter("fresco_gpu_oom_total", "Jobs that ran out of GPU memory.", ["task"], registry=REGISTRY)
 
 

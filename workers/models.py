@@ -60,6 +60,7 @@ class LoadedModel:
     refiner: Any = None
     refiner_scheduler_config: Any = None
     load_s: float = 0.0
+    loras: Any = None  # workers/loras.py Loras, for a model LoRAs and embeddings can be used with
     _img2img: Any = field(default=None, repr=False)
 
     @property
@@ -173,7 +174,18 @@ def _tiny(spec: ModelSpec):
     return pipe, refiner
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
+def freeze(pipe) -> None:
+    """No parameter needs a gradient in a worker. Said once at load, for every module: PEFT freezes the
+    base weights when a LoRA loads, and a frozen weight sends torch's matmul down another (equally
+    right, differently rounded) path on the CPU, so a job without LoRAs would no longer give the same
+    pixels after one with. Frozen from the start, every job runs the same arithmetic."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False)
+
+
+def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
+    """`loras`: LoRAs may be used with this model (fused Q/K/V projections would bypass them)."""
     started = time.perf_counter()
     device = resolve_device(spec)
     dtype = resolve_dtype(spec, device)
@@ -195,6 +207,11 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             p.vae.enable_slicing()
         p.set_progress_bar_config(disable=True)
         no_needless_upcast(p, dtype)
+        freeze(p)
+    if loras and spec.fuse_qkv:
+        log.warning("%s: fuse_qkv is off because LoRAs may be used with this model (a fused projection "
+                    "would bypass their layers)", spec.name)
+        spec = spec.model_copy(update={"fuse_qkv": False})
     optimize(spec, pipe, refiner)
     loaded = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
                          refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None)

@@ -44,6 +44,13 @@ class Progress:
     def state(self) -> dict:
         return progress(self.stage, self.step, self.total_steps, round(self._fraction, 4))
 
+    def preparing(self, stage: Stage) -> None:
+        """Say the job is in a stage before its denoising (loading adapters); the fraction stays."""
+        if self.stage != stage:
+            self.stage, self.step, self.total_steps = stage, 0, 0
+            self._published = None  # what the job shows now: the first denoising stage says itself again
+            self._send()
+
     def begin(self, stage: Stage) -> None:
         """Enter the next planned denoising stage."""
         if self._index + 1 >= len(self._plan) or self._plan[self._index + 1][0] != stage:

@@ -7,6 +7,7 @@ libraries say still reaches the log. Called at worker start, before any model lo
 from __future__ import annotations
 
 import logging
+import warnings
 
 # (logger, a fragment of the message, why it is harmless here)
 KNOWN_NOISE: tuple[tuple[str, str, str], ...] = (
@@ -17,6 +18,17 @@ KNOWN_NOISE: tuple[tuple[str, str, str], ...] = (
     ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to",
      "SVD's CLIPImageProcessor uses its PIL implementation when torchvision is absent (a worker needs no "
      "torchvision); the result is the same 224x224 input to the image encoder."),
+    ("transformers.integrations.peft", "LOAD REPORT",
+     "loading a LoRA's text-encoder part when other LoRAs are resident, transformers reports the other "
+     "LoRAs' layers as missing from the new file (a table per load); a file that does not fit the "
+     "model raises instead, and the job fails with a message (workers/loras.py)."),
+)
+# (a warning's message, at its start, why it is harmless here)
+KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (
+    ("Already found a `peft_config` attribute in the model",
+     "PEFT warns whenever a second LoRA loads into a model: several resident LoRAs are the point."),
+    (r"Adapter \S+ was active which is now deleted",
+     "PEFT warns when an evicted LoRA was among the active ones; the next job sets its own LoRAs anyway."),
 )
 
 
@@ -34,3 +46,9 @@ def silence_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropLine) and f.fragment == fragment for f in logger.filters):
             logger.addFilter(_DropLine(fragment))
+    for message, _why in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    # transformers draws a "Loading weights" progress bar on stderr for each text-encoder LoRA load.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()

@@ -8,11 +8,13 @@ import time
 
 import torch
 
-from service.catalog import Catalog, ModelSpec
+from service.catalog import FAMILIES, Catalog, ModelSpec
 from service.jobs.heartbeats import serves
 from service.settings import Settings
 from service.tasks import TASKS, by_priority
 from workers import metrics
+from workers.adapter_files import AdapterFiles
+from workers.loras import Loras
 from workers.models import LoadedModel, freeze_compiled, load_model
 from workers.pipelines.base import TaskPipeline
 from workers.pipelines.registry import PIPELINES
@@ -31,12 +33,19 @@ class Runtime:
         self.pipelines: dict[tuple[str, str], TaskPipeline] = {}
 
     def load(self) -> "Runtime":
+        files = AdapterFiles(self.settings)
         for task in self.settings.worker_tasks:
             for name in self.catalog.models_for(task):
                 if name not in self.models:
-                    model = self.models[name] = load_model(self.catalog.spec(name))
+                    takes_loras = self._takes_loras(name)
+                    model = self.models[name] = load_model(self.catalog.spec(name), loras=takes_loras)
                     metrics.MODEL_LOAD_SECONDS.labels(name).set(model.load_s)
                     metrics.MODEL_LOADS.labels(name).inc()
+                    if model.spec.kind in FAMILIES["sdxl"]:
+                        model.loras = Loras(model, self.catalog, files, self.settings.worker_max_loras)
+                        model.loras.load_embeddings(self.catalog.adapters_for(name, "embedding"))
+                        if model.spec.compile and takes_loras:
+                            model.loras.prepare_slots(model.spec.lora_rank)  # before warm-up compiles
                 self.pipelines[(task, name)] = PIPELINES[task](self.models[name])
         if self.settings.worker_batch_size > 1:
             # A batch decodes (and img2img encodes) one image at a time: the VAE works at full image
@@ -47,6 +56,14 @@ class Runtime:
                     if pipe is not None and getattr(pipe, "vae", None) is not None:
                         pipe.vae.enable_slicing()
         return self
+
+    def _takes_loras(self, name: str) -> bool:
+        """Whether requests may bring LoRAs for model `name`: the models file lists some that fit it, or
+        URL adapters are on (for a kind of model LoRAs exist for)."""
+        spec = self.catalog.spec(name)
+        if not any(TASKS[task].adapters for task in spec.tasks):
+            return False
+        return bool(self.catalog.adapters_for(name, "lora")) or self.settings.allow_adapter_urls
 
     def warm_up(self) -> "Runtime":
         """Run each pipeline once per size bucket (and batch size), so the first request pays no

@@ -140,3 +140,56 @@ def svd(seed: int = 2):
         scheduler=EulerDiscreteScheduler(**SVD_SCHEDULER),
         feature_extractor=CLIPImageProcessor(crop_size=224, size=224),
     )
+
+
+# ---------------------------------------------------------------- adapters
+
+# The tiny profile's adapters (service/catalog.py `tiny_catalog`): name -> (kind, layout, seed).
+ADAPTERS = {
+    "tiny-style": ("lora", "peft", 11),
+    "tiny-sketch": ("lora", "kohya", 12),
+    "tiny-cat": ("embedding", None, 13),
+}
+# The layers most shared SDXL LoRAs train: the UNet's attention projections and the text encoders'.
+UNET_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def lora(seed: int, layout: str = "peft", rank: int = 4, text_encoders: bool = True,
+         unet_targets=UNET_LORA_TARGETS, std: float = 0.5) -> dict:
+    """A LoRA for the tiny SDXL architecture (base and Turbo alike), made with PEFT from random weights:
+    the state dict a trainer would save, in the diffusers/PEFT layout (`unet.<module>.lora_A.weight`)
+    or the kohya layout (`lora_unet_<module>.lora_down.weight` with `.alpha`) most shared SDXL LoRAs use."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    modules = {"unet": (UNet2DConditionModel(**SDXL_UNET), unet_targets)}
+    if text_encoders:
+        text_config = CLIPTextConfig(**TEXT_ENCODER)
+        modules["text_encoder"] = (CLIPTextModel(text_config), TEXT_LORA_TARGETS)
+        modules["text_encoder_2"] = (CLIPTextModelWithProjection(text_config), TEXT_LORA_TARGETS)
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for prefix, (module, targets) in modules.items():
+        config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=list(targets))
+        module = inject_adapter_in_model(config, module)
+        for key, value in get_peft_model_state_dict(module).items():
+            state[f"{prefix}.{key}"] = torch.randn(value.shape, generator=generator) * std
+    return convert_state_dict_to_kohya(state) if layout == "kohya" else state
+
+
+def embedding(seed: int, vectors: int = 1) -> dict:
+    """A textual-inversion embedding for the tiny SDXL text encoders, in the SDXL file layout: one
+    tensor per text encoder (`clip_l`, `clip_g`), `vectors` rows each."""
+    generator = torch.Generator().manual_seed(seed)
+    width = TEXT_ENCODER["hidden_size"]
+    return {"clip_l": torch.randn(vectors, width, generator=generator),
+            "clip_g": torch.randn(vectors, width, generator=generator)}
+
+
+def adapter(name: str) -> dict:
+    """The state dict of the tiny profile's adapter `name`, the same on every machine."""
+    kind, layout, seed = ADAPTERS[name]
+    return embedding(seed) if kind == "embedding" else lora(seed, layout)

@@ -140,15 +140,22 @@ def validation_fields(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic errors -> the contract's `fields`, naming each field and never its value."""
     fields = []
     for err in exc.errors(include_url=False, include_input=False, include_context=True):
-        loc = [str(part) for part in err["loc"]]
+        loc = list(err["loc"])
         if loc and loc[0] in _TASK_TAGS:  # the union's tag, not a field
             loc = loc[1:]
         if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
             loc = ["task"]
-        # An unknown field's name is client input: named back only when it is a plain identifier.
-        loc = [part if (part.isascii() and part.isdigit()) or _SAFE_NAME.fullmatch(part) else "(unnamed field)"
-               for part in loc]
-        fields.append(field_error(".".join(loc) or "body", _message(err)))
+        # A list index reads `loras[1]`. An unknown field's name is client input: named back only when it
+        # is a plain identifier.
+        name = ""
+        for part in loc:
+            if isinstance(part, int):
+                name += f"[{part}]"
+            else:
+                part = str(part)
+                part = part if (part.isascii() and part.isdigit()) or _SAFE_NAME.fullmatch(part) else "(unnamed field)"
+                name += f".{part}" if name else part
+        fields.append(field_error(name or "body", _message(err)))
     return fields
 
 

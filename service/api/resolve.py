@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from service.api.errors import ValidationFailed, field_error
 from service.api.inputs import DecodedImage, ImageRejected, read_image
-from service.catalog import Catalog, ModelSpec
+from service.catalog import Catalog, ModelSpec, adapter_url_problem
 from service.settings import Settings
 from service.tasks import TASKS
 
@@ -35,6 +35,7 @@ class Rules:
 
     req: Any
     spec: ModelSpec
+    catalog: Catalog
     settings: Settings
     image: DecodedImage | None
     params: dict[str, Any]
@@ -91,6 +92,45 @@ def _svd(r: Rules) -> None:
     r.params["num_frames"] = req.num_frames or max_frames
 
 
+def _loras(r: Rules) -> None:
+    """`loras`: each a LoRA that fits the model (by name), or an allowed URL; scales default to the
+    adapter's own. The worker adds each one's content digest when it has loaded it."""
+    out, seen = [], set()
+    for i, ref in enumerate(r.req.loras):
+        at = f"loras[{i}]"
+        if (ref.name is None) == (ref.url is None):
+            r.error(at, "give either `name` or `url`")
+            continue
+        if ref.name is not None:
+            adapter = r.catalog.adapters.get(ref.name)
+            if adapter is None:
+                r.error(f"{at}.name", "is no adapter of this server; GET /models lists each model's adapters")
+                continue
+            if adapter.kind != "lora":
+                r.error(f"{at}.name", "is an embedding, not a LoRA: write its token in the prompt")
+                continue
+            if not adapter.fits(r.spec):
+                fits = [m for m in r.catalog.models_for(r.req.task) if adapter.fits(r.catalog.spec(m))]
+                r.error(f"{at}.name", f"does not fit model {r.spec.name}; for {r.req.task} it fits {fits}")
+                continue
+            scale = adapter.default_scale if ref.scale is None else ref.scale
+            key, entry = ref.name, {"name": ref.name, "scale": scale}
+        else:
+            if not r.settings.allow_adapter_urls:
+                r.error(f"{at}.url", "adapter URLs are not enabled on this server; name an adapter GET /models lists")
+                continue
+            problem = adapter_url_problem(ref.url, r.settings.image_url_schemes)
+            if problem:
+                r.error(f"{at}.url", problem)
+                continue
+            key, entry = ref.url, {"url": ref.url, "scale": 1.0 if ref.scale is None else ref.scale}
+        if key in seen:
+            r.error(at, "the same adapter is given twice")
+        seen.add(key)
+        out.append(entry)
+    r.params["loras"] = out
+
+
 RULES: dict[str, Callable[[Rules], None]] = {"sdxl": _sdxl, "turbo": _turbo, "img2img": _img2img, "svd": _svd}
 
 
@@ -102,13 +142,15 @@ async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
         raise ValidationFailed([field_error("model", f"must be one of {names} for task {task}")])
     params = req.model_dump(exclude={"task", "model", "image", "retries"})
     params["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**32)
-    rules = Rules(req, catalog.spec(model), settings, None, params)
+    rules = Rules(req, catalog.spec(model), catalog, settings, None, params)
     if TASKS[task].takes_image:
         try:
             rules.image = await read_image(req.image, settings)
         except ImageRejected as exc:
             rules.error("image", str(exc))
     RULES[task](rules)
+    if TASKS[task].adapters:
+        _loras(rules)
     if rules.errors:
         raise ValidationFailed(rules.errors)
     if rules.image is not None:

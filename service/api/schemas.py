@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import PydanticCustomError
 
-from service.catalog import SCHEDULERS
+from service.catalog import LORA_SCALE, SCHEDULERS
 from service.jobs.states import ErrorCode, JobStatus, Stage
 
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -38,6 +38,23 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Guidance = Annotated[float, Field(ge=0, le=20, allow_inf_nan=False)]
 
 
+MAX_LORAS = 5
+
+
+class LoraRef(BaseModel):
+    """A LoRA for this job: `name` (an adapter `GET /models` lists for the model) or, when the server
+    allows URL adapters, `url` (an https URL of a .safetensors file); `scale` (the adapter's default)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_clean_text)] | None = None
+    scale: float | None = Field(None, ge=LORA_SCALE[0], le=LORA_SCALE[1], allow_inf_nan=False)
+
+
+Loras = Annotated[list[LoraRef], Field(max_length=MAX_LORAS)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -61,6 +78,7 @@ class SDXLRequest(_Request):
     refiner: bool | None = None  # default: true when the model has one
     refiner_switch: float = Field(0.8, gt=0, lt=1, allow_inf_nan=False)
     scheduler: SchedulerName = "euler"
+    loras: Loras = []
     output_format: ImageFormat = "png"
 
 
@@ -74,6 +92,7 @@ class TurboRequest(_Request):
     steps: int = Field(1, ge=1, le=4)
     num_images: int = Field(1, ge=1, le=8)
     guidance_scale: float = Field(0.0, ge=0, le=0, allow_inf_nan=False)  # accepted only as 0
+    loras: Loras = []
     output_format: ImageFormat = "png"
 
 
@@ -91,6 +110,7 @@ class Img2ImgRequest(_Request):
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     scheduler: SchedulerName | None = None  # sdxl models: "euler"; turbo models: their own
+    loras: Loras = []
     output_format: ImageFormat = "png"
 
 

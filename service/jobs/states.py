@@ -20,10 +20,12 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 
 
 class Stage(StrEnum):
-    """What `progress.stage` says: queued, the denoising stages of the task's pipeline (base and
-    refiner for SDXL, denoise for the others), then decode, encode, store, and done."""
+    """What `progress.stage` says: queued, adapters (while the job's LoRAs are fetched and loaded, when
+    they are not resident yet), the denoising stages of the task's pipeline (base and refiner for SDXL,
+    denoise for the others), then decode, encode, store, and done."""
 
     QUEUED = "queued"
+    ADAPTERS = "adapters"
     BASE = "base"
     REFINER = "refiner"
     DENOISE = "denoise"

@@ -61,6 +61,22 @@ def test_turbo(client):
     assert ctype == "image/webp" and Image.open(io.BytesIO(data)).size == (512, 512)
 
 
+def test_turbo_with_the_tiny_profiles_loras_and_embedding(client):
+    """The README tour's adapter request: two of the tiny profile's LoRAs, its embedding's token."""
+    body = {"task": "turbo", "prompt": "a <tiny-cat> in the snow", "seed": 7, "width": 256, "height": 256,
+            "loras": [{"name": "tiny-style", "scale": 0.8}, {"name": "tiny-sketch"}]}
+    job = run(client, body)
+    loras = job["params"]["loras"]
+    assert [(e["name"], e["scale"]) for e in loras] == [("tiny-style", 0.8), ("tiny-sketch", 0.8)]
+    assert all(e["digest"].startswith("sha256:") and len(e["digest"]) == 71 for e in loras)
+    with_loras, _ = fetch(client, job["result"]["images"][0]["url"])
+    plain, _ = fetch(client, run(client, {**body, "loras": []})["result"]["images"][0]["url"])
+    again, _ = fetch(client, run(client, body)["result"]["images"][0]["url"])
+    assert with_loras == again and with_loras != plain
+    models = client.get("/models").json()["tasks"]["turbo"]["models"][0]
+    assert {a["name"] for a in models["adapters"]} == {"tiny-style", "tiny-sketch", "tiny-cat"}
+
+
 def test_img2img_keeps_input_size_floored(client):
     job = run(client, {"task": "img2img", "prompt": "a watercolor", "image": png_data_url(333, 250), "steps": 6})
     assert (job["params"]["width"], job["params"]["height"]) == (328, 248)

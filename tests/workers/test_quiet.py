@@ -8,7 +8,8 @@ import sys
 
 from tests.conftest import ROOT
 
-NOISE = ("should be kept in float32: []", "requires torchvision (not installed)")
+NOISE = ("should be kept in float32: []", "requires torchvision (not installed)", "LOAD REPORT",
+         "Already found a `peft_config`", "Loading weights")
 
 LOAD = """
 import logging, sys, torch
@@ -21,6 +22,9 @@ if sys.argv[1] == "quiet":
 from workers import tiny
 pipe = tiny.svd()                      # SVD's CLIPImageProcessor, without torchvision
 pipe.to(dtype=torch.bfloat16)          # a cast of every model
+base = tiny.sdxl_base()                # two LoRAs with text-encoder parts, one after the other
+base.load_lora_weights(tiny.lora(1), adapter_name="one")
+base.load_lora_weights(tiny.lora(2), adapter_name="two")
 logging.getLogger("diffusers.models.modeling_utils").warning("a warning that means something")
 """
 

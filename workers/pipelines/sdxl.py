@@ -9,9 +9,10 @@ A batch of compatible jobs runs as one call of each, with a prompt, negative pro
 from __future__ import annotations
 
 from service.jobs.states import Stage
+from workers.loras import no_lora_in
 from workers.models import make_scheduler
-from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives, per_image,
-                                    prompt_warnings, split)
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, lora_key, negatives,
+                                    per_image, prompt_warnings, split)
 
 
 class SDXL(TaskPipeline):
@@ -36,7 +37,7 @@ class SDXL(TaskPipeline):
     def batch_key(self, p):
         refiner = self._use_refiner(p)
         return ("sdxl", p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
-                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")))
+                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")), lora_key(p))
 
     def run(self, p, image, progress):
         return self.run_batch([(p, image)], progress)[0]
@@ -66,6 +67,7 @@ class SDXL(TaskPipeline):
             refiner = self.model.refiner
             refiner.scheduler = make_scheduler(p["scheduler"], self.model.refiner_scheduler_config)
             progress.begin(Stage.REFINER)
-            images = refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
-                             negative_aesthetic_score=2.5).images
+            with no_lora_in(refiner.text_encoder_2):  # shared with the base; the refiner gets no base LoRA
+                images = refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
+                                 negative_aesthetic_score=2.5).images
         return [Output(images=imgs, warnings=w) for imgs, w in zip(split(images, items), warnings)]

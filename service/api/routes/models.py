@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from service.api.deps import Caller
 from service.api.errors import json_response
-from service.api.schemas import REQUESTS
+from service.api.schemas import MAX_LORAS, REQUESTS
 from service.catalog import SCHEDULERS
 from service.jobs.heartbeats import live_workers, serves
 from service.redis import REDIS_DOWN
@@ -45,9 +45,13 @@ async def models(caller: Caller):
         for name in c.catalog.models_for(task.name):
             spec = c.catalog.spec(name)
             facts = spec.facts()
-            entries.append({"name": name, "kind": spec.kind, "source": spec.source,
-                            "loaded": serves(task.name, name) in loaded, "description": spec.description,
-                            **{fact: facts[fact] for fact in task.model_facts}})
+            entry = {"name": name, "kind": spec.kind, "source": spec.source,
+                     "loaded": serves(task.name, name) in loaded, "description": spec.description,
+                     **{fact: facts[fact] for fact in task.model_facts}}
+            if task.adapters:
+                # LoRAs for `loras`, embeddings for the prompt: those that fit this model.
+                entry["adapters"] = [a.listing() for a in c.catalog.adapters_for(name)]
+            entries.append(entry)
         info = {"default_model": c.catalog.default_for(task.name), "models": entries,
                 "parameters": _parameters(REQUESTS[task.name])}
         if task.schedulers:
@@ -55,6 +59,9 @@ async def models(caller: Caller):
         info["limits"] = {"max_pixels": c.settings.max_pixels}
         if task.takes_image:
             info["limits"]["max_image_bytes"] = c.settings.max_image_bytes
+        if task.adapters:
+            info["limits"]["max_loras"] = MAX_LORAS
+            info["limits"]["adapter_urls"] = c.settings.allow_adapter_urls
         tasks[task.name] = info
     return json_response({"profile": c.catalog.profile,
                           "note": TINY_NOTE if c.catalog.profile == "tiny" else None,

@@ -1,0 +1,364 @@
+"""The adapters of one resident model: LoRAs loaded on first use and kept (up to FRESCO_WORKER_MAX_LORAS,
+least recently used leave), set per job; embeddings loaded at worker start and kept.
+
+A LoRA lives in the base pipeline's modules (UNet and both text encoders), so img2img, built on the
+same modules (`from_pipe`), shares it; the refiner never gets one (workers/pipelines/sdxl.py turns
+the LoRA off in the second text encoder it shares with the base while it runs). A job with no LoRAs
+runs with LoRA layers off: exactly the base model's arithmetic (see `freeze` in workers/models.py).
+
+Two ways to hold LoRAs:
+- eager (the default): each LoRA is a PEFT adapter of its own (`load_lora_weights(adapter_name=)`),
+  set per job with `set_adapters(names, weights)`, deleted when evicted (`delete_adapters`);
+- slots, for a model with `compile: true`: switching adapters must not recompile the compiled UNet
+  blocks (diffusers #9279). Before warm-up, `enable_lora_hotswap(target_rank=lora_rank)` and one
+  zero LoRA per slot on the layers LoRAs train (`lora_targets`); every slot stays active, an unused
+  slot at scale 0, scales live in tensors changed in place, and a new LoRA is hot-swapped into the
+  least recently used slot (`hotswap=True`). Text encoders are not compiled: their part of a LoRA
+  loads plainly under the slot's name. A LoRA on other layers, or of a higher rank, is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from service.catalog import AdapterSpec, Catalog
+from service.jobs.states import Stage
+from workers import metrics
+from workers.adapter_files import AdapterFile, AdapterFiles
+from workers.errors import invalid_input
+
+log = logging.getLogger("fresco.loras")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+# The layers a slot covers (compile: true): every UNet attention projection and feed-forward layer, the
+# transformer blocks' projections in and out: what SDXL LoRA trainers (diffusers, kohya) target.
+SLOT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+
+
+@dataclass
+class Resident:
+    name: str  # the adapter's name inside the model (PEFT), or its slot
+    digest: str
+    label: str
+
+
+def peft_name(digest: str) -> str:
+    return "lora_" + digest.removeprefix("sha256:")[:16]
+
+
+class Loras:
+    """The LoRA state of one model's pipelines: which are resident, which are active at what scale."""
+
+    def __init__(self, model, catalog: Catalog, files: AdapterFiles, capacity: int):
+        self.model, self.catalog, self.files, self.capacity = model, catalog, files, capacity
+        self.pipe = model.pipe
+        self.resident: OrderedDict[str, Resident] = OrderedDict()  # digest -> Resident, least recently used first
+        self.enabled = True  # LoRA layers on (diffusers' default); off while a job runs without LoRAs
+        self.active: tuple | None = None  # the (names, weights) last set; None: unknown (after a load or evict)
+        self.slots: list[str] = []  # slot mode: the slots' names; a slot not in `resident` is free
+        self.slot_scaling: dict[str, dict[int, float]] = {}  # slot -> LoRA layer id -> its scaling at scale 1
+
+    # ---- a job's LoRAs
+
+    def use(self, loras: list[dict], progress=None) -> list[dict]:
+        """Make `loras` (a job's resolved `loras`) the active ones, loading those not resident; the
+        entries with each one's content digest. No LoRAs: LoRA layers off."""
+        if not loras:
+            self._off()
+            return []
+        if progress is not None and any(self._known(e) not in self.resident for e in loras):
+            progress.preparing(Stage.ADAPTERS)  # a fetch or a load: the client sees why time passes
+        files: list[AdapterFile] = []
+        for i, entry in enumerate(loras):
+            files.append(self._file(i, entry, {f.digest for f in files}))
+        needed = {f.digest for f in files}
+        weights: dict[str, float] = {}
+        for file, entry in zip(files, loras):
+            resident = self.resident.get(file.digest)
+            if resident is not None:
+                metrics.ADAPTER_CACHE.labels("resident", "hit").inc()
+                self.resident.move_to_end(file.digest)
+            else:
+                metrics.ADAPTER_CACHE.labels("resident", "miss").inc()
+                resident = self._load(file, needed)
+            # The same file named twice (by name and by URL): one adapter, the scales add up.
+            weights[resident.name] = weights.get(resident.name, 0.0) + float(entry["scale"])
+        self._set(weights)
+        return [{**entry, "digest": file.digest} for entry, file in zip(loras, files)]
+
+    def _known(self, entry: dict) -> str | None:
+        """The digest of `entry` when known without reading or fetching anything."""
+        if "url" in entry:
+            path = self.files.cache.lookup(entry["url"])
+            return None if path is None else "sha256:" + path.stem
+        return self.files.known_digest(self.catalog.adapters[entry["name"]])
+
+    def _file(self, i: int, entry: dict, keep: set[str]) -> AdapterFile:
+        if "url" in entry:
+            return self.files.url(entry["url"], f"the LoRA at loras[{i}].url", keep)
+        spec = self.catalog.adapters.get(entry["name"])
+        if spec is None or spec.kind != "lora" or not spec.fits(self.model.spec):
+            raise invalid_input(f"loras[{i}]: this worker has no LoRA of that name for model {self.model.name}")
+        return self.files.named(spec)
+
+    # ---- loading and evicting
+
+    def _load(self, file: AdapterFile, needed: set[str]) -> Resident:
+        started = time.perf_counter()
+        state = file.state_dict()
+        if self.slots:
+            resident = self._swap_into_slot(file, state, needed)
+        else:
+            while len(self.resident) >= self.capacity:
+                self._evict(needed)
+            resident = Resident(peft_name(file.digest), file.digest, file.label)
+            try:
+                self.pipe.load_lora_weights(state, adapter_name=resident.name)
+            except Exception as exc:
+                self._forget(resident.name)
+                raise self._not_a_lora(file, exc) from None
+            if not self._has(resident.name):
+                self._forget(resident.name)
+                raise self._not_a_lora(file, None)
+            self.resident[file.digest] = resident
+            self.active = None  # loading changed which adapters are active
+        seconds = time.perf_counter() - started
+        metrics.ADAPTER_LOADS.labels(self.model.name).inc()
+        metrics.ADAPTER_LOAD_SECONDS.labels(self.model.name).observe(seconds)
+        metrics.ADAPTERS_RESIDENT.labels(self.model.name).set(len(self.resident))
+        log.info("loaded %s (%s) into %s in %.2fs; %d resident", file.label, file.digest[:19], self.model.name,
+                 seconds, len(self.resident))
+        return resident
+
+    def _not_a_lora(self, file: AdapterFile, exc: Exception | None):
+        reason = f": {str(exc).splitlines()[0][:300]}" if exc is not None and str(exc) else ""
+        return invalid_input(f"{file.label} is not a LoRA for model {self.model.name} (a {self.model.spec.kind} "
+                             f"model); its layers do not match the model's{reason}")
+
+    def _has(self, name: str) -> bool:
+        return any(name in names for names in self.pipe.get_list_adapters().values())
+
+    def _evict(self, needed: set[str]) -> None:
+        digest = next((d for d in self.resident if d not in needed), None)
+        if digest is None:  # every resident one is needed now (more LoRAs in one job than the capacity)
+            raise invalid_input(f"this job names more LoRAs than the worker keeps loaded ({self.capacity})")
+        resident = self.resident.pop(digest)
+        self._forget(resident.name)
+        self.active = None  # the adapter set changed: set it again
+        log.info("evicted %s from %s (least recently used)", resident.label, self.model.name)
+
+    def _forget(self, name: str) -> None:
+        """Delete adapter `name` from every module that has it (a failed load may have left a part)."""
+        present = [part for part, names in self.pipe.get_list_adapters().items() if name in names]
+        if present:
+            self.pipe.delete_adapters(name)
+
+    # ---- which are active
+
+    def _off(self) -> None:
+        if self.slots:
+            self._set({})
+        elif self.resident and self.enabled:
+            self.pipe.disable_lora()
+            self.enabled = False
+
+    def _set(self, weights: dict[str, float]) -> None:
+        if self.slots:
+            self._set_slot_scales(weights)
+            return
+        if not self.enabled:
+            self.pipe.enable_lora()
+            self.enabled = True
+        state = (tuple(weights), tuple(weights.values()))
+        if self.active != state:
+            self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
+            self.active = state
+
+    # ---- slots (compile: true)
+
+    def prepare_slots(self, rank: int) -> None:
+        """Before the UNet is compiled (warm-up): hotswap on, and `capacity` zero LoRAs of `rank` on the
+        slot layers, every one active, at scale 0, with tensor scales."""
+        from peft.utils.hotswap import _convert_scalings_to_tensor
+
+        unet = self.pipe.unet
+        unet.enable_lora_hotswap(target_rank=rank)
+        placeholder = {}
+        for name, module in unet.named_modules():
+            if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in SLOT_TARGETS):
+                placeholder[f"{name}.lora_A.weight"] = torch.zeros(rank, module.in_features)
+                placeholder[f"{name}.lora_B.weight"] = torch.zeros(module.out_features, rank)
+        self.slots = [f"slot{i}" for i in range(self.capacity)]
+        for slot in self.slots:
+            unet.load_lora_adapter(dict(placeholder), prefix=None, adapter_name=slot)
+        unet.set_adapters(self.slots, [1.0] * len(self.slots))
+        _convert_scalings_to_tensor(unet)
+        for slot in self.slots:
+            self._record_scaling(slot)
+        self._set_slot_scales({})
+        log.info("%s: %d LoRA slots of rank %d on %d layers (compile: LoRAs hot-swap in)", self.model.name,
+                 len(self.slots), rank, len(placeholder) // 2)
+
+    def _swap_into_slot(self, file: AdapterFile, state: dict, needed: set[str]) -> Resident:
+        used = {r.name: d for d, r in self.resident.items()}
+        free = [s for s in self.slots if s not in used]
+        if free:
+            slot = free[0]
+        else:
+            digest = next((d for d in self.resident if d not in needed), None)
+            if digest is None:
+                raise invalid_input(f"this job names more LoRAs than the worker keeps loaded ({self.capacity})")
+            slot = self.resident.pop(digest).name
+        pipe = self.pipe
+        try:
+            state, alphas, metadata = pipe.lora_state_dict(state, unet_config=pipe.unet.config,
+                                                           return_lora_metadata=True)
+            unet_part = {k: v for k, v in state.items() if k.startswith("unet.")}
+            if not unet_part:
+                raise ValueError("it has no UNet layers")
+            self._check_fits_slot(unet_part, slot)  # before diffusers: a failed swap would delete the slot
+            pipe.load_lora_into_unet(unet_part, network_alphas=alphas, unet=pipe.unet, adapter_name=slot,
+                                     metadata=metadata, _pipeline=pipe, hotswap=True)
+            for prefix in TEXT_ENCODERS:
+                encoder = getattr(pipe, prefix, None)
+                if encoder is None:
+                    continue
+                self._drop_text_encoder_adapter(encoder, slot)
+                part = {k: v for k, v in state.items() if k.startswith(prefix + ".")}
+                if part:
+                    pipe.load_lora_into_text_encoder(part, network_alphas=alphas, text_encoder=encoder, prefix=prefix,
+                                                     adapter_name=slot, metadata=metadata, _pipeline=pipe)
+        except Exception as exc:
+            self._clear_slot(slot)
+            raise self._not_a_lora(file, exc) from None
+        self._record_scaling(slot)
+        self.active = None
+        resident = self.resident[file.digest] = Resident(slot, file.digest, file.label)
+        return resident
+
+    def _record_scaling(self, slot: str) -> None:
+        """Each layer's scaling of the LoRA now in `slot` at scale 1 (alpha / rank, per layer: a swap
+        sets it from the new LoRA's own alphas), which job scales multiply."""
+        from peft.tuners.lora import LoraLayer
+
+        self.slot_scaling[slot] = {id(m): float(m.scaling[slot]) for m in self.pipe.unet.modules()
+                                   if isinstance(m, LoraLayer) and slot in m.scaling}
+
+    def _check_fits_slot(self, unet_part: dict, slot: str) -> None:
+        """Every UNet layer of the LoRA is a slot layer, of a rank the slot holds."""
+        from diffusers.utils import convert_unet_state_dict_to_peft
+
+        state = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in unet_part.items()})
+        unet = self.pipe.unet
+        for key, value in state.items():
+            if not key.endswith((".lora_A.weight", ".lora_B.weight")):
+                continue
+            module_name, which = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+            try:
+                layer = getattr(unet.get_submodule(module_name), which)[slot].weight
+            except (AttributeError, KeyError, TypeError):
+                raise ValueError(f"it trains layer {module_name}, which the compiled model's LoRA slots do not "
+                                 f"cover (they cover {', '.join(SLOT_TARGETS)})") from None
+            rank = value.shape[0] if which == "lora_A" else value.shape[1]
+            held = layer.shape[0] if which == "lora_A" else layer.shape[1]
+            if rank > held:
+                raise ValueError(f"its rank {rank} is above the slots' rank {held} (`lora_rank` in the models file)")
+            other = value.shape[1] if which == "lora_A" else value.shape[0]
+            if other != (layer.shape[1] if which == "lora_A" else layer.shape[0]):
+                raise ValueError(f"its layer {module_name} has other dimensions than the model's")
+
+    @staticmethod
+    def _drop_text_encoder_adapter(encoder, name: str) -> None:
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        if name in getattr(encoder, "peft_config", {}):
+            delete_adapter_layers(encoder, name)
+            getattr(encoder, "peft_config", {}).pop(name, None)
+
+    def _clear_slot(self, slot: str) -> None:
+        """A failed swap may have left part of a LoRA in `slot`: zero its weights (its scale is 0 too)."""
+        with torch.no_grad():
+            for module in self.pipe.unet.modules():
+                for attr in ("lora_A", "lora_B"):
+                    layers = getattr(module, attr, None)
+                    if isinstance(layers, torch.nn.ModuleDict) and slot in layers:
+                        layers[slot].weight.zero_()
+        for prefix in TEXT_ENCODERS:
+            encoder = getattr(self.pipe, prefix, None)
+            if encoder is not None:
+                self._drop_text_encoder_adapter(encoder, slot)
+
+    def _set_slot_scales(self, weights: dict[str, float]) -> None:
+        """Every slot stays active (the compiled graph runs all of them); scales change in place."""
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.hotswap import _update_scaling
+
+        state = tuple(weights.get(s, 0.0) for s in self.slots)
+        if self.active == state:
+            return
+        for module in self.pipe.unet.modules():
+            if isinstance(module, LoraLayer):
+                for slot in self.slots:
+                    base = self.slot_scaling[slot].get(id(module))
+                    if base is not None:
+                        _update_scaling(module, slot, weights.get(slot, 0.0) * base)
+        for prefix in TEXT_ENCODERS:
+            encoder = getattr(self.pipe, prefix, None)
+            names = [s for s in weights if s in getattr(encoder, "peft_config", {})]
+            if encoder is not None and getattr(encoder, "peft_config", None):
+                from diffusers.loaders.lora_base import set_adapters_for_text_encoder
+
+                if names:
+                    enable_text_encoder(encoder, True)
+                    set_adapters_for_text_encoder(names, encoder, [weights[n] for n in names])
+                else:
+                    enable_text_encoder(encoder, False)
+        self.active = state
+
+    # ---- embeddings
+
+    def load_embeddings(self, specs: list[AdapterSpec]) -> None:
+        """Textual-inversion embeddings, into each text encoder they have vectors for, at worker start."""
+        for spec in specs:
+            state = self.files.named(spec).state_dict()
+            encoders = [(getattr(self.pipe, te, None), getattr(self.pipe, tok, None), key)
+                        for te, tok, key in (("text_encoder", "tokenizer", "clip_l"),
+                                             ("text_encoder_2", "tokenizer_2", "clip_g"))]
+            encoders = [(te, tok, key) for te, tok, key in encoders if te is not None]
+            loaded = 0
+            for te, tok, key in encoders:
+                vectors = state.get(key)
+                if vectors is None and len(encoders) == 1:
+                    vectors = next(iter(state.values()))  # an SD 1.x file: one tensor
+                if vectors is None:
+                    raise ValueError(f"adapter {spec.name}: the embedding has no `{key}` vectors, which model "
+                                     f"{self.model.name} needs for each of its text encoders")
+                tokens = spec.token[0] if len(spec.token) == 1 else spec.token
+                self.pipe.load_textual_inversion(vectors, token=tokens, text_encoder=te, tokenizer=tok)
+                loaded += 1
+            log.info("loaded embedding %s (%s) into %d text encoder(s) of %s", spec.name, ", ".join(spec.token),
+                     loaded, self.model.name)
+
+
+def enable_text_encoder(encoder, on: bool) -> None:
+    from diffusers.loaders.lora_base import disable_lora_for_text_encoder, enable_lora_for_text_encoder
+
+    (enable_lora_for_text_encoder if on else disable_lora_for_text_encoder)(encoder)
+
+
+@contextlib.contextmanager
+def no_lora_in(encoder):
+    """LoRA layers off in `encoder` for a while (the refiner's text encoder, which the base shares)."""
+    if encoder is None or not getattr(encoder, "peft_config", None):
+        yield
+        return
+    enable_text_encoder(encoder, False)
+    try:
+        yield
+    finally:
+        enable_text_encoder(encoder, True)
