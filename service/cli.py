@@ -211,6 +211,13 @@ def cmd_generate(settings: Settings, args) -> int:
         body["model"] = args.model
     if args.seed is not None:
         body["seed"] = args.seed
+    for item in args.lora or []:  # NAME or NAME:SCALE, as AUTOMATIC1111's <lora:name:scale>
+        name, sep, scale = item.rpartition(":")
+        try:
+            entry = {"name": name, "scale": float(scale)} if sep else {"name": item}
+        except ValueError:
+            entry = {"name": item}
+        body.setdefault("loras", []).append(entry)
     for item in args.param or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -301,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--image", help="input image file (img2img, svd)")
     gen.add_argument("--model")
     gen.add_argument("--seed", type=int)
+    gen.add_argument("--lora", action="append", metavar="NAME[:SCALE]",
+                     help="a LoRA GET /models lists for the model (repeat for several)")
     gen.add_argument("--param", action="append", metavar="KEY=VALUE", help="any request field; JSON values")
     gen.add_argument("--url", default=None, help="the API's base URL (default: http://FRESCO_HOST:FRESCO_PORT)")
     gen.add_argument("--out", default=".", help="folder for the results")

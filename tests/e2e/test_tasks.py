@@ -77,6 +77,24 @@ def test_turbo_with_the_tiny_profiles_loras_and_embedding(client):
     assert {a["name"] for a in models["adapters"]} == {"tiny-style", "tiny-sketch", "tiny-cat"}
 
 
+def test_cli_generate_with_loras(stack, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-m", "service.cli", "generate", "turbo", "--prompt", "a <tiny-cat>",
+                        "--lora", "tiny-style:0.5", "--lora", "tiny-sketch", "--param", "width=256",
+                        "--param", "height=256", "--url", stack.url, "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(list(tmp_path.glob("*.png"))) == 1
+    r = subprocess.run([sys.executable, "-m", "service.cli", "generate", "turbo", "--prompt", "x", "--lora",
+                        "tiny-cat", "--url", stack.url, "--out", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "loras[0].name: is an embedding" in r.stderr
+
+
 def test_img2img_keeps_input_size_floored(client):
     job = run(client, {"task": "img2img", "prompt": "a watercolor", "image": png_data_url(333, 250), "steps": 6})
     assert (job["params"]["width"], job["params"]["height"]) == (328, 248)
