@@ -102,8 +102,10 @@ class ModelSpec(BaseModel):
     # (width, height) sizes warmed at worker start (with compile: compiled then, so no request pays it;
     # a request of another size then runs eagerly, never compiling). Empty: each task's default size.
     buckets: list[tuple[int, int]] = []
-    # With compile: the highest LoRA rank requests may bring (LoRAs hot-swap into slots of this rank).
-    lora_rank: int = Field(128, ge=1, le=1024)
+    # With compile: LoRAs hot-swap into `lora_slots` slots of rank `lora_rank` (the highest rank served).
+    # Every slot runs in every job, so each costs compute: keep both as small as the LoRAs allow.
+    lora_rank: int = Field(64, ge=1, le=1024)
+    lora_slots: int = Field(2, ge=1, le=5)
 
     @model_validator(mode="after")
     def _check(self):

@@ -41,8 +41,8 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 class AdapterFile:
     digest: str  # "sha256:<hex>" of the file's bytes
     label: str  # how messages name it: the adapter's name, or "the LoRA at loras[i].url"
-    path: Path | None = None  # the file (None: built in memory, the tiny profile)
-    data: bytes | None = None  # the bytes, for adapters built in memory
+    path: Path | None = None  # the file (a models-file adapter)
+    data: bytes | None = None  # or its bytes (fetched, read from the URL cache, or built: the tiny profile)
 
     def state_dict(self) -> dict:
         import safetensors.torch
@@ -107,8 +107,9 @@ class UrlCache:
     def _index_path(self) -> Path:
         return self.root / "urls.json"
 
-    def _load_index(self) -> dict[str, str]:
-        if self._index is None:
+    def _load_index(self, fresh: bool = False) -> dict[str, str]:
+        """The URL -> digest index; `fresh`: read again from disk (other workers on this host share it)."""
+        if self._index is None or fresh:
             try:
                 self._index = json.loads(self._index_path().read_text())
             except (OSError, ValueError):
@@ -126,7 +127,7 @@ class UrlCache:
     def lookup(self, url: str) -> Path | None:
         """The cached file of `url`, marked as just used; None when it was never fetched or was evicted."""
         with self._lock:
-            digest = self._load_index().get(url)
+            digest = self._load_index().get(url) or self._load_index(fresh=True).get(url)
             if digest is None:
                 return None
             path = self.path_of(digest)
@@ -149,22 +150,29 @@ class UrlCache:
                 os.replace(tmp, path)
             else:
                 os.utime(path)
-            index = self._load_index()
+            index = self._load_index(fresh=True)  # another worker's entries are kept
             index[url] = digest
             self._evict(keep | {digest})
             self._save_index()
         return digest, path
 
     def _evict(self, keep: set[str]) -> None:
-        files = sorted(self.root.glob("*.safetensors"), key=lambda p: p.stat().st_mtime)
-        total = sum(p.stat().st_size for p in files)
-        for path in files:
+        files = []
+        for path in self.root.glob("*.safetensors"):
+            try:  # another worker sharing the directory may delete a file meanwhile
+                stat = path.stat()
+            except FileNotFoundError:
+                continue
+            files.append((stat.st_mtime, stat.st_size, path))
+        files.sort()
+        total = sum(size for _, size, _ in files)
+        for _, size, path in files:
             if total <= self.budget:
                 break
             digest = "sha256:" + path.stem
             if digest in keep:
                 continue
-            total -= path.stat().st_size
+            total -= size
             path.unlink(missing_ok=True)
             for url in [u for u, d in self._index.items() if d == digest]:
                 del self._index[url]
@@ -242,8 +250,13 @@ class AdapterFiles:
             raise invalid_input(f"{label} {problem}")
         path = self.cache.lookup(url)
         if path is not None:
-            metrics.ADAPTER_CACHE.labels("disk", "hit").inc()
-            return AdapterFile("sha256:" + path.stem, label, path=path)
+            try:  # read now: another worker sharing the cache may evict the file before it loads
+                data = path.read_bytes()
+            except FileNotFoundError:
+                data = None
+            if data is not None:
+                metrics.ADAPTER_CACHE.labels("disk", "hit").inc()
+                return AdapterFile("sha256:" + path.stem, label, data=data)
         metrics.ADAPTER_CACHE.labels("disk", "miss").inc()
         s = self.settings
         try:
@@ -252,11 +265,11 @@ class AdapterFiles:
                                                 max_bytes=s.max_adapter_bytes, timeout_s=s.adapter_url_timeout_s,
                                                 accept="application/octet-stream"))
         except FetchRejected as exc:
-            raise invalid_input(f"{label}: {exc}") from None
+            raise invalid_input(f"{label} was refused: {exc}") from None
         metrics.ADAPTER_FETCH_BYTES.inc(len(data))
         problem = safetensors_problem(data[:8 + MAX_HEADER_BYTES], len(data))
         if problem:
             raise invalid_input(f"{label} {problem}")
-        digest, path = self.cache.store(url, data, keep)
+        digest, _ = self.cache.store(url, data, keep)
         log.info("fetched %s: %d bytes, %s", label, len(data), digest)
-        return AdapterFile(digest, label, path=path)
+        return AdapterFile(digest, label, data=data)

@@ -11,7 +11,7 @@ Two ways to hold LoRAs:
   set per job with `set_adapters(names, weights)`, deleted when evicted (`delete_adapters`);
 - slots, for a model with `compile: true`: switching adapters must not recompile the compiled UNet
   blocks (diffusers #9279). Before warm-up, `enable_lora_hotswap(target_rank=lora_rank)` and one
-  zero LoRA per slot on the layers LoRAs train (`lora_targets`); every slot stays active, an unused
+  zero LoRA per slot (`lora_slots`) on the layers LoRAs train (SLOT_TARGETS); every slot stays active, an unused
   slot at scale 0, scales live in tensors changed in place, and a new LoRA is hot-swapped into the
   least recently used slot (`hotswap=True`). Text encoders are not compiled: their part of a LoRA
   loads plainly under the slot's name. A LoRA on other layers, or of a higher rank, is refused.
@@ -114,8 +114,6 @@ class Loras:
         if self.slots:
             resident = self._swap_into_slot(file, state, needed)
         else:
-            while len(self.resident) >= self.capacity:
-                self._evict(needed)
             resident = Resident(peft_name(file.digest), file.digest, file.label)
             try:
                 self.pipe.load_lora_weights(state, adapter_name=resident.name)
@@ -127,6 +125,9 @@ class Loras:
                 raise self._not_a_lora(file, None)
             self.resident[file.digest] = resident
             self.active = None  # loading changed which adapters are active
+            # Evicted only now, so a file that turns out not to be a LoRA costs no resident one.
+            while len(self.resident) > self.capacity and self._evict(needed):
+                pass
         seconds = time.perf_counter() - started
         metrics.ADAPTER_LOADS.labels(self.model.name).inc()
         metrics.ADAPTER_LOAD_SECONDS.labels(self.model.name).observe(seconds)
@@ -143,14 +144,19 @@ class Loras:
     def _has(self, name: str) -> bool:
         return any(name in names for names in self.pipe.get_list_adapters().values())
 
-    def _evict(self, needed: set[str]) -> None:
+    def _evict(self, needed: set[str]) -> bool:
+        """Delete the least recently used LoRA this job does not use; False when every resident one is
+        needed (a job with more LoRAs than the capacity: they stay until a later job evicts them)."""
         digest = next((d for d in self.resident if d not in needed), None)
-        if digest is None:  # every resident one is needed now (more LoRAs in one job than the capacity)
-            raise invalid_input(f"this job names more LoRAs than the worker keeps loaded ({self.capacity})")
+        if digest is None:
+            log.info("%s: this job uses %d LoRAs, more than FRESCO_WORKER_MAX_LORAS (%d); the extra leave with "
+                     "a later job", self.model.name, len(needed), self.capacity)
+            return False
         resident = self.resident.pop(digest)
         self._forget(resident.name)
         self.active = None  # the adapter set changed: set it again
         log.info("evicted %s from %s (least recently used)", resident.label, self.model.name)
+        return True
 
     def _forget(self, name: str) -> None:
         """Delete adapter `name` from every module that has it (a failed load may have left a part)."""
@@ -181,9 +187,11 @@ class Loras:
 
     # ---- slots (compile: true)
 
-    def prepare_slots(self, rank: int) -> None:
-        """Before the UNet is compiled (warm-up): hotswap on, and `capacity` zero LoRAs of `rank` on the
-        slot layers, every one active, at scale 0, with tensor scales."""
+    def prepare_slots(self, rank: int, count: int) -> None:
+        """Before the UNet is compiled (warm-up): hotswap on, and `count` zero LoRAs of `rank` on the slot
+        layers, every one active, at scale 0, with tensor scales. Every slot runs in every job (a
+        compiled graph cannot skip one), so each costs compute: rank × (in + out) multiply-adds per token
+        on each slot layer; keep `lora_slots` and `lora_rank` as small as the LoRAs served allow."""
         from peft.utils.hotswap import _convert_scalings_to_tensor
 
         unet = self.pipe.unet
@@ -193,7 +201,8 @@ class Loras:
             if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in SLOT_TARGETS):
                 placeholder[f"{name}.lora_A.weight"] = torch.zeros(rank, module.in_features)
                 placeholder[f"{name}.lora_B.weight"] = torch.zeros(module.out_features, rank)
-        self.slots = [f"slot{i}" for i in range(self.capacity)]
+        self.slots = [f"slot{i}" for i in range(count)]
+        self.capacity = count
         for slot in self.slots:
             unet.load_lora_adapter(dict(placeholder), prefix=None, adapter_name=slot)
         unet.set_adapters(self.slots, [1.0] * len(self.slots))
@@ -212,7 +221,8 @@ class Loras:
         else:
             digest = next((d for d in self.resident if d not in needed), None)
             if digest is None:
-                raise invalid_input(f"this job names more LoRAs than the worker keeps loaded ({self.capacity})")
+                raise invalid_input(f"this job names more LoRAs than model {self.model.name} has LoRA slots "
+                                    f"({len(self.slots)}: `lora_slots` in the models file)")
             slot = self.resident.pop(digest).name
         pipe = self.pipe
         try:

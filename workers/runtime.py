@@ -45,7 +45,7 @@ class Runtime:
                         model.loras = Loras(model, self.catalog, files, self.settings.worker_max_loras)
                         model.loras.load_embeddings(self.catalog.adapters_for(name, "embedding"))
                         if model.spec.compile and takes_loras:
-                            model.loras.prepare_slots(model.spec.lora_rank)  # before warm-up compiles
+                            model.loras.prepare_slots(model.spec.lora_rank, model.spec.lora_slots)  # before warm-up
                 self.pipelines[(task, name)] = PIPELINES[task](self.models[name])
         if self.settings.worker_batch_size > 1:
             # A batch decodes (and img2img encodes) one image at a time: the VAE works at full image

@@ -23,7 +23,8 @@ def runner(module_server, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hotswap-loras")
     catalog = tiny_catalog()
     catalog.models[MODEL] = catalog.models[MODEL].model_copy(update={"compile": True, "compile_backend": "eager",
-                                                                      "lora_rank": 8, "buckets": [(256, 256)]})
+                                                                      "lora_rank": 8, "lora_slots": 2,
+                                                                      "buckets": [(256, 256)]})
     layers = {"a": dict(seed=301), "b": dict(seed=302, rank=8), "c": dict(seed=303, rank=2, text_encoders=False),
               "ff": dict(seed=304, unet_targets=("to_q", "ff.net.0.proj", "proj_out")),
               "too-wide": dict(seed=305, rank=16), "conv": dict(seed=306, unet_targets=("conv1",))}
@@ -32,7 +33,7 @@ def runner(module_server, tmp_path_factory):
         safetensors.torch.save_file(tiny.lora(**kw), str(path))
         catalog.adapters[name] = AdapterSpec(name=name, kind="lora", source=str(path), base=["sdxl"])
     r = make_runner(module_server.url, tmp_path_factory.mktemp("hotswap-data"), "hotswap-worker", catalog,
-                    worker_max_loras=2)
+                    worker_max_loras=4)  # the slots, not this, bound a compiled model's LoRAs
     r.runtime.warm_up()
     yield r
     torch.compiler.set_stance("default")
@@ -85,10 +86,11 @@ def test_hot_swapped_matches_the_eager_lora(runner, module_redis, tmp_path):
         assert np.abs(compiled - plain).max() <= 2
 
 
-@pytest.mark.parametrize("name, words", [("too-wide", "not a LoRA for model tiny-turbo"),
-                                         ("conv", "not a LoRA for model tiny-turbo")])
-def test_a_lora_the_slots_cannot_take_fails_the_job(runner, module_redis, name, words):
-    job_id = submit(module_redis, TASK, MODEL, {**turbo(9), "loras": [lora(name)]})
+@pytest.mark.parametrize("names, words", [(["too-wide"], "rank 16 is above the slots' rank 8"),
+                                          (["conv"], "which the compiled model's LoRA slots do not cover"),
+                                          (["a", "b", "c"], "more LoRAs than model tiny-turbo has LoRA slots (2")])
+def test_a_lora_the_slots_cannot_take_fails_the_job(runner, module_redis, names, words):
+    job_id = submit(module_redis, TASK, MODEL, {**turbo(9), "loras": [lora(name) for name in names]})
     pop_and_run(runner, module_redis, TASK, MODEL)
     record = job(module_redis, job_id)
     assert record["status"] == "failed" and record["error"]["code"] == "invalid_input"

@@ -229,3 +229,13 @@ def test_the_refiner_gets_no_base_lora(runner, redis, monkeypatch):
     assert not any(m.disable_adapters for m in model.pipe.text_encoder_2.modules()
                    if hasattr(m, "disable_adapters") and hasattr(m, "lora_A"))  # and back on for the base
     assert lora_base  # imported: the helpers the worker uses exist in this diffusers
+
+
+def test_a_job_with_more_loras_than_the_capacity_runs(runner, redis):
+    loras = runner.runtime.models[MODEL].loras
+    names = ["c0", "c1", "c2", "a"]
+    job_id = run(runner, redis, [lora(n, 0.3) for n in names])
+    assert job(redis, job_id)["status"] == "succeeded", job(redis, job_id)
+    assert len(loras.resident) == 4  # all four for this job...
+    pixels(runner, redis, [lora("b")])
+    assert len(loras.resident) == 3  # ...back to the capacity with the next load
