@@ -87,3 +87,15 @@ def test_gpu_bench_saves_a_turbo_for_the_end_to_end_benches(tmp_path):
     spec = load_catalog(tmp_path / "models.yaml").spec("bench-turbo")
     assert spec.kind == "turbo" and spec.fuse_qkv and spec.channels_last and spec.compile
     assert (tmp_path / "turbo" / "model_index.json").is_file() and spec.source == str(tmp_path / "turbo")
+
+
+def test_lora_hotswap_bench_tiny():
+    """bench/lora_hotswap.py on the tiny profile with the eager backend: every figure, no recompilation
+    (its timed calls run under fail_on_recompile, so one would raise)."""
+    from bench import lora_hotswap
+
+    row = lora_hotswap.run(lora_hotswap.argparse.Namespace(
+        tiny=True, rank=8, slots=2, loras=3, repeats=1, dtype="float32", compile_backend="eager", compile_mode=None,
+        no_compile=False, device="cpu"))
+    assert row["compile"] and row["recompiles"] == 0
+    assert row["none_s"] > 0 and row["resident_s"] > 0 and 0 < row["switch_s"] < 30
