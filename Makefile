@@ -45,8 +45,8 @@ clean:
 	rm -rf $(VENV) .fresco .pytest_cache *.egg-info
 
 # Benchmarks (BENCHMARKS.md): run by hand, each prints its figures next to its target. Not tests.
-.PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-gpu
-bench: bench-overhead bench-throughput bench-memory bench-batching
+.PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-gpu
+bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py
@@ -59,6 +59,9 @@ bench-memory: install
 
 bench-batching: install
 	$(BIN)/python bench/batching.py
+
+bench-adapters: install
+	$(BIN)/python bench/adapters.py
 
 # Full-size models on a GPU host; `make bench-gpu GPU_ARGS=--tiny` runs the tiny CPU version.
 GPU_ARGS ?=

@@ -4,11 +4,15 @@ least recently used leave), set per job; embeddings loaded at worker start and k
 A LoRA lives in the base pipeline's modules (UNet and both text encoders), so img2img, built on the
 same modules (`from_pipe`), shares it; the refiner never gets one (workers/pipelines/sdxl.py turns
 the LoRA off in the second text encoder it shares with the base while it runs). A job with no LoRAs
-runs with LoRA layers off: exactly the base model's arithmetic (see `freeze` in workers/models.py).
+runs on the model's own weights with LoRA layers off: exactly the base model's arithmetic (see
+`freeze` in workers/models.py).
 
 Two ways to hold LoRAs:
 - eager (the default): each LoRA is a PEFT adapter of its own (`load_lora_weights(adapter_name=)`),
-  set per job with `set_adapters(names, weights)`, deleted when evicted (`delete_adapters`);
+  deleted when evicted (`delete_adapters`). In the text encoders, which run once per job, the job's
+  LoRAs are set active (`set_adapters`); in the UNet, which runs every step, they are merged into the
+  weights (see `_merge_unet`), so a resident LoRA costs a job nothing, and the UNet's own weights are
+  written back exactly before another set merges;
 - slots, for a model with `compile: true`: switching adapters must not recompile the compiled UNet
   blocks (diffusers #9279). Before warm-up, `enable_lora_hotswap(target_rank=lora_rank)` and one
   zero LoRA per slot (`lora_slots`) on the layers LoRAs train (SLOT_TARGETS); every slot stays active, an unused
@@ -58,8 +62,9 @@ class Loras:
         self.model, self.catalog, self.files, self.capacity = model, catalog, files, capacity
         self.pipe = model.pipe
         self.resident: OrderedDict[str, Resident] = OrderedDict()  # digest -> Resident, least recently used first
-        self.enabled = True  # LoRA layers on (diffusers' default); off while a job runs without LoRAs
-        self.active: tuple | None = None  # the (names, weights) last set; None: unknown (after a load or evict)
+        self.active_text: dict[str, tuple] = {}  # text encoder -> the (names, weights) set in it
+        self.merged: tuple = ()  # the (name, weight) pairs merged into the UNet's weights now
+        self.touched: dict[int, tuple] = {}  # UNet layers LoRAs have merged into: id -> (layer, its own weight)
         self.slots: list[str] = []  # slot mode: the slots' names; a slot not in `resident` is free
         self.slot_scaling: dict[str, dict[int, float]] = {}  # slot -> LoRA layer id -> its scaling at scale 1
 
@@ -111,6 +116,9 @@ class Loras:
     def _load(self, file: AdapterFile, needed: set[str]) -> Resident:
         started = time.perf_counter()
         state = file.state_dict()
+        if any("dora_scale" in key or "lora_magnitude_vector" in key for key in state):
+            raise invalid_input(f"{file.label} is a DoRA; Fresco serves plain LoRAs (DoRA weights do not merge "
+                                f"into the model's as a LoRA's do)")
         if self.slots:
             resident = self._swap_into_slot(file, state, needed)
         else:
@@ -124,7 +132,8 @@ class Loras:
                 self._forget(resident.name)
                 raise self._not_a_lora(file, None)
             self.resident[file.digest] = resident
-            self.active = None  # loading changed which adapters are active
+            self.active_text.clear()  # loading changed which adapters are active
+            self._unet_layers_off()
             # Evicted only now, so a file that turns out not to be a LoRA costs no resident one.
             while len(self.resident) > self.capacity and self._evict(needed):
                 pass
@@ -154,7 +163,7 @@ class Loras:
             return False
         resident = self.resident.pop(digest)
         self._forget(resident.name)
-        self.active = None  # the adapter set changed: set it again
+        self.active_text.clear()  # the adapter set changed: set it again
         log.info("evicted %s from %s (least recently used)", resident.label, self.model.name)
         return True
 
@@ -167,23 +176,71 @@ class Loras:
     # ---- which are active
 
     def _off(self) -> None:
-        if self.slots:
-            self._set({})
-        elif self.resident and self.enabled:
-            self.pipe.disable_lora()
-            self.enabled = False
+        self._set({})
 
     def _set(self, weights: dict[str, float]) -> None:
         if self.slots:
             self._set_slot_scales(weights)
             return
-        if not self.enabled:
-            self.pipe.enable_lora()
-            self.enabled = True
-        state = (tuple(weights), tuple(weights.values()))
-        if self.active != state:
-            self.pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
-            self.active = state
+        weights = {name: w for name, w in weights.items() if w != 0.0}  # scale 0: as if absent
+        for prefix in TEXT_ENCODERS:
+            self._set_text_encoder(prefix, weights)
+        self._merge_unet(weights)
+
+    def _set_text_encoder(self, prefix: str, weights: dict[str, float]) -> None:
+        """Text encoders keep their LoRA layers (they run once per job): the job's active, or none."""
+        from diffusers.loaders.lora_base import set_adapters_for_text_encoder
+
+        encoder = getattr(self.pipe, prefix, None)
+        present = getattr(encoder, "peft_config", None)
+        if not present:
+            return
+        names = [n for n in weights if n in present]
+        state = (tuple(names), tuple(weights[n] for n in names))
+        if self.active_text.get(prefix) == state:
+            return
+        if names:
+            enable_text_encoder(encoder, True)
+            set_adapters_for_text_encoder(names, encoder, [weights[n] for n in names])
+        else:
+            enable_text_encoder(encoder, False)
+        self.active_text[prefix] = state
+
+    def _merge_unet(self, weights: dict[str, float]) -> None:
+        """The UNet runs every step: its LoRA layers stay off, and the job's LoRAs are merged into the
+        weights of the layers they train (W + Σ scale × ΔW, diffusers' `fuse_lora` without its inexact
+        unfuse). Each layer's own weights are kept aside, once, and written back before another set of
+        LoRAs merges, so a job gets exactly the weights it would get after a fresh start: none, A after
+        B, A alone are the same arithmetic every time. A resident LoRA then costs a job nothing."""
+        from peft.tuners.lora import LoraLayer
+
+        state = tuple(sorted(weights.items()))
+        if state == self.merged:
+            return
+        with torch.no_grad():
+            for base, original in self.touched.values():
+                base.weight.copy_(original)
+            self.merged = ()
+            if weights:
+                for module in self.pipe.unet.modules():
+                    if not isinstance(module, LoraLayer):
+                        continue
+                    names = [n for n in weights if n in module.lora_A]
+                    if not names:
+                        continue
+                    base = module.get_base_layer()
+                    if id(base) not in self.touched:
+                        # Kept aside on the CPU when the model is on a GPU: device memory stays as it was.
+                        keep = torch.device("cpu") if base.weight.device.type == "cuda" else base.weight.device
+                        self.touched[id(base)] = (base, base.weight.detach().to(keep, copy=True))
+                    for name in names:
+                        module.set_scale(name, weights[name])
+                        base.weight.add_(module.get_delta_weight(name))
+            self.merged = state
+
+    def _unet_layers_off(self) -> None:
+        """After a load (a new LoRA's layers start on): the UNet's LoRA layers run as their base layer."""
+        self.pipe.unet.disable_lora()
 
     # ---- slots (compile: true)
 
@@ -247,7 +304,8 @@ class Loras:
             self._clear_slot(slot)
             raise self._not_a_lora(file, exc) from None
         self._record_scaling(slot)
-        self.active = None
+        self.active_text.clear()
+        self.merged = None  # slot scales: set again
         resident = self.resident[file.digest] = Resident(slot, file.digest, file.label)
         return resident
 
@@ -309,7 +367,7 @@ class Loras:
         from peft.utils.hotswap import _update_scaling
 
         state = tuple(weights.get(s, 0.0) for s in self.slots)
-        if self.active == state:
+        if self.merged == state:
             return
         for module in self.pipe.unet.modules():
             if isinstance(module, LoraLayer):
@@ -328,7 +386,7 @@ class Loras:
                     set_adapters_for_text_encoder(names, encoder, [weights[n] for n in names])
                 else:
                     enable_text_encoder(encoder, False)
-        self.active = state
+        self.merged = state
 
     # ---- embeddings
 

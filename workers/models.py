@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from service.catalog import SCHEDULERS, TURBO_SCHEDULER, ModelSpec
-from workers import tiny
+from workers import execution_device, tiny
 
 log = logging.getLogger("fresco.models")
 
@@ -74,6 +74,8 @@ class LoadedModel:
 
             self._img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipe, dtype=self.dtype)
             self._img2img.set_progress_bar_config(disable=True)
+            if not self.spec.cpu_offload:
+                execution_device.pin(self._img2img, self.device)
         return self._img2img
 
 
@@ -208,6 +210,8 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
         p.set_progress_bar_config(disable=True)
         no_needless_upcast(p, dtype)
         freeze(p)
+        if not spec.cpu_offload:
+            execution_device.pin(p, device)
     if loras and spec.fuse_qkv:
         log.warning("%s: fuse_qkv is off because LoRAs may be used with this model (a fused projection "
                     "would bypass their layers)", spec.name)

@@ -359,3 +359,40 @@ def test_an_img2img_job_in_bfloat16_never_casts_the_vae(weights, tmp_path, monke
     with torch.inference_mode():
         out = pipeline.run(params, PILImage.new("RGB", (64, 64)), Progress(lambda s: False, pipeline.plan(params)))
     assert len(out.images) == 1 and casts == []
+
+
+def test_pinned_execution_device_answers_without_walking_and_changes_no_pixel(monkeypatch):
+    """workers/execution_device.py: a loaded model's pipelines say their device at once (diffusers would
+    walk every module of every component on each call), and the images are the same as unpinned."""
+    import numpy as np
+    import torch
+    from diffusers.utils import torch_utils
+
+    from service.catalog import tiny_catalog
+    from workers import execution_device
+    from workers.models import load_model
+
+    model = load_model(tiny_catalog().spec("tiny-turbo"))
+    pipes = [model.pipe, model.img2img()]
+
+    def run():
+        return np.asarray(model.pipe(prompt="a fox", width=256, height=256, num_inference_steps=1, guidance_scale=0.0,
+                                     generator=torch.Generator().manual_seed(1)).images[0])
+
+    walks = []
+    original = torch.nn.Module.modules
+    monkeypatch.setattr(torch.nn.Module, "modules", lambda self: walks.append(type(self).__name__) or original(self))
+    for pipe in pipes:
+        assert pipe._execution_device == torch.device("cpu")
+        assert torch_utils.get_module_execution_device(pipe.text_encoder) == torch.device("cpu")
+    assert walks == []
+    pinned = run()
+    assert "UNet2DConditionModel" not in walks  # a whole job: the UNet's modules never searched
+    monkeypatch.undo()
+    for pipe in pipes:  # unpinned: diffusers' own search, the same answer and the same pixels
+        del pipe.__dict__[execution_device.ATTRIBUTE]
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.__dict__.pop(execution_device.ATTRIBUTE, None)
+    assert model.pipe._execution_device == torch.device("cpu")
+    assert np.array_equal(run(), pinned)
