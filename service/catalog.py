@@ -106,6 +106,10 @@ class ModelSpec(BaseModel):
     # Every slot runs in every job, so each costs compute: keep both as small as the LoRAs allow.
     lora_rank: int = Field(64, ge=1, le=1024)
     lora_slots: int = Field(2, ge=1, le=5)
+    # Without compile, LoRAs merge into the UNet's weights; the layers' own weights are kept aside to be
+    # written back exactly: on the model's device (a switch costs a copy on the GPU, and memory: the
+    # layers LoRAs train, once) or in CPU memory (no GPU memory; a switch copies them over the bus).
+    lora_backup: Literal["device", "cpu"] = "device"
 
     @model_validator(mode="after")
     def _check(self):

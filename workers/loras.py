@@ -230,8 +230,8 @@ class Loras:
                         continue
                     base = module.get_base_layer()
                     if id(base) not in self.touched:
-                        # Kept aside on the CPU when the model is on a GPU: device memory stays as it was.
-                        keep = torch.device("cpu") if base.weight.device.type == "cuda" else base.weight.device
+                        # Kept aside once, where the models file says (`lora_backup`).
+                        keep = "cpu" if self.model.spec.lora_backup == "cpu" else base.weight.device
                         self.touched[id(base)] = (base, base.weight.detach().to(keep, copy=True))
                     for name in names:
                         module.set_scale(name, weights[name])
