@@ -422,8 +422,11 @@ def enable_text_encoder(encoder, on: bool) -> None:
 @contextlib.contextmanager
 def no_lora_in(encoder):
     """LoRA layers off in `encoder` for a while (the refiner's text encoder, which the base shares)."""
-    if encoder is None or not getattr(encoder, "peft_config", None):
-        yield
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if encoder is None or not getattr(encoder, "peft_config", None) or all(
+            m.disable_adapters for m in encoder.modules() if isinstance(m, BaseTunerLayer)):
+        yield  # no LoRA on in it: nothing to turn off, nothing to turn back on
         return
     enable_text_encoder(encoder, False)
     try:

@@ -38,7 +38,7 @@ def catalog_with(**files):
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("loras")
     out = {"a": lora_file(folder, "a", 101), "a-kohya": lora_file(folder, "a-kohya", 101, "kohya"),
-           "b": lora_file(folder, "b", 102)}
+           "b": lora_file(folder, "b", 102), "unet-only": lora_file(folder, "unet-only", 105, text_encoders=False)}
     for i in range(5):
         out[f"c{i}"] = lora_file(folder, f"c{i}", 200 + i, rank=2)
     # Made for another architecture: the same layer names, other widths.
@@ -239,3 +239,20 @@ def test_a_job_with_more_loras_than_the_capacity_runs(runner, redis):
     assert len(loras.resident) == 4  # all four for this job...
     pixels(runner, redis, [lora("b")])
     assert len(loras.resident) == 3  # ...back to the capacity with the next load
+
+
+def test_the_refiner_leaves_the_shared_encoder_as_the_job_set_it(runner, redis):
+    """A job whose LoRA has no text-encoder part runs with the encoders' LoRA layers off; the refiner's
+    turning them off and on again must leave them off, or the next such job would get another LoRA's
+    text-encoder part."""
+    def sdxl(loras):
+        job_id = submit(redis, "sdxl", "tiny-sdxl", {**turbo(6), "steps": 4, "guidance_scale": 5.0,
+                                                     "negative_prompt": "", "scheduler": "euler", "refiner": True,
+                                                     "refiner_switch": 0.5, "loras": loras})
+        pop_and_run(runner, redis, "sdxl", "tiny-sdxl")
+        assert job(redis, job_id)["status"] == "succeeded", job(redis, job_id)
+        return image(runner.storage, job_id)
+
+    sdxl([lora("b")])  # b's text-encoder part, resident in the shared encoder
+    first = sdxl([lora("unet-only")])
+    assert np.array_equal(sdxl([lora("unet-only")]), first)
