@@ -229,7 +229,9 @@ def test_compose_settings_are_valid_fresco_settings(monkeypatch):
         assert settings.s3_public_endpoint_url == "http://localhost:9000"
         assert str(settings.models_file) == "tiny"
     api, worker = service_env("api"), service_env("worker")
-    shared = {k for k in api if k.startswith("FRESCO_S3_") or k in ("FRESCO_REDIS_URL", "FRESCO_MODELS_FILE")}
+    shared = {k for k in api if k.startswith("FRESCO_S3_") or k in ("FRESCO_REDIS_URL", "FRESCO_MODELS_FILE",
+                                                                      "FRESCO_ALLOW_ADAPTER_URLS")}
+    assert "FRESCO_ALLOW_ADAPTER_URLS" in shared  # the API checks adapter URLs, the workers fetch them
     assert {k: api[k] for k in shared} == {k: worker[k] for k in shared}
     minio = raw_compose()["services"]["minio-init"]
     assert resolve(minio["environment"]["BUCKET"]) == api["FRESCO_S3_BUCKET"]
