@@ -7,13 +7,10 @@ sent off this machine. After every refusal the worker still runs a plain job."""
 
 from __future__ import annotations
 
-import collections
 import hashlib
-import http.server
 import io
 import json
 import pickle
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +19,13 @@ import safetensors.torch
 import torch
 
 from service.catalog import AdapterSpec, tiny_catalog
+from tests.local_server import ADDRESS as ALLOWED
+from tests.local_server import local_server
 from tests.workers.harness import image, job, make_runner, pop_and_run, submit, turbo
 from workers import metrics, tiny
 from workers.adapter_files import AdapterFiles
 
 TASK, MODEL = "turbo", "tiny-turbo"
-ALLOWED = "127.0.0.2"
 
 
 def lora_bytes(seed: int) -> bytes:
@@ -38,63 +36,13 @@ def digest_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-# ---- a local server that counts the requests of each path
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict = {}  # path -> (kind, arg)
-    hits: collections.Counter = collections.Counter()
-    lock = threading.Lock()
-
-    def do_GET(self):
-        with self.lock:
-            self.hits[self.path] += 1
-        kind, arg = self.routes.get(self.path, ("404", None))
-        if kind in ("file", "stream"):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            if kind == "file":  # "stream": no length, the body ends when the connection closes (HTTP/1.0)
-                self.send_header("Content-Length", str(len(arg)))
-            self.end_headers()
-            self.wfile.write(arg)
-        elif kind == "redirect":
-            self.send_response(302)
-            self.send_header("Location", arg)
-            self.end_headers()
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-class Server:
-    def __init__(self, base: str):
-        self.base = base
-        self.port = int(base.rsplit(":", 1)[1])
-
-    def serve(self, path: str, data: bytes, kind: str = "file") -> str:
-        Handler.routes[path] = (kind, data)
-        return self.base + path
-
-    def redirect(self, path: str, location: str) -> str:
-        Handler.routes[path] = ("redirect", location)
-        return self.base + path
-
-    def hits(self, path: str) -> int:
-        with Handler.lock:
-            return Handler.hits[path]
+# ---- a local server that counts the requests of each path (tests/local_server.py)
 
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer((ALLOWED, 0), Handler)
-    Handler.routes, Handler.hits = {}, collections.Counter()
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield Server(f"http://{ALLOWED}:{httpd.server_address[1]}")
-    httpd.shutdown()
-    httpd.server_close()
+    with local_server() as srv:
+        yield srv
 
 
 # ---- one worker for the module; each test gets its own adapter cache
@@ -305,7 +253,7 @@ def test_an_oversized_file_is_refused_and_nothing_is_kept(runner, redis, server,
     assert len(data) > cap
     files = use_files(max_adapter_bytes=cap)
     path = f"/big-{kind}.safetensors"
-    url = server.serve(path, data, kind)
+    url = server.serve(path, data, stream=kind == "stream")
     base = pixels(runner, redis)
     message = failure(runner, redis, url)
     assert f"larger than {cap} bytes" in message

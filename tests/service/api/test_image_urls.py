@@ -4,10 +4,7 @@ address actually connected to, with size and time caps. Every server here listen
 
 from __future__ import annotations
 
-import http.server
 import io
-import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +12,7 @@ from PIL import Image
 
 from service.api.app import create_app
 from service.fetch import is_public
+from tests.local_server import local_server
 
 PNG = io.BytesIO()
 Image.new("RGB", (96, 64), (10, 200, 30)).save(PNG, "PNG")
@@ -35,50 +33,18 @@ def test_public_addresses_allowed(address):  # checked as values only: nothing c
     assert is_public(address)
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict = {}
-
-    def do_GET(self):
-        kind, arg = self.routes.get(self.path, ("404", None))
-        if kind == "png":
-            self.send_response(200)
-            self.send_header("Content-Type", "image/png")
-            self.send_header("Content-Length", str(len(arg)))
-            self.end_headers()
-            self.wfile.write(arg)
-        elif kind == "redirect":
-            self.send_response(302)
-            self.send_header("Location", arg)
-            self.end_headers()
-        elif kind == "slow":
-            self.send_response(200)
-            self.end_headers()
-            time.sleep(arg)
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.2", 0), Handler)
-    port = httpd.server_address[1]
-    Handler.routes = {
-        "/ok.png": ("png", PNG),
-        "/big.png": ("png", b"\x89PNG" + b"\0" * 300_000),
-        "/to-loopback": ("redirect", f"http://127.0.0.1:{port}/ok.png"),
-        "/to-localhost": ("redirect", f"http://localhost:{port}/ok.png"),
-        "/to-ok": ("redirect", f"http://127.0.0.2:{port}/ok.png"),
-        "/loop": ("redirect", "/loop"),
-        "/slow": ("slow", 5),
-        "/to-file": ("redirect", "file:///etc/passwd"),
-    }
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.2:{port}"
-    httpd.shutdown()
+    with local_server() as srv:
+        srv.serve("/ok.png", PNG, "image/png")
+        srv.serve("/big.png", b"\x89PNG" + b"\0" * 300_000, "image/png")
+        srv.redirect("/to-loopback", f"http://127.0.0.1:{srv.port}/ok.png")
+        srv.redirect("/to-localhost", f"http://localhost:{srv.port}/ok.png")
+        srv.redirect("/to-ok", f"{srv.base}/ok.png")
+        srv.redirect("/loop", "/loop")
+        srv.slow("/slow", 5)
+        srv.redirect("/to-file", "file:///etc/passwd")
+        yield srv.base
 
 
 @pytest.fixture
