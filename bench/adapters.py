@@ -43,18 +43,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile  # noqa: E402  (first: tunes malloc as a worker process does)
+from bench.common import percentile, rss_bytes, turbo_params  # noqa: E402  (first: tunes malloc as a worker process does)
 
 TASK, MODEL = "turbo", "tiny-turbo"
 GOAL_RATIO = 1.10  # resident LoRA / no LoRA, per-job wall time
 GOAL_GROWTH = 0.03  # RSS growth while LoRAs cycle
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def rss() -> int:
-    """This process's resident set, in bytes (/proc/self/statm: cheap enough to read after every job)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
+    """This process's resident set, in bytes."""
+    return rss_bytes(os.getpid())
 
 
 def lora_files(folder: Path, names: list[str], seed: int = 500) -> dict[str, Path]:
@@ -80,8 +78,7 @@ def catalog_with(files: dict[str, Path]):
 
 
 def turbo(seed: int, size: int, steps: int) -> dict:
-    return {"prompt": f"a fox number {seed}", "width": size, "height": size, "steps": steps, "num_images": 1,
-            "seed": seed, "guidance_scale": 0.0, "output_format": "png"}
+    return turbo_params(size, steps, seed, prompt=f"a fox number {seed}")
 
 
 class Worker:

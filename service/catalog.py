@@ -216,7 +216,7 @@ class Catalog(BaseModel):
                 names = self.models_for(task)
                 if names:
                     self.defaults[task] = names[0]
-        known = set(self.models) | {spec.kind for spec in self.models.values()} | set(FAMILIES) | set(get_args(Kind))
+        known = set(self.models) | set(FAMILIES) | set(get_args(Kind))
         for adapter in self.adapters.values():
             unknown = [b for b in adapter.base if b not in known]
             if unknown:

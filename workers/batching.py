@@ -1,6 +1,6 @@
 """Dynamic batching (FRESCO_WORKER_BATCH_SIZE > 1): the job RQ hands over leads a batch, and the
-worker takes compatible jobs still waiting on the same RQ queue (same task and model, and the
-pipeline's `batch_key`: size, steps, guidance, scheduler...) off the list itself, atomically
+worker takes compatible jobs still waiting on the same RQ queue (same task and model, the same LoRAs
+and scales, and the pipeline's `batch_key`: size, steps, guidance, scheduler...) off the list itself, atomically
 (protocol.claim), up to the batch size in images, waiting up to FRESCO_WORKER_BATCH_WAIT_MS for more
 to arrive. They run in one pipeline call (workers/jobs.py); each keeps its own seed, progress,
 result, timings and cancel.
@@ -42,6 +42,12 @@ class Member:
     timings: dict = field(default_factory=dict)
 
 
+def lora_key(params: dict) -> tuple:
+    """Which LoRAs at which scales: one set is active in the model per call, so jobs batch only with
+    jobs of the same, whatever the task (the pipelines' `batch_key` says the rest)."""
+    return tuple((e.get("name") or e.get("url"), e["scale"]) for e in params.get("loras") or ())
+
+
 class Batching:
     def __init__(self, redis, worker: str, size: int, wait_s: float, fault_injection: bool = False):
         self.redis, self.worker, self.size, self.wait_s = redis, worker, size, wait_s
@@ -53,6 +59,7 @@ class Batching:
         if self.size <= 1 or faults.requested(leader.params, self.fault_injection):
             return []
         key = pipeline.batch_key(leader.params)
+        adapters = lora_key(leader.params)
         room = self.size - leader.params.get("num_images", 1)
         if key is None or room <= 0:
             return []
@@ -62,7 +69,7 @@ class Batching:
             chosen, budget = [], room
             for job_id, params in protocol.peek(self.redis, task, model, PEEK_WINDOW):
                 n = params.get("num_images", 1)
-                if n <= budget and pipeline.batch_key(params) == key and \
+                if n <= budget and pipeline.batch_key(params) == key and lora_key(params) == adapters and \
                         not faults.requested(params, self.fault_injection):
                     chosen.append(job_id)
                     budget -= n

@@ -67,34 +67,36 @@ class Loras:
         self.touched: dict[int, tuple] = {}  # UNet layers LoRAs have merged into: id -> (layer, its own weight)
         self.slots: list[str] = []  # slot mode: the slots' names; a slot not in `resident` is free
         self.slot_scaling: dict[str, dict[int, float]] = {}  # slot -> LoRA layer id -> its scaling at scale 1
+        self.slot_state: tuple | None = None  # slot mode: each slot's scale now
 
     # ---- a job's LoRAs
 
     def use(self, loras: list[dict], progress=None) -> list[dict]:
         """Make `loras` (a job's resolved `loras`) the active ones, loading those not resident; the
-        entries with each one's content digest. No LoRAs: LoRA layers off."""
-        if not loras:
-            self._off()
-            return []
-        if progress is not None and any(self._known(e) not in self.resident for e in loras):
+        entries with each one's content digest. No LoRAs: LoRA layers off. A resident LoRA is found by
+        its digest alone: no file is opened, fetched or read for it."""
+        digests = [self._known(entry) for entry in loras]
+        if progress is not None and any(d not in self.resident for d in digests):
             progress.preparing(Stage.ADAPTERS)  # a fetch or a load: the client sees why time passes
-        files: list[AdapterFile] = []
+        files: dict[int, AdapterFile] = {}
         for i, entry in enumerate(loras):
-            files.append(self._file(i, entry, {f.digest for f in files}))
-        needed = {f.digest for f in files}
+            if digests[i] not in self.resident:
+                files[i] = self._file(i, entry, {d for d in digests if d})
+                digests[i] = files[i].digest
+        needed = set(digests)
         weights: dict[str, float] = {}
-        for file, entry in zip(files, loras):
-            resident = self.resident.get(file.digest)
+        for i, (digest, entry) in enumerate(zip(digests, loras)):
+            resident = self.resident.get(digest)
             if resident is not None:
                 metrics.ADAPTER_CACHE.labels("resident", "hit").inc()
-                self.resident.move_to_end(file.digest)
+                self.resident.move_to_end(digest)
             else:
                 metrics.ADAPTER_CACHE.labels("resident", "miss").inc()
-                resident = self._load(file, needed)
+                resident = self._load(files[i], needed)
             # The same file named twice (by name and by URL): one adapter, the scales add up.
             weights[resident.name] = weights.get(resident.name, 0.0) + float(entry["scale"])
         self._set(weights)
-        return [{**entry, "digest": file.digest} for entry, file in zip(loras, files)]
+        return [{**entry, "digest": digest} for entry, digest in zip(loras, digests)]
 
     def _known(self, entry: dict) -> str | None:
         """The digest of `entry` when known without reading or fetching anything."""
@@ -133,7 +135,7 @@ class Loras:
                 raise self._not_a_lora(file, None)
             self.resident[file.digest] = resident
             self.active_text.clear()  # loading changed which adapters are active
-            self._unet_layers_off()
+            self.pipe.unet.disable_lora()  # the new LoRA's UNet layers start on; merged weights serve instead
             # Evicted only now, so a file that turns out not to be a LoRA costs no resident one.
             while len(self.resident) > self.capacity and self._evict(needed):
                 pass
@@ -175,17 +177,14 @@ class Loras:
 
     # ---- which are active
 
-    def _off(self) -> None:
-        self._set({})
-
     def _set(self, weights: dict[str, float]) -> None:
-        if self.slots:
-            self._set_slot_scales(weights)
-            return
         weights = {name: w for name, w in weights.items() if w != 0.0}  # scale 0: as if absent
         for prefix in TEXT_ENCODERS:
             self._set_text_encoder(prefix, weights)
-        self._merge_unet(weights)
+        if self.slots:
+            self._set_slot_scales(weights)
+        else:
+            self._merge_unet(weights)
 
     def _set_text_encoder(self, prefix: str, weights: dict[str, float]) -> None:
         """Text encoders keep their LoRA layers (they run once per job): the job's active, or none."""
@@ -237,10 +236,6 @@ class Loras:
                         module.set_scale(name, weights[name])
                         base.weight.add_(module.get_delta_weight(name))
             self.merged = state
-
-    def _unet_layers_off(self) -> None:
-        """After a load (a new LoRA's layers start on): the UNet's LoRA layers run as their base layer."""
-        self.pipe.unet.disable_lora()
 
     # ---- slots (compile: true)
 
@@ -305,7 +300,7 @@ class Loras:
             raise self._not_a_lora(file, exc) from None
         self._record_scaling(slot)
         self.active_text.clear()
-        self.merged = None  # slot scales: set again
+        self.slot_state = None  # the swap set the slot's scales: set them again
         resident = self.resident[file.digest] = Resident(slot, file.digest, file.label)
         return resident
 
@@ -326,18 +321,18 @@ class Loras:
         for key, value in state.items():
             if not key.endswith((".lora_A.weight", ".lora_B.weight")):
                 continue
-            module_name, which = key.rsplit(".", 2)[0], key.rsplit(".", 2)[1]
+            module_name, which, _ = key.rsplit(".", 2)
             try:
-                layer = getattr(unet.get_submodule(module_name), which)[slot].weight
+                held = getattr(unet.get_submodule(module_name), which)[slot].weight.shape
             except (AttributeError, KeyError, TypeError):
                 raise ValueError(f"it trains layer {module_name}, which the compiled model's LoRA slots do not "
                                  f"cover (they cover {', '.join(SLOT_TARGETS)})") from None
-            rank = value.shape[0] if which == "lora_A" else value.shape[1]
-            held = layer.shape[0] if which == "lora_A" else layer.shape[1]
-            if rank > held:
-                raise ValueError(f"its rank {rank} is above the slots' rank {held} (`lora_rank` in the models file)")
-            other = value.shape[1] if which == "lora_A" else value.shape[0]
-            if other != (layer.shape[1] if which == "lora_A" else layer.shape[0]):
+            # lora_A is (rank, in), lora_B (out, rank): the rank may be smaller than the slot's, the rest not.
+            rank_dim = 0 if which == "lora_A" else 1
+            if value.shape[rank_dim] > held[rank_dim]:
+                raise ValueError(f"its rank {value.shape[rank_dim]} is above the slots' rank {held[rank_dim]} "
+                                 f"(`lora_rank` in the models file)")
+            if value.shape[1 - rank_dim] != held[1 - rank_dim]:
                 raise ValueError(f"its layer {module_name} has other dimensions than the model's")
 
     @staticmethod
@@ -367,26 +362,15 @@ class Loras:
         from peft.utils.hotswap import _update_scaling
 
         state = tuple(weights.get(s, 0.0) for s in self.slots)
-        if self.merged == state:
+        if self.slot_state == state:
             return
         for module in self.pipe.unet.modules():
             if isinstance(module, LoraLayer):
-                for slot in self.slots:
+                for slot, scale in zip(self.slots, state):
                     base = self.slot_scaling[slot].get(id(module))
                     if base is not None:
-                        _update_scaling(module, slot, weights.get(slot, 0.0) * base)
-        for prefix in TEXT_ENCODERS:
-            encoder = getattr(self.pipe, prefix, None)
-            names = [s for s in weights if s in getattr(encoder, "peft_config", {})]
-            if encoder is not None and getattr(encoder, "peft_config", None):
-                from diffusers.loaders.lora_base import set_adapters_for_text_encoder
-
-                if names:
-                    enable_text_encoder(encoder, True)
-                    set_adapters_for_text_encoder(names, encoder, [weights[n] for n in names])
-                else:
-                    enable_text_encoder(encoder, False)
-        self.merged = state
+                        _update_scaling(module, slot, scale * base)
+        self.slot_state = state
 
     # ---- embeddings
 

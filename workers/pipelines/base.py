@@ -58,7 +58,7 @@ class TaskPipeline:
 
     def use_adapters(self, params: dict, progress: Progress | None = None) -> list[dict]:
         """Make the job's LoRAs (`params["loras"]`, none: LoRA off) active in the model, loading those not
-        resident; the entries with their content digests. Every job of a batch has the same (batch keys)."""
+        resident; the entries with their content digests. Every job of a batch has the same (workers/batching.py)."""
         if self.model.loras is None:
             return []
         return self.model.loras.use(params.get("loras") or [], progress)
@@ -69,13 +69,7 @@ class TaskPipeline:
         return [self.run(items[0][0], items[0][1], progress)]
 
 
-WARMUP_COMMON = {"prompt": "warm-up", "negative_prompt": "", "seed": 0, "num_images": 1, "output_format": "png",
-                 "loras": []}
-
-
-def lora_key(p: dict) -> tuple:
-    """The part of a batch key that says which LoRAs at which scales: jobs batch only with the same."""
-    return tuple((e.get("name") or e.get("url"), e["scale"]) for e in p.get("loras") or ())
+WARMUP_COMMON = {"prompt": "warm-up", "negative_prompt": "", "seed": 0, "num_images": 1, "output_format": "png"}
 
 
 def generators(seed: int, count: int) -> list[torch.Generator]:

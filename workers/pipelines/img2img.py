@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.jobs.states import Stage
 from workers.models import make_scheduler
-from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, lora_key, negatives,
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives,
                                     per_image, prompt_warnings, split)
 
 
@@ -37,7 +37,7 @@ class Img2Img(TaskPipeline):
         turbo = self.model.spec.kind == "turbo"
         return ("img2img", p["width"], p["height"], p["steps"], p["strength"],
                 None if turbo else p["guidance_scale"], p["scheduler"],
-                False if turbo else bool(p.get("negative_prompt")), lora_key(p))
+                False if turbo else bool(p.get("negative_prompt")))
 
     def run(self, p, image, progress):
         return self.run_batch([(p, image)], progress)[0]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from service.jobs.states import Stage
 from workers.loras import no_lora_in
 from workers.models import make_scheduler
-from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, lora_key, negatives,
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives,
                                     per_image, prompt_warnings, split)
 
 
@@ -37,7 +37,7 @@ class SDXL(TaskPipeline):
     def batch_key(self, p):
         refiner = self._use_refiner(p)
         return ("sdxl", p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
-                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")), lora_key(p))
+                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")))
 
     def run(self, p, image, progress):
         return self.run_batch([(p, image)], progress)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.jobs.states import Stage
 from workers.models import make_scheduler
-from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, generators, lora_key,
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, generators,
                                     per_image, prompt_warnings, split)
 
 
@@ -22,7 +22,7 @@ class Turbo(TaskPipeline):
 
     def batch_key(self, p):
         # Guidance is always off and prompts go in as a list, so size and steps are all that must match.
-        return ("turbo", p["width"], p["height"], p["steps"], lora_key(p))
+        return ("turbo", p["width"], p["height"], p["steps"])
 
     def run(self, p, image, progress):
         pipe = self.model.pipe
