@@ -1,4 +1,4 @@
-"""`fresco up | api | worker | generate | hash-key`: the composition root, the one module that starts
+"""`fresco up | api | worker | generate | hash-key | convert`: the composition root, the one module that starts
 the API (service/api/) or a worker (workers/, imported here only).
 
 `up` is the local run: an embedded Redis (unless FRESCO_REDIS_URL is set), the API and worker
@@ -287,6 +287,19 @@ def cmd_hash_key(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_convert(settings: Settings, args) -> int:
+    """Rewrite a model's pickled weights as safetensors (workers/convert.py)."""
+    from workers.convert import convert
+
+    try:
+        written = convert(Path(args.src), Path(args.dst))
+    except ValueError as exc:
+        print(f"fresco convert: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(written)} safetensors file(s) under {args.dst}; it loads without trust_pickle")
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -317,12 +330,15 @@ def main(argv: list[str] | None = None) -> int:
     hk = sub.add_parser("hash-key", help="make an API key's digest for FRESCO_API_KEYS")
     hk.add_argument("name", help="the key's name, e.g. the client it belongs to")
     hk.add_argument("key", nargs="?", help="an existing key (default: make a new random one)")
+    conv = sub.add_parser("convert", help="rewrite a model's pickled (.bin, .ckpt) weights as safetensors")
+    conv.add_argument("src", help="a diffusers model directory, or one checkpoint file")
+    conv.add_argument("dst", help="a new directory (or .safetensors file) to write")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "generate" and args.url is None:
         args.url = f"http://{settings.host}:{settings.port}"
     commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate,
-                "hash-key": cmd_hash_key}
+                "hash-key": cmd_hash_key, "convert": cmd_convert}
     return commands[args.command](settings, args)
 
 

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
 
     # Worker
     worker_tasks: Annotated[list[str], NoDecode] = list(TASK_NAMES)
+    # The models a worker loads, by name (a worker is sized by memory): each serves every task of
+    # `worker_tasks` it fits, and nothing else loads. Empty: every model of `worker_tasks`.
+    worker_models: Annotated[list[str], NoDecode] = []
     worker_name: str | None = None
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # 0 turns the worker's /metrics off
     heartbeat_interval_s: float = Field(2.0, gt=0)
@@ -117,7 +120,7 @@ class Settings(BaseSettings):
         default = "queue_cap" if info.field_name == "queue_cap" else "timeout_s"
         return {name: v.get(name, getattr(task, default)) for name, task in TASKS.items()}
 
-    @field_validator("image_url_schemes", "image_url_allow_networks", mode="before")
+    @field_validator("image_url_schemes", "image_url_allow_networks", "worker_models", mode="before")
     @classmethod
     def _split_list(cls, v):
         return [item.strip() for item in v.split(",") if item.strip()] if isinstance(v, str) else v

@@ -23,19 +23,23 @@ class Task:
     takes_image: bool = False  # the request carries an input image
     schedulers: bool = False  # the request may name a scheduler (GET /models lists them)
     adapters: bool = False  # the request may name LoRAs (`loras`); embeddings work in its prompt
+    control: bool = False  # the request may bring ControlNets (`control`)
     model_facts: tuple[str, ...] = ()  # per-model facts `GET /models` shows (ModelSpec.facts())
 
 
 # In the order the contract lists them (and `GET /models`, the CLI and error messages show them).
 TASKS: dict[str, Task] = {t.name: t for t in (
-    Task("sdxl", kinds=("sdxl",), priority=2, timeout_s=600, queue_cap=1000, schedulers=True, adapters=True,
-         model_facts=("refiner",)),
+    Task("sdxl", kinds=("sdxl",), priority=3, timeout_s=600, queue_cap=1000, schedulers=True, adapters=True,
+         control=True, model_facts=("refiner",)),
     Task("turbo", kinds=("turbo",), priority=0, timeout_s=60, queue_cap=5000, adapters=True),
-    # img2img runs on the SDXL base or on Turbo weights (from_pipe: no second copy).
-    Task("img2img", kinds=("sdxl", "turbo"), priority=1, timeout_s=600, queue_cap=1000, takes_image=True,
-         schedulers=True, adapters=True),
-    Task("svd", kinds=("svd",), priority=3, timeout_s=1800, queue_cap=200, output="video", takes_image=True,
+    # img2img runs on an SD, SDXL base or Turbo model's weights (from_pipe: no second copy).
+    Task("img2img", kinds=("sdxl", "turbo", "sd"), priority=1, timeout_s=600, queue_cap=1000, takes_image=True,
+         schedulers=True, adapters=True, control=True, model_facts=("family", "defaults")),
+    Task("svd", kinds=("svd",), priority=4, timeout_s=1800, queue_cap=200, output="video", takes_image=True,
          model_facts=("max_num_frames",)),
+    # Any SD 1.x/2.x or SDXL checkpoint (an SDXL model runs without its refiner); defaults per model.
+    Task("txt2img", kinds=("sd", "sdxl"), priority=2, timeout_s=600, queue_cap=1000, schedulers=True,
+         adapters=True, control=True, model_facts=("family", "defaults")),
 )}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
 

@@ -40,6 +40,15 @@ class Member:
     status: JobStatus = JobStatus.RUNNING
     params_changed: bool = False  # the worker completed `params` (the LoRAs' digests): written when it ends
     timings: dict = field(default_factory=dict)
+    controls: list = field(default_factory=list)  # the decoded `control[i].image`s, in order
+
+    def run_params(self) -> dict:
+        """The parameters the pipeline runs with: `params`, each control entry with its decoded image
+        (`pixels`), in memory only (what is written back is `params`)."""
+        if not self.controls:
+            return self.params
+        return {**self.params, "control": [{**c, "pixels": image}
+                                           for c, image in zip(self.params["control"], self.controls)]}
 
 
 def lora_key(params: dict) -> tuple:

@@ -19,7 +19,10 @@ import sys
 import torch
 
 ATTRIBUTE = "_fresco_execution_device"
-PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableVideoDiffusionPipeline")
+PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableVideoDiffusionPipeline",
+             "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionControlNetPipeline",
+             "StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionXLControlNetPipeline",
+             "StableDiffusionXLControlNetImg2ImgPipeline")
 _installed = False
 
 

@@ -189,8 +189,8 @@ class JobRunner:
                 progress_.step_hook = lambda step: faults.at_step(fault, step)
         for m in members:
             if isinstance(m.params.get("image"), dict):
-                data = self.storage.get(m.id, m.params["image"]["name"])
-                m.image = Image.open(io.BytesIO(data)).convert("RGB")
+                m.image = self._input(m, m.params["image"]["name"])
+            m.controls = [self._input(m, c["image"]["name"]) for c in m.params.get("control") or ()]
         # 1. adapters: the batch's LoRAs active (loaded first when not resident), or none
         used = batch.pipeline.use_adapters(members[0].params, progress_)
         if used:
@@ -199,10 +199,10 @@ class JobRunner:
         # 2. inference: one pipeline call for the whole batch
         t0 = time.perf_counter()
         with torch.inference_mode():
-            outputs = batch.pipeline.run_batch([(m.params, m.image) for m in members], progress_)
+            outputs = batch.pipeline.run_batch([(m.run_params(), m.image) for m in members], progress_)
         inference_s = time.perf_counter() - t0
         for m, output in zip(members, outputs):
-            m.output, m.image = output, None
+            m.output, m.image, m.controls = output, None, []
             m.timings["inference_s"] = round(inference_s, 4)
         if len(members) > 1:
             log.info("batch of %d %s jobs done in %.3fs", len(members), task, inference_s)
@@ -229,6 +229,10 @@ class JobRunner:
             self._end(batch, m, JobStatus.SUCCEEDED, progress_.finished(), result=result, timings=m.timings,
                       warnings=m.output.warnings)
             log.info("job %s (%s) succeeded in %.3fs", m.id, task, m.timings["total_s"])
+
+    def _input(self, member: Member, name: str) -> Image.Image:
+        """One of the job's input images (the `image`, a control image), from storage."""
+        return Image.open(io.BytesIO(self.storage.get(member.id, name))).convert("RGB")
 
     def report(self, batch: Batch, state: dict) -> bool:
         """The progress callback: report `state` to every running job of the batch, in one round trip.

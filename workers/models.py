@@ -53,7 +53,7 @@ def make_scheduler(name: str, config) -> Any:
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    pipe: Any  # StableDiffusionXLPipeline (sdxl, turbo) or StableVideoDiffusionPipeline (svd)
+    pipe: Any  # PIPELINE_CLASSES: StableDiffusion(XL)Pipeline, StableVideoDiffusionPipeline
     device: torch.device
     dtype: torch.dtype
     scheduler_config: Any
@@ -61,6 +61,7 @@ class LoadedModel:
     refiner_scheduler_config: Any = None
     load_s: float = 0.0
     loras: Any = None  # workers/loras.py Loras, for a model LoRAs and embeddings can be used with
+    controls: Any = None  # workers/control.py Controls, for a model some ControlNets fit
     _img2img: Any = field(default=None, repr=False)
 
     @property
@@ -70,9 +71,11 @@ class LoadedModel:
     def img2img(self):
         """An img2img pipeline on the same modules (no second copy of the weights), built once."""
         if self._img2img is None:
-            from diffusers import StableDiffusionXLImg2ImgPipeline
+            import diffusers
 
-            self._img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipe, dtype=self.dtype)
+            cls = getattr(diffusers, "StableDiffusionImg2ImgPipeline" if self.spec.family == "sd"
+                          else "StableDiffusionXLImg2ImgPipeline")
+            self._img2img = cls.from_pipe(self.pipe, dtype=self.dtype)
             self._img2img.set_progress_bar_config(disable=True)
             if not self.spec.cpu_offload:
                 execution_device.pin(self._img2img, self.device)
@@ -130,31 +133,78 @@ def _missing_weights_hint(exc: Exception, spec: ModelSpec) -> Exception:
     return exc
 
 
+# The diffusers pipeline class of each model kind.
+PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
+                    "turbo": "StableDiffusionXLPipeline", "svd": "StableVideoDiffusionPipeline"}
+# What each kind's pipeline is built without: no watermark (SDXL), no safety checker (SD: a service's
+# moderation is its own business, and PAI-Diffusion's repos ship one for English CLIP).
+PIPELINE_OPTIONS = {"sd": {"safety_checker": None, "requires_safety_checker": False},
+                    "sdxl": {"add_watermarker": False}, "turbo": {"add_watermarker": False}, "svd": {}}
+
+
+def pickled_weights(source: str) -> list[str]:
+    """The components of a local diffusers directory whose weights exist only as pickles (`*.bin`)."""
+    path = Path(source)
+    if not path.is_dir():
+        return []
+    out = []
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        files = [f.name for f in folder.iterdir() if f.is_file()]
+        if any(f.endswith(".bin") for f in files) and not any(f.endswith(".safetensors") for f in files):
+            out.append(folder.name)
+    return out
+
+
+def refuse_pickles(spec: ModelSpec, *sources: str | None) -> None:
+    """Pickled weights load only with the model's `trust_pickle: true`: unpickling runs code."""
+    if spec.trust_pickle:
+        return
+    for source in filter(None, sources):
+        pickled = pickled_weights(source)
+        if pickled:
+            raise ValueError(f"model {spec.name}: {source} holds pickled weights only ({', '.join(pickled)}: .bin "
+                             f"files), and unpickling can run code. Set `trust_pickle: true` for this model if you "
+                             f"trust its publisher, or convert it to safetensors: fresco convert {source} DEST")
+
+
+def _pickle_hint(exc: Exception, spec: ModelSpec) -> Exception:
+    """diffusers' error for a hub repository without safetensors weights, with what to do about it."""
+    if not spec.trust_pickle and "safetensors" in str(exc).lower():
+        return ValueError(f"model {spec.name}: {exc}. The repository may hold pickled weights only; set "
+                          f"`trust_pickle: true` for this model if you trust its publisher")
+    return exc
+
+
 def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
-    from diffusers import (AutoencoderKL, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline,
-                           StableVideoDiffusionPipeline)
+    import diffusers
+    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
 
     def variant_kwargs(source: str, given: str | None = spec.variant) -> dict[str, Any]:
         variant = local_variant(source, spec.name, given)
         return {"variant": variant} if variant else {}
 
+    cls = getattr(diffusers, PIPELINE_CLASSES[spec.kind])
+    options: dict[str, Any] = {**PIPELINE_OPTIONS[spec.kind], "dtype": dtype}
+    refuse_pickles(spec, None if spec.single_file else spec.source, spec.refiner, spec.vae)
     try:
-        if spec.kind == "svd":
-            return StableVideoDiffusionPipeline.from_pretrained(spec.source, dtype=dtype,
-                                                                **variant_kwargs(spec.source)), None
-        extra: dict[str, Any] = {}
         if spec.vae:
             # `variant` names the pipeline's files; a VAE override (the fp16-fix VAE) has its own.
-            extra["vae"] = AutoencoderKL.from_pretrained(spec.vae, dtype=dtype, **variant_kwargs(spec.vae, None))
-        pipe = StableDiffusionXLPipeline.from_pretrained(spec.source, add_watermarker=False, dtype=dtype,
-                                                         **variant_kwargs(spec.source), **extra)
+            options["vae"] = AutoencoderKL.from_pretrained(spec.vae, dtype=dtype, use_safetensors=not spec.trust_pickle,
+                                                           **variant_kwargs(spec.vae, None))
+        if spec.single_file:
+            # One checkpoint in the original layout: the weights from the file, configs and tokenizers
+            # from `config` (a local directory, or a hub id already in the cache: nothing is fetched).
+            pipe = cls.from_single_file(spec.source, config=spec.config, local_files_only=True, **options)
+        else:
+            pipe = cls.from_pretrained(spec.source, use_safetensors=not spec.trust_pickle,
+                                       **variant_kwargs(spec.source), **options)
         refiner = None
         if spec.refiner:
             refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
                 spec.refiner, text_encoder_2=pipe.text_encoder_2, vae=pipe.vae, add_watermarker=False, dtype=dtype,
-                **variant_kwargs(spec.refiner))
+                use_safetensors=not spec.trust_pickle, **variant_kwargs(spec.refiner))
     except (OSError, ValueError) as exc:
-        raise _missing_weights_hint(exc, spec) from exc
+        raise _pickle_hint(_missing_weights_hint(exc, spec), spec) from exc
     return pipe, refiner
 
 
@@ -171,6 +221,8 @@ def no_needless_upcast(pipe, dtype: torch.dtype) -> None:
 def _tiny(spec: ModelSpec):
     if spec.kind == "svd":
         return tiny.svd(), None
+    if spec.kind == "sd":
+        return (tiny.pai() if spec.source == "tiny:pai" else tiny.sd()), None
     pipe = tiny.sdxl_base(seed=0 if spec.kind == "sdxl" else 3)
     refiner = tiny.sdxl_refiner(pipe) if spec.refiner else None
     return pipe, refiner

@@ -48,7 +48,10 @@ def silence_known_noise() -> None:
             logger.addFilter(_DropLine(fragment))
     for message, _why in KNOWN_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    # transformers draws a "Loading weights" progress bar on stderr for each text-encoder LoRA load.
+    # transformers draws a "Loading weights" progress bar on stderr for each text-encoder LoRA load, and
+    # diffusers a "Loading pipeline components..." bar for each model a worker loads: a log is no terminal.
+    from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()

@@ -8,12 +8,13 @@ import time
 
 import torch
 
-from service.catalog import FAMILIES, Catalog, ModelSpec
+from service.catalog import Catalog, ModelSpec
 from service.jobs.heartbeats import serves
 from service.settings import Settings
 from service.tasks import TASKS, by_priority
 from workers import metrics
 from workers.adapter_files import AdapterFiles
+from workers.control import load_controls
 from workers.loras import Loras
 from workers.models import LoadedModel, freeze_compiled, load_model
 from workers.pipelines.base import TaskPipeline
@@ -21,32 +22,44 @@ from workers.pipelines.registry import PIPELINES
 from workers.progress import Progress
 
 log = logging.getLogger("fresco.runtime")
+ADAPTER_FAMILIES = ("sd", "sdxl")  # model families LoRAs and embeddings load into (workers/loras.py)
 
 
 class Runtime:
-    """Every model of the tasks this worker serves (`FRESCO_WORKER_TASKS`), and one task pipeline per
-    task and model, sharing the model's modules."""
+    """The models this worker serves (`FRESCO_WORKER_MODELS`, else every model of `FRESCO_WORKER_TASKS`),
+    and one task pipeline per task and model, sharing the model's modules."""
 
     def __init__(self, settings: Settings, catalog: Catalog):
         self.settings, self.catalog = settings, catalog
         self.models: dict[str, LoadedModel] = {}
         self.pipelines: dict[tuple[str, str], TaskPipeline] = {}
 
+    def plan(self) -> list[tuple[str, str]]:
+        """The (task, model) pairs this worker serves, in task order."""
+        wanted = self.settings.worker_models
+        unknown = [name for name in wanted if name not in self.catalog.models]
+        if unknown:
+            raise ValueError(f"FRESCO_WORKER_MODELS names {unknown}, which the models file does not have "
+                             f"(it has {sorted(self.catalog.models)})")
+        return [(task, name) for task in self.settings.worker_tasks for name in self.catalog.models_for(task)
+                if not wanted or name in wanted]
+
     def load(self) -> "Runtime":
         files = AdapterFiles(self.settings)
-        for task in self.settings.worker_tasks:
-            for name in self.catalog.models_for(task):
-                if name not in self.models:
-                    takes_loras = self._takes_loras(name)
-                    model = self.models[name] = load_model(self.catalog.spec(name), loras=takes_loras)
-                    metrics.MODEL_LOAD_SECONDS.labels(name).set(model.load_s)
-                    metrics.MODEL_LOADS.labels(name).inc()
-                    if model.spec.kind in FAMILIES["sdxl"]:
-                        model.loras = Loras(model, self.catalog, files, self.settings.worker_max_loras)
-                        model.loras.load_embeddings(self.catalog.adapters_for(name, "embedding"))
-                        if model.spec.compile and takes_loras:
-                            model.loras.prepare_slots(model.spec.lora_rank, model.spec.lora_slots)  # before warm-up
-                self.pipelines[(task, name)] = PIPELINES[task](self.models[name])
+        for task, name in self.plan():
+            if name not in self.models:
+                takes_loras = self._takes_loras(name)
+                model = self.models[name] = load_model(self.catalog.spec(name), loras=takes_loras)
+                metrics.MODEL_LOAD_SECONDS.labels(name).set(model.load_s)
+                metrics.MODEL_LOADS.labels(name).inc()
+                if model.spec.family in ADAPTER_FAMILIES:
+                    model.loras = Loras(model, self.catalog, files, self.settings.worker_max_loras)
+                    model.loras.load_embeddings(self.catalog.adapters_for(name, "embedding"))
+                    if model.spec.compile and takes_loras:
+                        model.loras.prepare_slots(model.spec.lora_rank, model.spec.lora_slots)  # before warm-up
+        load_controls(self.catalog, self.models)  # after the LoRA slots: control pipelines share the modules
+        for task, name in self.plan():
+            self.pipelines[(task, name)] = PIPELINES[task](self.models[name])
         if self.settings.worker_batch_size > 1:
             # A batch decodes (and img2img encodes) one image at a time: the VAE works at full image
             # resolution, so a whole batch at once only adds memory (and, on a CPU, cache misses:

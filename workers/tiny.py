@@ -49,6 +49,18 @@ SDXL_SCHEDULER = dict(
     timestep_spacing="leading",
 )
 
+# SD 1.x/2.x: the SDXL-tiny levels with one text encoder (32 wide), no added time/text embedding, and
+# SD's convolutional attention projections (SD 2.x uses linear ones; the architecture is the same).
+SD_UNET = dict(
+    block_out_channels=(2, 4, 4), layers_per_block=1, sample_size=64, in_channels=4, out_channels=4,
+    down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 2, 4), cross_attention_dim=32, norm_num_groups=1,
+)
+SD_VAE = dict(SDXL_VAE, scaling_factor=0.18215, sample_size=512)
+# A ControlNet's conditioning embedding downsamples the control image 8× (to the latents' size).
+CONTROLNET_EMBEDDING = (4, 4, 8, 8)
+
 SVD_UNET = dict(
     block_out_channels=(32, 32, 32), layers_per_block=1, sample_size=32, in_channels=8, out_channels=4,
     down_block_types=("DownBlockSpatioTemporal", "DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"),
@@ -126,6 +138,66 @@ def sdxl_refiner(base, seed: int = 1):
         force_zeros_for_empty_prompt=False,
         add_watermarker=False,
     )
+
+
+def sd(seed: int = 4, scheduler: dict | None = None):
+    """An SD 1.x-family pipeline (CLIP tokenizer and text encoder). `scheduler`: config overrides, e.g.
+    `{"prediction_type": "v_prediction"}` as SD 2.x 768 models have."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(seed)
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**SD_VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**TEXT_ENCODER)),
+        tokenizer=tokenizer(), unet=UNet2DConditionModel(**SD_UNET),
+        scheduler=EulerDiscreteScheduler(**{**SDXL_SCHEDULER, **(scheduler or {})}),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+# PAI-Diffusion's Chinese models (alibaba-pai/pai-diffusion-*-zh) are SD 1.x pipelines whose tokenizer is
+# a BERT WordPiece tokenizer over bert-base-chinese's vocabulary (tokenizer/vocab.txt) feeding a CLIP text
+# encoder of that vocabulary's size. The tiny one keeps the layout of that vocabulary: [PAD] 0,
+# [unused1..99], [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103, then the CJK ideographs, each its own token.
+def chinese_vocab() -> list[str]:
+    return (["[PAD]"] + [f"[unused{i}]" for i in range(1, 100)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            + [chr(c) for c in range(0x20, 0x7F)] + [chr(c) for c in range(0x4E00, 0x9FA6)])
+
+
+def chinese_tokenizer():
+    from transformers import BertTokenizer
+
+    return BertTokenizer(vocab={t: i for i, t in enumerate(chinese_vocab())}, model_max_length=77)
+
+
+def pai(seed: int = 5):
+    """A PAI-Diffusion-style Chinese SD pipeline: BertTokenizer + CLIP text encoder of its vocabulary."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    _seeded(seed)
+    text = CLIPTextConfig(**{**TEXT_ENCODER, "vocab_size": len(chinese_vocab()), "pad_token_id": 0,
+                             "bos_token_id": 101, "eos_token_id": 102})
+    return StableDiffusionPipeline(
+        vae=AutoencoderKL(**SD_VAE), text_encoder=CLIPTextModel(text), tokenizer=chinese_tokenizer(),
+        unet=UNet2DConditionModel(**SD_UNET), scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def controlnet(unet, seed: int):
+    """A ControlNet for the tiny UNet `unet` (SD or SDXL): its encoder copied, random zero convolutions
+    and conditioning embedding (a trained ControlNet's zero convolutions are no longer zero)."""
+    from diffusers import ControlNetModel
+
+    _seeded(seed)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=CONTROLNET_EMBEDDING)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return net
 
 
 def svd(seed: int = 2):

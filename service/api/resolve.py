@@ -26,6 +26,16 @@ class Resolved:
     params: dict[str, Any]
     image: DecodedImage | None = None
     retries: int = 0
+    controls: list[DecodedImage] = field(default_factory=list)  # `control[i].image`, stored as control_name(i)
+
+    def inputs(self) -> list[tuple[str, bytes]]:
+        """The job's input files, by the names the worker reads them under."""
+        files = [(self.image.filename, self.image.data)] if self.image is not None else []
+        return files + [(control_name(i, c), c.data) for i, c in enumerate(self.controls)]
+
+
+def control_name(i: int, image: DecodedImage) -> str:
+    return f"control-{i}.{image.filename.rsplit('.', 1)[-1]}"
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Rules:
     image: DecodedImage | None
     params: dict[str, Any]
     errors: list[dict] = field(default_factory=list)
+    controls: list[DecodedImage | None] = field(default_factory=list)  # decoded `control[i].image`
 
     def error(self, name: str, message: str) -> None:
         self.errors.append(field_error(name, message))
@@ -61,6 +72,15 @@ def _turbo(r: Rules) -> None:
     r.params["guidance_scale"] = 0.0
 
 
+def _txt2img(r: Rules) -> None:
+    """Size and guidance: the request's, else the model's own (GET /models lists them per model)."""
+    defaults = r.spec.defaults()
+    for name in ("width", "height", "guidance_scale"):
+        if r.params.get(name) is None:
+            r.params[name] = defaults[name]
+    r.pixels(r.params["width"], r.params["height"])
+
+
 def _img2img(r: Rules) -> None:
     req = r.req
     if int(req.steps * req.strength) < 1:
@@ -68,10 +88,14 @@ def _img2img(r: Rules) -> None:
     if r.spec.kind == "turbo":
         if req.scheduler is not None:
             r.error("scheduler", "turbo models use their own scheduler")
+        if req.guidance_scale:
+            r.error("guidance_scale", "turbo models run without guidance (0)")
         r.params["scheduler"] = "turbo"
         r.params["guidance_scale"] = 0.0  # Turbo runs without classifier-free guidance
     else:
         r.params["scheduler"] = req.scheduler or "euler"
+        if req.guidance_scale is None:
+            r.params["guidance_scale"] = r.spec.defaults()["guidance_scale"]
     if r.image is not None:
         width = req.width or r.image.width // 8 * 8
         height = req.height or r.image.height // 8 * 8
@@ -131,7 +155,31 @@ def _loras(r: Rules) -> None:
     r.params["loras"] = out
 
 
-RULES: dict[str, Callable[[Rules], None]] = {"sdxl": _sdxl, "turbo": _turbo, "img2img": _img2img, "svd": _svd}
+def _control(r: Rules) -> None:
+    """`control`: each a ControlNet that fits the model, its image decoded, start before end; the
+    preprocessing defaults to what the ControlNet's kind needs. The worker reads each image from storage."""
+    out = []
+    for i, ref in enumerate(r.req.control):
+        at = f"control[{i}]"
+        net = r.catalog.controlnets.get(ref.model)
+        if net is None:
+            r.error(f"{at}.model", "is no ControlNet of this server; GET /models lists each model's ControlNets")
+        elif not net.fits(r.spec):
+            fits = [m for m in r.catalog.models_for(r.req.task) if net.fits(r.catalog.spec(m))]
+            r.error(f"{at}.model", f"does not fit model {r.spec.name}; for {r.req.task} it fits {fits}")
+        if ref.start >= ref.end:
+            r.error(f"{at}.end", "must be greater than start")
+        image = r.controls[i] if i < len(r.controls) else None
+        if net is None or image is None:
+            continue
+        out.append({"model": ref.model, "kind": net.kind, "scale": ref.scale, "start": ref.start, "end": ref.end,
+                    "preprocess": ref.preprocess or net.preprocess,
+                    "image": {"name": control_name(i, image), "width": image.width, "height": image.height}})
+    r.params["control"] = out
+
+
+RULES: dict[str, Callable[[Rules], None]] = {"sdxl": _sdxl, "turbo": _turbo, "img2img": _img2img, "svd": _svd,
+                                             "txt2img": _txt2img}
 
 
 async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
@@ -148,11 +196,20 @@ async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
             rules.image = await read_image(req.image, settings)
         except ImageRejected as exc:
             rules.error("image", str(exc))
+    for i, ref in enumerate(getattr(req, "control", None) or []):
+        try:
+            rules.controls.append(await read_image(ref.image, settings))
+        except ImageRejected as exc:
+            rules.controls.append(None)
+            rules.error(f"control[{i}].image", str(exc))
     RULES[task](rules)
     if TASKS[task].adapters:
         _loras(rules)
+    if TASKS[task].control:
+        _control(rules)
     if rules.errors:
         raise ValidationFailed(rules.errors)
     if rules.image is not None:
         params["image"] = {"name": rules.image.filename, "width": rules.image.width, "height": rules.image.height}
-    return Resolved(task=task, model=model, params=params, image=rules.image, retries=req.retries)
+    return Resolved(task=task, model=model, params=params, image=rules.image, retries=req.retries,
+                    controls=[c for c in rules.controls if c is not None])

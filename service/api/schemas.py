@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import PydanticCustomError
 
-from service.catalog import LORA_SCALE, SCHEDULERS
+from service.catalog import CONTROL_SCALE, LORA_SCALE, MAX_CONTROLS, PREPROCESSORS, SCHEDULERS
 from service.jobs.states import ErrorCode, JobStatus, Stage
 
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -55,6 +55,24 @@ class LoraRef(BaseModel):
 Loras = Annotated[list[LoraRef], Field(max_length=MAX_LORAS)]
 
 
+class ControlRef(BaseModel):
+    """A ControlNet for this job: `model` (one `GET /models` lists for the job's model), its control
+    `image` (the forms and limits of `image`), `scale`, the fraction of the steps it acts in (`start`,
+    `end`), and `preprocess` (default: what the ControlNet's kind needs; `canny` makes an edge map)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: Annotated[str, Field(min_length=1, max_length=200)]
+    image: ImageRef
+    scale: float = Field(1.0, ge=CONTROL_SCALE[0], le=CONTROL_SCALE[1], allow_inf_nan=False)
+    start: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
+    end: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    preprocess: Literal[PREPROCESSORS] | None = None  # type: ignore[valid-type]
+
+
+Controls = Annotated[list[ControlRef], Field(max_length=MAX_CONTROLS)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -79,6 +97,7 @@ class SDXLRequest(_Request):
     refiner_switch: float = Field(0.8, gt=0, lt=1, allow_inf_nan=False)
     scheduler: SchedulerName = "euler"
     loras: Loras = []
+    control: Controls = []  # applies to the base stage
     output_format: ImageFormat = "png"
 
 
@@ -105,12 +124,13 @@ class Img2ImgRequest(_Request):
     image: ImageRef
     strength: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
     steps: int = Field(30, ge=1, le=100)
-    guidance_scale: Guidance = 5.0
+    guidance_scale: Guidance | None = None  # the model family's: 5.0 for SDXL, 7.5 for SD; Turbo runs without
     num_images: int = Field(1, ge=1, le=4)
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
-    scheduler: SchedulerName | None = None  # sdxl models: "euler"; turbo models: their own
+    scheduler: SchedulerName | None = None  # sd and sdxl models: "euler"; turbo models: their own
     loras: Loras = []
+    control: Controls = []
     output_format: ImageFormat = "png"
 
 
@@ -132,9 +152,28 @@ class SVDRequest(_Request):
     output_format: VideoFormat = "mp4"
 
 
+class Txt2ImgRequest(_Request):
+    """Text-to-image on any SD 1.x/2.x or SDXL model (an SDXL model without its refiner). Size and guidance
+    default to the model's (GET /models lists them per model)."""
+
+    task: Literal["txt2img"]
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    width: int | None = Field(None, ge=256, le=2048, multiple_of=8)  # default: the model's native size
+    height: int | None = Field(None, ge=256, le=2048, multiple_of=8)
+    steps: int = Field(30, ge=1, le=100)
+    guidance_scale: Guidance | None = None  # default: the model family's (7.5 SD, 5.0 SDXL)
+    num_images: int = Field(1, ge=1, le=4)
+    scheduler: SchedulerName = "euler"
+    loras: Loras = []
+    control: Controls = []
+    output_format: ImageFormat = "png"
+
+
 # Task name -> its request class (each class's `task` Literal is its name).
 REQUESTS: dict[str, type[BaseModel]] = {cls.model_fields["task"].annotation.__args__[0]: cls
-                                        for cls in (SDXLRequest, TurboRequest, Img2ImgRequest, SVDRequest)}
+                                        for cls in (SDXLRequest, TurboRequest, Img2ImgRequest, SVDRequest,
+                                                    Txt2ImgRequest)}
 GenerateRequest = Annotated[Union[tuple(REQUESTS.values())], Field(discriminator="task")]  # type: ignore[valid-type]
 generate_adapter: TypeAdapter[Any] = TypeAdapter(GenerateRequest)
 

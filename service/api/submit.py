@@ -1,5 +1,6 @@
-"""Submitting a job: its input image to storage, then one atomic enqueue (protocol.submit: Fresco's
-record, the queued index, RQ's own job hash and queue entry, and the Idempotency-Key's job id).
+"""Submitting a job: its input images (`image`, each `control[i].image`) to storage, then one atomic
+enqueue (protocol.submit: Fresco's record, the queued index, RQ's own job hash and queue entry, and the
+Idempotency-Key's job id).
 
 The API enqueues RQ's entry point by dotted path and never imports the worker code. Past the task's
 queue cap nothing is written and the answer is 503.
@@ -24,8 +25,8 @@ async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved
                  idempotency: protocol.Idempotency | None = None) -> str:
     """Enqueue `resolved`; its id. `idempotency`: the claimed key, set to the job id in the same step."""
     job_id = str(uuid.uuid4())
-    if resolved.image is not None:
-        await asyncio.to_thread(storage.put, job_id, resolved.image.filename, resolved.image.data)
+    for name, data in resolved.inputs():
+        await asyncio.to_thread(storage.put, job_id, name, data)
     task = resolved.task
     call = protocol.submit(job_id, task, resolved.model, resolved.params, owner=owner, retries=resolved.retries,
                            timeout_s=settings.job_timeout_s[task], cap=settings.queue_cap[task],

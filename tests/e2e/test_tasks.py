@@ -250,13 +250,14 @@ def test_results_unknown_or_traversal_are_404(client):
 
 def test_models_lists_loaded_models_defaults_and_limits(client):
     body = client.get("/models").json()
-    assert set(body["tasks"]) == {"sdxl", "turbo", "img2img", "svd"}
+    assert set(body["tasks"]) == {"sdxl", "turbo", "img2img", "svd", "txt2img"}
     sdxl = body["tasks"]["sdxl"]
     assert sdxl["default_model"] == "tiny-sdxl" and sdxl["models"][0]["loaded"] is True
     assert sdxl["models"][0]["refiner"] is True and "euler" in sdxl["schedulers"]
     assert sdxl["parameters"]["steps"] == {"default": 30, "minimum": 1, "maximum": 100}
     assert body["tasks"]["svd"]["models"][0]["max_num_frames"] == 14
-    assert {m["name"] for m in body["tasks"]["img2img"]["models"]} == {"tiny-sdxl", "tiny-turbo"}
+    assert {m["name"] for m in body["tasks"]["img2img"]["models"]} == {"tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai"}
+    assert all(m["loaded"] for task in body["tasks"].values() for m in task["models"])
     assert "noise" in body["note"]
 
 

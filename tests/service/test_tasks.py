@@ -15,8 +15,8 @@ from tests.conftest import ROOT
 
 
 def test_the_table_lists_the_contracts_tasks_in_order():
-    assert TASK_NAMES == ("sdxl", "turbo", "img2img", "svd")
-    assert by_priority(TASK_NAMES) == ["turbo", "img2img", "sdxl", "svd"]  # short jobs first
+    assert TASK_NAMES == ("sdxl", "turbo", "img2img", "svd", "txt2img")  # v1, then v1.1's
+    assert by_priority(TASK_NAMES) == ["turbo", "img2img", "txt2img", "sdxl", "svd"]  # short jobs first
     assert len({t.priority for t in TASKS.values()}) == len(TASKS)
 
 

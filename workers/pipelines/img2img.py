@@ -1,7 +1,8 @@
-"""img2img on an SDXL base or Turbo model: `from_pipe`, so no second copy of the weights.
+"""img2img on an SD, SDXL base or Turbo model: `from_pipe`, so no second copy of the weights.
 
 1. The input image is resized to the requested size.
-2. `int(steps × strength)` denoising steps run from the noised input, then the VAE decodes.
+2. `int(steps × strength)` denoising steps run from the noised input, then the VAE decodes; with
+   `control`, as the model's ControlNet img2img pipeline (workers/control.py), same modules.
 A batch of compatible jobs runs as one call, with an input image, prompt and generator per output image.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from PIL import Image
 
 from service.jobs.states import Stage
+from workers.control import control_key
 from workers.models import make_scheduler
 from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives,
                                     per_image, prompt_warnings, split)
@@ -26,24 +28,29 @@ class Img2Img(TaskPipeline):
         return [(Stage.DENOISE, max(1, int(p["steps"] * p["strength"])))]
 
     def default_size(self):
-        return (512, 512) if self.model.spec.kind == "turbo" else (1024, 1024)
+        return self.model.spec.size
 
     def warmup_params(self, width, height):
         turbo = self.model.spec.kind == "turbo"
         return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2, "strength": 0.5,
-                "guidance_scale": 0.0 if turbo else 5.0, "scheduler": "turbo" if turbo else "euler"}
+                "guidance_scale": self.model.spec.defaults()["guidance_scale"],
+                "scheduler": "turbo" if turbo else "euler"}
 
     def batch_key(self, p):
         turbo = self.model.spec.kind == "turbo"
         return ("img2img", p["width"], p["height"], p["steps"], p["strength"],
                 None if turbo else p["guidance_scale"], p["scheduler"],
-                False if turbo else bool(p.get("negative_prompt")))
+                False if turbo else bool(p.get("negative_prompt")), control_key(p))
 
     def run(self, p, image, progress):
         return self.run_batch([(p, image)], progress)[0]
 
     def run_batch(self, items, progress):
-        pipe, p = self.pipe, items[0][0]
+        p = items[0][0]
+        pipe, control = self.pipe, {}
+        if p.get("control"):
+            pipe = self.model.controls.pipeline("img2img", tuple(c["model"] for c in p["control"]))
+            control = self.model.controls.arguments(items, (p["width"], p["height"]), image_key="control_image")
         turbo = self.model.spec.kind == "turbo"
         pipe.scheduler = make_scheduler("turbo" if turbo else p["scheduler"], self.model.scheduler_config)
         # 1. the inputs at the output size
@@ -61,7 +68,7 @@ class Img2Img(TaskPipeline):
         # 2. denoise from the noised inputs, decode
         progress.begin(Stage.DENOISE)
         images = pipe(
-            **inputs, strength=p["strength"], num_inference_steps=p["steps"],
+            **inputs, **control, strength=p["strength"], num_inference_steps=p["steps"],
             guidance_scale=0.0 if turbo else p["guidance_scale"],
             generator=batch_generators(items), callback_on_step_end=progress.on_step_end,
         ).images

@@ -1,6 +1,7 @@
 """SDXL base + refiner as an ensemble of experts.
 
-1. The base denoises the first `refiner_switch` of the schedule and hands over latents.
+1. The base denoises the first `refiner_switch` of the schedule and hands over latents; with `control`,
+   the base stage runs as the ControlNet pipeline built on the same modules (workers/control.py).
 2. The refiner (sharing the base's VAE and second text encoder) denoises the rest and decodes.
 Without a refiner, the base runs the whole schedule and decodes.
 A batch of compatible jobs runs as one call of each, with a prompt, negative prompt and generator per image.
@@ -9,6 +10,7 @@ A batch of compatible jobs runs as one call of each, with a prompt, negative pro
 from __future__ import annotations
 
 from service.jobs.states import Stage
+from workers.control import control_key
 from workers.loras import no_lora_in
 from workers.models import make_scheduler
 from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives,
@@ -17,13 +19,14 @@ from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_g
 
 class SDXL(TaskPipeline):
     task = "sdxl"
+    base_stage = Stage.BASE  # what progress calls the first stage
 
     def _use_refiner(self, p: dict) -> bool:
         return bool(p.get("refiner")) and self.model.refiner is not None
 
     def plan(self, p):
         if not self._use_refiner(p):
-            return [(Stage.BASE, p["steps"])]
+            return [(self.base_stage, p["steps"])]
         base = max(1, round(p["steps"] * p["refiner_switch"]))
         return [(Stage.BASE, base), (Stage.REFINER, max(1, p["steps"] - base))]
 
@@ -36,14 +39,24 @@ class SDXL(TaskPipeline):
 
     def batch_key(self, p):
         refiner = self._use_refiner(p)
-        return ("sdxl", p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
-                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")))
+        return (self.task, p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
+                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")), control_key(p))
 
     def run(self, p, image, progress):
         return self.run_batch([(p, image)], progress)[0]
 
+    def _base(self, items) -> tuple[object, dict]:
+        """The pipeline the base stage runs (the model's own, or its control pipeline) and its control arguments."""
+        p = items[0][0]
+        if not p.get("control"):
+            return self.model.pipe, {}
+        names = tuple(c["model"] for c in p["control"])
+        pipe = self.model.controls.pipeline("txt2img", names)
+        return pipe, self.model.controls.arguments(items, (p["width"], p["height"]))
+
     def run_batch(self, items, progress):
-        base, p = self.model.pipe, items[0][0]
+        p = items[0][0]
+        base, control = self._base(items)
         # 1. fresh schedulers (they keep state) and one generator per image
         base.scheduler = make_scheduler(p["scheduler"], self.model.scheduler_config)
         if len(items) == 1:  # one job: its prompt once, `num_images` images of it
@@ -56,12 +69,12 @@ class SDXL(TaskPipeline):
                       generator=batch_generators(items), callback_on_step_end=progress.on_step_end)
         warnings = [prompt_warnings(base, prompt=q["prompt"], negative_prompt=q["negative_prompt"]) for q, _ in items]
         # 2. base
-        progress.begin(Stage.BASE)
+        progress.begin(self.base_stage)
         if not self._use_refiner(p):
-            images = base(**common, width=p["width"], height=p["height"]).images
+            images = base(**common, **control, width=p["width"], height=p["height"]).images
         else:
             switch = float(p["refiner_switch"])  # a numpy float would be ignored silently
-            latents = base(**common, width=p["width"], height=p["height"], denoising_end=switch,
+            latents = base(**common, **control, width=p["width"], height=p["height"], denoising_end=switch,
                            output_type="latent").images
             # 3. refiner, from the handed-over latents
             refiner = self.model.refiner

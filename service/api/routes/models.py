@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from service.api.deps import Caller
 from service.api.errors import json_response
 from service.api.schemas import MAX_LORAS, REQUESTS
-from service.catalog import SCHEDULERS
+from service.catalog import MAX_CONTROLS, PREPROCESSORS, SCHEDULERS
 from service.jobs.heartbeats import live_workers, serves
 from service.redis import REDIS_DOWN
 from service.tasks import TASKS
@@ -51,6 +51,8 @@ async def models(caller: Caller):
             if task.adapters:
                 # LoRAs for `loras`, embeddings for the prompt: those that fit this model.
                 entry["adapters"] = [a.listing() for a in c.catalog.adapters_for(name)]
+            if task.control:
+                entry["controlnets"] = [n.listing() for n in c.catalog.controlnets_for(name)]
             entries.append(entry)
         info = {"default_model": c.catalog.default_for(task.name), "models": entries,
                 "parameters": _parameters(REQUESTS[task.name])}
@@ -62,6 +64,9 @@ async def models(caller: Caller):
         if task.adapters:
             info["limits"]["max_loras"] = MAX_LORAS
             info["limits"]["adapter_urls"] = c.settings.allow_adapter_urls
+        if task.control:
+            info["limits"]["max_controls"] = MAX_CONTROLS
+            info["preprocessors"] = list(PREPROCESSORS)
         tasks[task.name] = info
     return json_response({"profile": c.catalog.profile,
                           "note": TINY_NOTE if c.catalog.profile == "tiny" else None,

@@ -224,7 +224,7 @@ def test_valid_request_resolves_every_parameter(api):
     params = r.json()["params"]
     assert params == {"seed": 7, "prompt": "a lighthouse", "negative_prompt": "", "width": 1024, "height": 1024,
                       "steps": 30, "guidance_scale": 5.0, "num_images": 1, "refiner": True, "refiner_switch": 0.8,
-                      "scheduler": "euler", "loras": [], "output_format": "png"}
+                      "scheduler": "euler", "loras": [], "control": [], "output_format": "png"}
     assert r.json()["status"] == "queued" and r.json()["queue_position"] is not None
     api.delete(f"/jobs/{r.json()['id']}")
 

@@ -1,0 +1,133 @@
+"""Model families through `load_model`: SD 1.x/2.x directories (the scheduler config decides v-prediction),
+PAI-Diffusion-style Chinese models (BERT tokenizer, pickled weights only with `trust_pickle`, or after
+`fresco convert`), single-file checkpoints with `config`, and a worker that loads only the models
+FRESCO_WORKER_MODELS names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from service.catalog import Catalog, ModelSpec
+from service.settings import Settings
+from tests.workers import model_dirs
+from workers.models import load_model, make_scheduler
+from workers.pipelines.base import prompt_warnings
+
+
+def cpu(**fields) -> ModelSpec:
+    return ModelSpec(**{"name": "m", "dtype": "float32", "device": "cpu", **fields})
+
+
+def pixels(pipe, prompt="a cat", seed=3):
+    return pipe(prompt, num_inference_steps=2, width=64, height=64, generator=torch.Generator().manual_seed(seed),
+                output_type="np").images[0]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("families")
+    return {"sd": model_dirs.save_sd(root / "sd"), "pai": model_dirs.save_pai(root / "pai"),
+            "v": model_dirs.save_sd(root / "v", prediction_type="v_prediction"), "root": root}
+
+
+def test_sd_directory_loads_as_an_sd_pipeline(dirs):
+    model = load_model(cpu(kind="sd", source=str(dirs["sd"])))
+    assert type(model.pipe).__name__ == "StableDiffusionPipeline" and model.pipe.safety_checker is None
+    assert model.spec.size == (512, 512)  # the UNet's sample size 64 × the VAE's 8
+    from workers import tiny
+
+    assert (pixels(model.pipe) == pixels(tiny.sd())).all()
+    assert type(model.img2img()).__name__ == "StableDiffusionImg2ImgPipeline"
+    assert model.img2img().unet is model.pipe.unet
+
+
+def test_v_prediction_comes_from_the_scheduler_config(dirs):
+    model = load_model(cpu(kind="sd", source=str(dirs["v"])))
+    for name in ("euler", "dpmpp_2m", "ddim"):
+        assert make_scheduler(name, model.scheduler_config).config.prediction_type == "v_prediction"
+    plain = load_model(cpu(kind="sd", source=str(dirs["sd"])))
+    assert make_scheduler("euler", plain.scheduler_config).config.prediction_type == "epsilon"
+
+
+def test_pickled_weights_are_refused_without_trust_pickle(dirs):
+    with pytest.raises(ValueError, match="trust_pickle: true") as caught:
+        load_model(cpu(kind="sd", source=str(dirs["pai"])))
+    assert "fresco convert" in str(caught.value) and "text_encoder" in str(caught.value)
+
+
+def test_pai_model_runs_chinese_prompts_with_its_bert_tokenizer(dirs):
+    model = load_model(cpu(kind="sd", source=str(dirs["pai"]), trust_pickle=True))
+    assert type(model.pipe.tokenizer).__name__ == "BertTokenizer"
+    assert model.pipe.tokenizer.tokenize("一只猫") == ["一", "只", "猫"]
+    from workers import tiny
+
+    assert (pixels(model.pipe, "一只猫在草地上") == pixels(tiny.pai(), "一只猫在草地上")).all()
+    assert (pixels(model.pipe, "一只猫") != pixels(model.pipe, "一只狗")).any()  # the characters matter
+    # The prompt-length warning counts BERT tokens ([CLS], one per character, [SEP]): 75 characters fit.
+    assert prompt_warnings(model.pipe, prompt="猫" * 75) == []
+    assert prompt_warnings(model.pipe, prompt="猫" * 76) == [
+        "prompt is longer than the text encoder's 77 tokens; the rest was truncated"]
+
+
+def test_fresco_convert_makes_a_pickled_model_load_without_trust(dirs, capsys):
+    from service.cli import main
+
+    out = dirs["root"] / "pai-safe"
+    assert main(["convert", str(dirs["pai"]), str(out)]) == 0
+    assert "loads without trust_pickle" in capsys.readouterr().out
+    assert not list(out.rglob("*.bin")) and (out / "text_encoder" / "model.safetensors").is_file()
+    assert (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (out / "tokenizer" / "vocab.txt").is_file()
+    converted = load_model(cpu(kind="sd", source=str(out)))
+    trusted = load_model(cpu(kind="sd", source=str(dirs["pai"]), trust_pickle=True))
+    for name in ("unet", "vae", "text_encoder"):
+        a, b = getattr(converted.pipe, name).state_dict(), getattr(trusted.pipe, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert main(["convert", str(dirs["pai"]), str(out)]) == 2  # never over an existing directory
+    assert main(["convert", str(dirs["sd"]), str(dirs["root"] / "nothing")]) == 2  # no pickles in it
+
+
+def test_convert_refuses_a_pickle_that_runs_code(tmp_path):
+    import pickle
+
+    from workers.convert import convert
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(pickle.dumps({"state_dict": Boom()}))
+    with pytest.raises(ValueError, match="not a plain tensor pickle"):
+        convert(bad, tmp_path / "bad.safetensors")
+
+
+def test_single_file_checkpoint_loads_with_its_config(tmp_path):
+    path, config = model_dirs.save_single_file(tmp_path / "finetune.safetensors", tmp_path / "sd-config", seed=6)
+    model = load_model(cpu(kind="sd", source=str(path), config=str(config)))
+    assert model.spec.single_file and type(model.pipe).__name__ == "StableDiffusionPipeline"
+    from workers import tiny
+
+    assert (pixels(model.pipe) == pixels(tiny.sd(seed=6))).all()
+
+
+def test_worker_models_loads_only_what_it_names(tmp_path):
+    from workers.runtime import Runtime
+
+    catalog = Catalog(models={
+        "a-sdxl": {"kind": "sdxl", "source": "tiny", "device": "cpu"},
+        "a-turbo": {"kind": "turbo", "source": "tiny", "device": "cpu"},
+        "a-sd": {"kind": "sd", "source": "tiny", "device": "cpu"}})
+    settings = Settings(worker_models="a-sdxl", data_dir=tmp_path)
+    runtime = Runtime(settings, catalog)
+    assert runtime.plan() == [("sdxl", "a-sdxl"), ("img2img", "a-sdxl"), ("txt2img", "a-sdxl")]
+    # Without it, a worker for img2img loads every model img2img runs on, Turbo and SD too.
+    assert Runtime(Settings(worker_tasks="img2img"), catalog).plan() == \
+        [("img2img", "a-sdxl"), ("img2img", "a-turbo"), ("img2img", "a-sd")]
+    assert Runtime(Settings(worker_tasks="sdxl,img2img", worker_models="a-sdxl,a-sd"), catalog).plan() == \
+        [("sdxl", "a-sdxl"), ("img2img", "a-sdxl"), ("img2img", "a-sd")]
+    runtime.load()
+    assert set(runtime.models) == {"a-sdxl"}
+    with pytest.raises(ValueError, match="does not have"):
+        Runtime(Settings(worker_models="a-sdxl,nope"), catalog).plan()
