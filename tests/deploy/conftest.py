@@ -3,16 +3,34 @@ processes) that stores results in it, and the tools from Debian's `prometheus` p
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, Stack, png_data_url, wait_status
 
 DEPLOY = ROOT / "deploy"
+COMPOSE_MODELS = DEPLOY / "compose" / "models.yaml"
+
+
+def commented_models(path: Path) -> dict[str, dict]:
+    """The example models a models file carries as YAML comments (`  # name:` and its `  #   ` lines)."""
+    lines = path.read_text().splitlines()
+    out: dict[str, dict] = {}
+    for i, line in enumerate(lines):
+        if re.fullmatch(r"  # [a-z0-9][a-z0-9.-]*:", line):
+            block = [line[4:]]
+            for more in lines[i + 1:]:
+                if not more.startswith("  #   "):
+                    break
+                block.append(more[4:])
+            out.update(yaml.safe_load("\n".join(block)))
+    return out
 
 
 def tool(name: str) -> str:

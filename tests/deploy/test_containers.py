@@ -16,10 +16,11 @@ import pytest
 import redis
 import yaml
 
-from service.catalog import load_catalog
+from service.catalog import Catalog, ModelSpec, load_catalog
 from service.settings import Settings
+from service.tasks import TASK_NAMES
 from tests.conftest import ROOT
-from tests.deploy.conftest import DEPLOY
+from tests.deploy.conftest import COMPOSE_MODELS, DEPLOY, commented_models
 
 dockerfile = pytest.importorskip("dockerfile", reason="the `dockerfile` parser (test extra) is not installed")
 
@@ -186,6 +187,10 @@ def test_compose_config_accepts_the_file():
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
     assert worker["environment"]["FRESCO_MODELS_FILE"] == "tiny"
+    # No models named: every model of the worker's tasks (the tiny profile's); FRESCO_WORKER_TASKS is
+    # passed only when set, so unset the worker serves every task.
+    assert worker["environment"]["FRESCO_WORKER_MODELS"] == ""
+    assert worker["environment"].get("FRESCO_WORKER_TASKS") is None
     assert "deploy" not in config["services"]["worker-cpu"]
     for name in ("api", "worker"):
         assert config["services"][name]["build"]["target"] == name
@@ -194,14 +199,19 @@ def test_compose_config_accepts_the_file():
 def test_compose_with_real_weights():
     """What the README says: a models file under deploy/compose, weights from a host directory."""
     config = compose_config(FRESCO_MODELS_FILE="/etc/fresco/models.yaml", FRESCO_WEIGHTS_DIR="/srv/weights",
-                            HF_TOKEN="hf_example", FRESCO_WORKER_TASKS="sdxl,img2img")
+                            HF_TOKEN="hf_example", FRESCO_WORKER_MODELS="sdxl-base-1.0")
     worker = config["services"]["worker"]
     assert worker["environment"]["FRESCO_MODELS_FILE"] == "/etc/fresco/models.yaml"
-    assert worker["environment"]["FRESCO_WORKER_TASKS"] == "sdxl,img2img"
+    assert worker["environment"]["FRESCO_WORKER_MODELS"] == "sdxl-base-1.0"
+    assert worker["environment"].get("FRESCO_WORKER_TASKS") is None
     assert worker["environment"]["HF_TOKEN"] == "hf_example"
     mounts = [str(v) for v in worker["volumes"]]
     assert any("/srv/weights" in m and "/models" in m for m in mounts), mounts
     assert config["services"]["api"]["environment"]["FRESCO_MODELS_FILE"] == "/etc/fresco/models.yaml"
+    # Those who still name tasks get them passed through, to every worker service.
+    config = compose_config(FRESCO_WORKER_TASKS="sdxl,img2img")
+    for name in ("worker", "worker-cpu"):
+        assert config["services"][name]["environment"]["FRESCO_WORKER_TASKS"] == "sdxl,img2img"
 
 
 def resolve(value: str) -> str:
@@ -214,7 +224,21 @@ def raw_compose() -> dict:
 
 
 def service_env(name: str) -> dict[str, str]:
-    return {k: resolve(v) for k, v in raw_compose()["services"][name]["environment"].items()}
+    """A service's environment as a plain `docker compose up` sets it: a variable with no value is
+    passed through from the shell, so with nothing set it is not set at all."""
+    return {k: resolve(v) for k, v in raw_compose()["services"][name]["environment"].items() if v is not None}
+
+
+def worker_services() -> list[str]:
+    return [name for name, service in raw_compose()["services"].items()
+            if service.get("build", {}).get("target") == "worker"]
+
+
+def plan(settings: Settings, catalog: Catalog) -> set[tuple[str, str]]:
+    """The (task, model) pairs a worker with `settings` serves, by the worker's own rule."""
+    from workers.runtime import Runtime
+
+    return set(Runtime(settings, catalog).plan())
 
 
 def test_compose_settings_are_valid_fresco_settings(monkeypatch):
@@ -228,6 +252,11 @@ def test_compose_settings_are_valid_fresco_settings(monkeypatch):
         assert settings.s3_bucket == "fresco" and settings.s3_endpoint_url == "http://minio:9000"
         assert settings.s3_public_endpoint_url == "http://localhost:9000"
         assert str(settings.models_file) == "tiny"
+        if name == "worker":  # no models named, every task: the tiny profile's models, each for all it serves
+            assert settings.worker_tasks == list(TASK_NAMES)
+            assert settings.worker_models == []
+            tiny = load_catalog(None)
+            assert plan(settings, tiny) == {(t, m) for t in TASK_NAMES for m in tiny.models_for(t)}
     api, worker = service_env("api"), service_env("worker")
     shared = {k for k in api if k.startswith("FRESCO_S3_") or k in ("FRESCO_REDIS_URL", "FRESCO_MODELS_FILE",
                                                                       "FRESCO_ALLOW_ADAPTER_URLS")}
@@ -264,6 +293,67 @@ def test_compose_mounts_exist_and_models_file_loads():
     assert catalog.spec("svd-xt").num_frames == 25
     for name in ("redis", "minio", "api", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name  # the worker's comes from its image
+
+
+def test_compose_workers_name_models_of_the_models_file(monkeypatch):
+    """Every worker service takes FRESCO_WORKER_MODELS, and every model list the docs give it (in
+    docker-compose.yml and deploy/README.md) names models of deploy/compose/models.yaml, which a worker
+    then loads, and nothing else; the old task list (sdxl,img2img) loads Turbo too, the reason to name models."""
+    for name in worker_services():
+        assert "FRESCO_WORKER_MODELS" in raw_compose()["services"][name]["environment"], name
+    catalog = load_catalog(COMPOSE_MODELS)
+    texts = {"docker-compose.yml": COMPOSE.read_text(), "deploy/README.md": (DEPLOY / "README.md").read_text(),
+             "deploy/compose/models.yaml": COMPOSE_MODELS.read_text()}
+    examples = {(where, m.group(1)) for where, text in texts.items()
+                for m in re.finditer(r"FRESCO_WORKER_MODELS[=:] *([a-z0-9][a-z0-9.,-]*[a-z0-9])", text)}
+    assert len(examples) >= 3, examples
+    named_anywhere = set()
+    for where, value in examples:
+        models = value.split(",")
+        assert set(models) <= set(catalog.models), (where, value, sorted(catalog.models))
+        named_anywhere |= set(models)
+        for key in [k for k in os.environ if k.startswith("FRESCO_")]:
+            monkeypatch.delenv(key)
+        monkeypatch.setenv("FRESCO_WORKER_MODELS", value)
+        settings = Settings()
+        assert settings.worker_models == models
+        assert {m for _, m in plan(settings, catalog)} == set(models)
+    assert named_anywhere == set(catalog.models)  # the docs show a GPU for every model of the file
+    monkeypatch.delenv("FRESCO_WORKER_MODELS")
+    old = Settings(worker_tasks=["sdxl", "img2img"])
+    assert {m for _, m in plan(old, catalog)} == {"sdxl-base-1.0", "sdxl-turbo"}
+
+
+def test_compose_second_gpu_example_uncomments_into_a_worker_of_its_own():
+    """The commented `worker-1` in docker-compose.yml, uncommented, is a worker on GPU 1 with every
+    worker setting and its own models."""
+    lines = COMPOSE.read_text().splitlines()
+    start = lines.index("  #   worker-1:")
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("  #   "))
+    text = "\n".join(lines[:start] + ["  " + line[6:] for line in lines[start:end]] + lines[end:])
+    services = yaml.safe_load(text)["services"]
+    second, first = services["worker-1"], services["worker"]
+    (device,) = second["deploy"]["resources"]["reservations"]["devices"]
+    assert device["device_ids"] == ["1"] and device["capabilities"] == ["gpu"]
+    assert second["environment"].keys() == first["environment"].keys()
+    models = second["environment"]["FRESCO_WORKER_MODELS"].split(",")
+    assert set(models) <= set(load_catalog(COMPOSE_MODELS).models)
+    assert {k: v for k, v in second.items() if k not in ("environment", "deploy")} == \
+        {k: v for k, v in first.items() if k not in ("environment", "deploy")}
+
+
+def test_compose_models_file_commented_example_is_a_valid_model():
+    """The commented SD 1.5 model is ready to uncomment: a valid model of kind `sd`, serving txt2img
+    and img2img."""
+    examples = commented_models(COMPOSE_MODELS)
+    assert set(examples) == {"sd-1.5"}
+    spec = examples["sd-1.5"]
+    assert spec["kind"] == "sd" and spec["source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    model = ModelSpec(name="sd-1.5", **spec)
+    assert set(model.tasks) == {"txt2img", "img2img"}
+    data = yaml.safe_load(COMPOSE_MODELS.read_text())
+    data["models"].update(examples)
+    assert "sd-1.5" in Catalog.model_validate(data).models
 
 
 def test_compose_redis_flags_in_a_real_redis_server(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import subprocess
 import time
@@ -72,6 +73,23 @@ def env_of(c: dict) -> dict[str, str]:
 
 def workers() -> dict[str, dict]:
     return {name: d for name, d in by_kind("Deployment").items() if name.startswith("fresco-worker-")}
+
+
+def worker_settings(monkeypatch, deployment: dict) -> Settings:
+    """The settings a worker pod of `deployment` starts with: the fresco-config map and its own env."""
+    for key in [k for k in os.environ if k.startswith("FRESCO_")]:
+        monkeypatch.delenv(key)
+    env = {**config_env(), **{k: v for k, v in env_of(container(deployment)).items() if v is not None}}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def served(monkeypatch, deployment: dict) -> set[tuple[str, str]]:
+    """The (task, model) pairs a worker pod of `deployment` serves, by the worker's own rule."""
+    from workers.runtime import Runtime
+
+    return set(Runtime(worker_settings(monkeypatch, deployment), catalog()).plan())
 
 
 # ---------------------------------------------------------------- parsing and schemas
@@ -242,21 +260,43 @@ def test_probes_and_security():
     assert "replicas" not in by_kind("Deployment")["fresco-api"]["spec"]  # the HPA owns it
 
 
-def test_worker_groups_one_gpu_each_and_grace_covers_the_longest_job():
+def test_worker_groups_one_gpu_each_and_grace_covers_the_longest_job(monkeypatch):
     settings = Settings(job_timeout_s=json.loads(config_env()["FRESCO_JOB_TIMEOUT_S"]))
-    served = []
     for name, d in workers().items():
         c = container(d)
         assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == 1
-        tasks = env_of(c)["FRESCO_WORKER_TASKS"].split(",")
-        assert set(tasks) <= set(TASKS)
-        served += tasks
+        tasks = {task for task, _ in served(monkeypatch, d)}
+        assert tasks and tasks <= set(TASKS), name
         longest = max(settings.job_timeout_s[t] for t in tasks)
         grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         assert grace >= longest + 20, (name, grace, longest)
         assert "replicas" not in d["spec"]  # KEDA owns it
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
-    assert sorted(served) == sorted(TASKS)  # every task in exactly one group
+
+
+def test_worker_groups_name_models_and_split_the_models_file_between_them(monkeypatch):
+    """Each group names models of the ConfigMap's models file (FRESCO_WORKER_MODELS), loads exactly
+    those, and no model is in two groups: every (task, model) pair of the catalogue is served by
+    exactly one group, and every task by at least one (the API's /readyz needs a worker per task)."""
+    c = catalog()
+    owner: dict[str, str] = {}
+    pairs: dict[tuple[str, str], str] = {}
+    for name, d in workers().items():
+        env = env_of(container(d))
+        models = [m.strip() for m in (env.get("FRESCO_WORKER_MODELS") or "").split(",") if m.strip()]
+        assert models, f"{name}: a GPU group names its models (FRESCO_WORKER_MODELS), it is sized by them"
+        assert set(models) <= set(c.models), (name, models, sorted(c.models))
+        assert worker_settings(monkeypatch, d).worker_models == models
+        for model in models:
+            assert model not in owner, f"{model} is in both {owner[model]} and {name}"
+            owner[model] = name
+        group = served(monkeypatch, d)
+        assert {m for _, m in group} == set(models), name  # nothing else loads, and each model serves
+        for pair in group:
+            pairs[pair] = name
+    assert set(owner) == set(c.models)  # a model no group holds would take jobs no worker runs
+    assert set(pairs) == {(t, m) for t in TASKS for m in c.models_for(t)}
+    assert {t for t, _ in pairs} == set(TASKS)
 
 
 def test_config_map_holds_valid_settings_and_models(monkeypatch):
@@ -266,32 +306,48 @@ def test_config_map_holds_valid_settings_and_models(monkeypatch):
     assert settings.redis_url.startswith("redis://redis.fresco.svc")
     assert settings.s3_bucket and settings.models_file == Path("/etc/fresco/models.yaml")
     c = catalog()
-    assert {t: c.default_for(t) for t in TASKS} == {"sdxl": "sdxl-base-1.0", "turbo": "sdxl-turbo",
-                                                    "img2img": "sdxl-base-1.0", "svd": "svd-xt"}
+    expected = {"sdxl": "sdxl-base-1.0", "turbo": "sdxl-turbo", "img2img": "sdxl-base-1.0", "svd": "svd-xt",
+                "txt2img": "sdxl-base-1.0"}
+    assert {t: c.default_for(t) for t in TASKS} == {t: expected[t] for t in TASKS}
     mount = {m["name"]: m["mountPath"] for m in container(by_kind("Deployment")["fresco-api"])["volumeMounts"]}
     assert str(settings.models_file.parent) == mount["models"]
 
 
-def test_keda_scales_each_group_on_exactly_its_queues():
+def test_config_map_models_are_the_compose_models():
+    """One example models file, in two places: deploy/README.md's groups and memory figures hold for both."""
+    in_cluster = yaml.safe_load(by_kind("ConfigMap")["fresco-models"]["data"]["models.yaml"])
+    compose = yaml.safe_load((DEPLOY / "compose" / "models.yaml").read_text())
+    assert in_cluster == compose
+
+
+def test_keda_scales_each_group_on_exactly_its_queues(monkeypatch):
+    """The redis triggers watch the queue of every (task, model) pair the group serves and no other;
+    the Prometheus trigger sums the tasks whose default model the group holds (the gauge is per task),
+    so across the groups each task is summed exactly once."""
     c = catalog()
     scaled = by_kind("ScaledObject")
     assert set(scaled) == set(workers())
+    summed: list[str] = []
     for name, d in workers().items():
         so = scaled[name]
         assert so["spec"]["scaleTargetRef"]["name"] == name
         assert so["spec"]["minReplicaCount"] >= 1  # a first job never waits for a cold start
-        tasks = env_of(container(d))["FRESCO_WORKER_TASKS"].split(",")
-        queues = {keys.rq_queue(t, m) for t in tasks for m in c.models_for(t)}
+        pairs = served(monkeypatch, d)
+        queues = {keys.rq_queue(t, m) for t, m in pairs}
         triggers = so["spec"]["triggers"]
-        assert {t["metadata"]["listName"] for t in triggers if t["type"] == "redis"} == queues
-        for t in triggers:
-            if t["type"] == "redis":
-                assert t["metadata"]["address"] == "redis.fresco.svc.cluster.local:6379"
-                assert int(t["metadata"]["listLength"]) >= 1
+        assert len({t["name"] for t in triggers}) == len(triggers), name  # KEDA needs them unique
+        redis_triggers = [t for t in triggers if t["type"] == "redis"]
+        assert sorted(t["metadata"]["listName"] for t in redis_triggers) == sorted(queues), name
+        for t in redis_triggers:
+            assert t["metadata"]["address"] == "redis.fresco.svc.cluster.local:6379"
+            assert int(t["metadata"]["listLength"]) >= 1
         (prom,) = [t for t in triggers if t["type"] == "prometheus"]
         match = re.search(r'task=~"([^"]+)"', prom["metadata"]["query"])
-        assert set(match.group(1).split("|")) == set(tasks)
+        tasks = match.group(1).split("|")
+        assert set(tasks) == {t for t, m in pairs if c.default_for(t) == m}, name
+        summed += tasks
         assert 'status=~"queued|running"' in prom["metadata"]["query"]  # running jobs count, unlike LLEN
+    assert sorted(summed) == sorted(TASKS)
 
 
 def test_prometheus_rule_equals_the_rules_file():

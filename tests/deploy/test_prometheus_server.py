@@ -11,6 +11,7 @@ import httpx
 import pytest
 import yaml
 
+from service.tasks import TASK_NAMES
 from tests.conftest import free_port, wait_status
 from tests.deploy.conftest import DEPLOY, tool
 from tests.deploy.test_dashboard import GPU_METRICS, dashboard_targets, metric_names
@@ -136,7 +137,7 @@ def test_live_values_match_the_run(prometheus):
     phases = query(prometheus, "sum by (phase) (fresco_job_phase_seconds_count)")
     assert {r["metric"]["phase"] for r in phases} == {"queue_wait", "inference", "encode", "store"}
     live = query(prometheus, "max by (task) (fresco_workers_live)")
-    assert {r["metric"]["task"]: r["value"][1] for r in live} == {"sdxl": "1", "turbo": "1", "img2img": "1", "svd": "1"}
+    assert {r["metric"]["task"]: r["value"][1] for r in live} == {task: "1" for task in TASK_NAMES}  # one worker, all
     throughput = query(prometheus, 'sum(rate(fresco_jobs_finished_total{task="turbo"}[1m]))')
     assert float(throughput[0]["value"][1]) > 0
 
