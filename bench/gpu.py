@@ -18,7 +18,15 @@ Workloads (batch 1): SDXL base + refiner 1024², 30 steps (switch 0.8); Turbo 51
 SVD-XT 25 frames 576×1024, 25 steps. `--tiny` runs the tiny profile's models at tiny sizes instead,
 on whatever device there is (the CPU here): the same code path, for the tests.
 
-    python bench/gpu.py [--only sdxl turbo svd] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
+The `memory` section times the models file's `memory:` modes (workers/memory.py) side by side on the SDXL
+base alone, 1024², 30 steps, in `--dtype` (no compilation): `default` (resident), `balanced` (model CPU
+offload), `minimal` (leaf-level group offload with CUDA streams, tiled and sliced VAE), each on a fresh
+pipeline, and prints each one's median latency and peak device memory (`torch.cuda.max_memory_allocated`,
+reset before each mode) as ratios to `default`, with the goal of `minimal` under 1.5 GB, and how far each
+mode's latents are from `default`'s (same seed: offloading moves weights, it should not change them).
+On the CPU the peak is not measurable ("n/a (CPU)") and the modes save nothing: only their latency shows.
+
+    python bench/gpu.py [--only sdxl turbo svd memory] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
     python bench/gpu.py --tiny --compile-backend eager      # CPU, seconds
     python bench/gpu.py --save-turbo /tmp/t && python bench/overhead.py --models-file /tmp/t/models.yaml
                                                             # Turbo end to end through the service
@@ -41,6 +49,8 @@ import torch  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "full_size.json"
 TARGETS_S = {"sdxl": 1.5, "turbo": 0.080, "svd": 20.0}  # on one H100 (Turbo: end to end, see BENCHMARKS.md)
+MEMORY_MODES = ("default", "balanced", "minimal")
+MINIMAL_GOAL_BYTES = 1.5e9  # minimal: under 1.5 GB peak (HCP-Diffusion's SD inference in about 1 GB)
 
 FULL = {
     "sdxl": {"width": 1024, "height": 1024, "steps": 30, "guidance_scale": 5.0, "refiner_switch": 0.8},
@@ -67,8 +77,9 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype):
-    """(pipeline, refiner or None), random weights, built in place on `device` in `dtype`."""
+def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype, base_only: bool = False):
+    """(pipeline, refiner or None), random weights, built in place on `device` in `dtype`. `base_only`:
+    no refiner for sdxl."""
     from workers import tiny as tiny_profile
 
     if tiny:
@@ -76,7 +87,7 @@ def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype):
             pipe, refiner = tiny_profile.svd(), None
         else:
             pipe = tiny_profile.sdxl_base(seed=0 if kind == "sdxl" else 3)
-            refiner = tiny_profile.sdxl_refiner(pipe) if kind == "sdxl" else None
+            refiner = tiny_profile.sdxl_refiner(pipe) if kind == "sdxl" and not base_only else None
         for p in (pipe, refiner):
             if p is not None:
                 p.set_progress_bar_config(disable=True)
@@ -106,7 +117,8 @@ def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype):
             text_2 = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["OPENCLIP_BIGG_TEXT"]))
             vae = AutoencoderKL(**cfg["SDXL_VAE"])
             unet = UNet2DConditionModel(**cfg["SDXL_BASE_UNET"])
-            refiner_unet = UNet2DConditionModel(**cfg["SDXL_REFINER_UNET"]) if kind == "sdxl" else None
+            refiner_unet = (UNet2DConditionModel(**cfg["SDXL_REFINER_UNET"])
+                            if kind == "sdxl" and not base_only else None)
     if kind == "svd":
         pipe = StableVideoDiffusionPipeline(
             vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler(tiny_profile.SVD_SCHEDULER),
@@ -292,6 +304,65 @@ def run_workload(kind: str, args, device: torch.device, out=print) -> dict:
     return row
 
 
+# ---------------------------------------------------------------- memory modes
+
+
+def memory_call(pipe, w: dict, output_type: str = "pil"):
+    gen = torch.Generator("cpu").manual_seed(0)
+    return pipe(prompt="a lighthouse", width=w["width"], height=w["height"], num_inference_steps=w["steps"],
+                guidance_scale=w["guidance_scale"], generator=gen, output_type=output_type).images
+
+
+def memory_mode(mode: str, args, device: torch.device, dtype: torch.dtype, w: dict, repeats: int):
+    """A fresh SDXL base in `mode`: (latencies, peak bytes or None, latents on the CPU)."""
+    from workers.memory import apply_memory
+    from workers.models import freeze, no_needless_upcast
+
+    pipe, _ = build("sdxl", args.tiny, device, dtype, base_only=True)
+    no_needless_upcast(pipe, dtype)  # as a worker loads it: no float32 VAE upcast in bfloat16/float32
+    freeze(pipe)
+    apply_memory(pipe, mode, device)  # the offload modes move the weights built on the device to the CPU
+    peak_reset(device)
+    with torch.inference_mode():
+        times = timed(lambda: memory_call(pipe, w), device, repeats)  # the warm-up traces the stream order
+        latents = memory_call(pipe, w, output_type="latent").float().cpu()
+    return times, peak_bytes(device), latents
+
+
+def run_memory_modes(args, device: torch.device, out=print) -> list[dict]:
+    w = (TINY if args.tiny else FULL)["sdxl"]
+    repeats = args.repeats or (2 if args.tiny else 3)
+    dtype = (getattr(torch, args.dtype) if args.dtype != "auto"
+             else torch.float16 if device.type == "cuda" else torch.float32)
+    out(f"memory modes: SDXL base {w['width']}x{w['height']}, {w['steps']} steps, "
+        f"{str(dtype).removeprefix('torch.')}, median of {repeats}; ratios to default")
+    rows, reference = [], None
+    for mode in MEMORY_MODES:
+        peak_reset(device)
+        times, peak, latents = memory_mode(mode, args, device, dtype, w, repeats)
+        reference = latents if reference is None else reference
+        row = {"workload": "memory", "mode": mode, "size": f"{w['width']}x{w['height']}", "steps": w["steps"],
+               "dtype": str(dtype).removeprefix("torch."), "repeats": repeats,
+               "latency_s": statistics.median(times), "peak_bytes": peak,
+               "latents_max_abs_diff": float((latents - reference).abs().max())}
+        row["latency_ratio"] = row["latency_s"] / rows[0]["latency_s"] if rows else 1.0
+        row["peak_ratio"] = peak / rows[0]["peak_bytes"] if rows and peak and rows[0]["peak_bytes"] else None
+        rows.append(row)
+        if peak is None:
+            memory = "peak n/a (CPU)"
+        else:
+            memory = f"peak {peak / 1e9:6.2f} GB x{row['peak_ratio'] or 1.0:.2f}"
+        goal = ""
+        if mode == "minimal":
+            row["goal_bytes"] = MINIMAL_GOAL_BYTES
+            goal = ("  goal minimal < 1.5 GB peak: " + ("n/a (CPU)" if peak is None else
+                                                         "met" if peak < MINIMAL_GOAL_BYTES else "NOT met"))
+        out(f"  {mode:9} {row['latency_s'] * 1000:9.1f} ms x{row['latency_ratio']:.2f}  {memory}  "
+            f"latents max|d| vs default {row['latents_max_abs_diff']:.2g}{goal}")
+    peak_reset(device)
+    return rows
+
+
 MODELS_YAML = """\
 # Written by bench/gpu.py --save-turbo: random Turbo weights (full size; tiny with --tiny), the tuned path.
 models:
@@ -323,7 +394,8 @@ def save_turbo(directory: Path, args, device: torch.device) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny profile's models at tiny sizes (CPU tests)")
-    parser.add_argument("--only", nargs="+", choices=["sdxl", "turbo", "svd"], default=["sdxl", "turbo", "svd"])
+    parser.add_argument("--only", nargs="+", choices=["sdxl", "turbo", "svd", "memory"],
+                        default=["sdxl", "turbo", "svd", "memory"])
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per path (default: per workload)")
     parser.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "float16", "bfloat16"],
                         help="the tuned path's dtype (plain diffusers runs float16 on a GPU, float32 on a CPU)")
@@ -349,7 +421,12 @@ def main(argv: list[str] | None = None) -> int:
           f"tuned path: {args.dtype}, channels_last, fused QKV, "
           f"{'no compile' if args.no_compile else f'regional compile ({args.compile_backend})'}")
     try:
-        rows = [run_workload(kind, args, device) for kind in args.only]
+        rows = []
+        for kind in args.only:
+            if kind == "memory":
+                rows += run_memory_modes(args, device)
+            else:
+                rows.append(run_workload(kind, args, device))
     finally:
         torch.compiler.set_stance("default")
     if args.out:

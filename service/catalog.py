@@ -169,6 +169,9 @@ class ModelSpec(BaseModel):
         if self.cpu_offload and self.memory == "default":
             self.memory = "balanced"
         self.cpu_offload = self.memory != "default"
+        if self.memory == "minimal" and self.compile:
+            raise ValueError(f"model {self.name}: `memory: minimal` offloads layer by layer, which `compile` "
+                             f"cannot trace through; use `memory: balanced` with compile")
         if self.is_tiny and self.source not in TINY_SOURCES.get(self.kind, ()):
             raise ValueError(f"model {self.name}: tiny sources of kind {self.kind} are {TINY_SOURCES.get(self.kind)}")
         if self.single_file:
@@ -285,6 +288,11 @@ class AdapterSpec(_FitsModels):
     @property
     def is_tiny(self) -> bool:
         return self.source == "tiny"
+
+    def fits(self, model: ModelSpec) -> bool:
+        # `memory: minimal` hooks each layer of the model at load: layers an adapter adds later would
+        # never reach the device. Such a model takes no adapters.
+        return model.memory != "minimal" and super().fits(model)
 
     def listing(self) -> dict:
         """How `GET /models` shows it, under each model it fits."""

@@ -199,6 +199,21 @@ def _bar(progress: dict, status: str) -> str:
     return f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage}{steps}   "
 
 
+def _control_arg(item: str) -> dict | None:
+    """`--control MODEL=FILE` or `MODEL=FILE:SCALE` as a `control` entry (None: not that form)."""
+    name, sep, path = item.partition("=")
+    scale = None
+    head, colon, tail = path.rpartition(":")
+    if colon:
+        try:
+            scale, path = float(tail), head
+        except ValueError:
+            pass
+    if not sep or not name or not Path(path).is_file():
+        return None
+    return {"model": name, "image": _data_url(Path(path)), **({"scale": scale} if scale is not None else {})}
+
+
 def cmd_generate(settings: Settings, args) -> int:
     import httpx
 
@@ -218,6 +233,12 @@ def cmd_generate(settings: Settings, args) -> int:
         except ValueError:
             entry = {"name": item}
         body.setdefault("loras", []).append(entry)
+    for item in args.control or []:
+        entry = _control_arg(item)
+        if entry is None:
+            print(f"--control takes CONTROLNET=IMAGE_FILE[:SCALE], got {item!r}", file=sys.stderr)
+            return 2
+        body.setdefault("control", []).append(entry)
     for item in args.param or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -323,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--seed", type=int)
     gen.add_argument("--lora", action="append", metavar="NAME[:SCALE]",
                      help="a LoRA GET /models lists for the model (repeat for several)")
+    gen.add_argument("--control", action="append", metavar="CONTROLNET=IMAGE[:SCALE]",
+                     help="a ControlNet GET /models lists for the model, and its control image (repeat for two)")
     gen.add_argument("--param", action="append", metavar="KEY=VALUE", help="any request field; JSON values")
     gen.add_argument("--url", default=None, help="the API's base URL (default: http://FRESCO_HOST:FRESCO_PORT)")
     gen.add_argument("--out", default=".", help="folder for the results")

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from service.catalog import Catalog, ControlNetSpec
-from workers import execution_device, tiny
+from workers import tiny
+from workers.models import place
 
 log = logging.getLogger("fresco.control")
 CANNY_THRESHOLDS = (100, 200)  # OpenCV's hysteresis thresholds, AUTOMATIC1111's and diffusers' examples' defaults
@@ -95,8 +96,7 @@ class Controls:
             base = self.model.pipe
             pipe = cls.from_pipe(base, controlnet=nets[0] if len(nets) == 1 else nets, dtype=self.model.dtype)
             pipe.set_progress_bar_config(disable=True)
-            if not self.model.spec.cpu_offload:
-                execution_device.pin(pipe, self.model.device)
+            place(pipe, self.model.spec, self.model.device)
             self.pipes[key] = pipe
             log.info("%s: built the %s control pipeline with %s", self.model.name, mode, ", ".join(names))
         return self.pipes[key]
@@ -141,7 +141,9 @@ def load_controls(catalog: Catalog, models: dict) -> None:
         for spec in specs:
             key = (spec.name, model.spec.family, model.device, model.dtype)
             if key not in loaded:
-                loaded[key] = load_controlnet(spec, model.spec.family, model.device, model.dtype)
+                # An offloaded model's ControlNet waits in CPU memory; its pipeline's hooks move it (`place`).
+                device = model.device if model.spec.memory == "default" else torch.device("cpu")
+                loaded[key] = load_controlnet(spec, model.spec.family, device, model.dtype)
                 log.info("loaded controlnet %s (%s, %s) for %s", spec.name, spec.kind, spec.source, name)
             nets[spec.name] = loaded[key]
         model.controls = Controls(model, nets)

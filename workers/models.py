@@ -8,8 +8,8 @@ The GPU path, per model in the models file (all off by default): `dtype` (bfloat
 `channels_last`, `fuse_qkv` (fused attention projections), `compile` (regional torch.compile of the
 UNet's repeated transformer blocks, warmed at start on the model's size `buckets` so no request pays
 compilation; afterwards an unseen shape runs eagerly instead of recompiling), the `vae` override (the
-fp16-fix VAE), `vae_tiling`/`vae_slicing`, `cpu_offload`. `optimize()` applies them; workers/runtime.py
-`warm_up()` runs each pipeline once per bucket.
+fp16-fix VAE), `vae_tiling`/`vae_slicing`, `memory` (workers/memory.py: offloading, `place()`).
+`optimize()` applies them; workers/runtime.py `warm_up()` runs each pipeline once per bucket.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 
 from service.catalog import SCHEDULERS, TURBO_SCHEDULER, ModelSpec
 from workers import execution_device, tiny
+from workers.memory import apply_memory
 
 log = logging.getLogger("fresco.models")
 
@@ -77,8 +78,7 @@ class LoadedModel:
                           else "StableDiffusionXLImg2ImgPipeline")
             self._img2img = cls.from_pipe(self.pipe, dtype=self.dtype)
             self._img2img.set_progress_bar_config(disable=True)
-            if not self.spec.cpu_offload:
-                execution_device.pin(self._img2img, self.device)
+            place(self._img2img, self.spec, self.device)
         return self._img2img
 
 
@@ -228,6 +228,16 @@ def _tiny(spec: ModelSpec):
     return pipe, refiner
 
 
+def place(pipe, spec: ModelSpec, device: torch.device) -> None:
+    """Where `pipe`'s weights live (workers/memory.py): all on `device`, or offloaded per the model's
+    `memory`. Every pipeline of a model goes through it, the refiner and `from_pipe` ones too."""
+    if pipe is None:
+        return
+    apply_memory(pipe, spec.memory, device)
+    if spec.memory == "default":
+        execution_device.pin(pipe, device)
+
+
 def freeze(pipe) -> None:
     """No parameter needs a gradient in a worker. Said once at load, for every module: PEFT freezes the
     base weights when a LoRA loads, and a frozen weight sends torch's matmul down another (equally
@@ -249,12 +259,8 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
     for p in (pipe, refiner):
         if p is None:
             continue
-        if spec.cpu_offload and device.type == "cuda":
-            p.enable_model_cpu_offload(device=device)
-        elif p.dtype != dtype:
-            p.to(device=device, dtype=dtype)
-        else:
-            p.to(device=device)
+        if p.dtype != dtype:
+            p.to(dtype=dtype)
         if spec.vae_tiling:
             p.vae.enable_tiling()
         if spec.vae_slicing:
@@ -262,13 +268,13 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
         p.set_progress_bar_config(disable=True)
         no_needless_upcast(p, dtype)
         freeze(p)
-        if not spec.cpu_offload:
-            execution_device.pin(p, device)
     if loras and spec.fuse_qkv:
         log.warning("%s: fuse_qkv is off because LoRAs may be used with this model (a fused projection "
                     "would bypass their layers)", spec.name)
         spec = spec.model_copy(update={"fuse_qkv": False})
     optimize(spec, pipe, refiner)
+    for p in (pipe, refiner):  # after every option that replaces weights: the offload hooks know these
+        place(p, spec, device)
     loaded = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
                          refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None)
     loaded.load_s = time.perf_counter() - started

@@ -52,7 +52,7 @@ class Runtime:
                 model = self.models[name] = load_model(self.catalog.spec(name), loras=takes_loras)
                 metrics.MODEL_LOAD_SECONDS.labels(name).set(model.load_s)
                 metrics.MODEL_LOADS.labels(name).inc()
-                if model.spec.family in ADAPTER_FAMILIES:
+                if model.spec.family in ADAPTER_FAMILIES and model.spec.memory != "minimal":
                     model.loras = Loras(model, self.catalog, files, self.settings.worker_max_loras)
                     model.loras.load_embeddings(self.catalog.adapters_for(name, "embedding"))
                     if model.spec.compile and takes_loras:
@@ -74,7 +74,7 @@ class Runtime:
         """Whether requests may bring LoRAs for model `name`: the models file lists some that fit it, or
         URL adapters are on (for a kind of model LoRAs exist for)."""
         spec = self.catalog.spec(name)
-        if not any(TASKS[task].adapters for task in spec.tasks):
+        if not any(TASKS[task].adapters for task in spec.tasks) or spec.memory == "minimal":
             return False
         return bool(self.catalog.adapters_for(name, "lora")) or self.settings.allow_adapter_urls
 

@@ -228,8 +228,9 @@ TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def lora(seed: int, layout: str = "peft", rank: int = 4, text_encoders: bool = True,
-         unet_targets=UNET_LORA_TARGETS, std: float = 0.5) -> dict:
-    """A LoRA for the tiny SDXL architecture (base and Turbo alike), made with PEFT from random weights:
+         unet_targets=UNET_LORA_TARGETS, std: float = 0.5, family: str = "sdxl") -> dict:
+    """A LoRA for the tiny SDXL architecture (base and Turbo alike; `family="sd"`: the tiny SD one, one
+    text encoder), made with PEFT from random weights:
     the state dict a trainer would save, in the diffusers/PEFT layout (`unet.<module>.lora_A.weight`)
     or the kohya layout (`lora_unet_<module>.lora_down.weight` with `.alpha`) most shared SDXL LoRAs use."""
     from diffusers import UNet2DConditionModel
@@ -237,11 +238,12 @@ def lora(seed: int, layout: str = "peft", rank: int = 4, text_encoders: bool = T
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    modules = {"unet": (UNet2DConditionModel(**SDXL_UNET), unet_targets)}
+    modules = {"unet": (UNet2DConditionModel(**(SD_UNET if family == "sd" else SDXL_UNET)), unet_targets)}
     if text_encoders:
         text_config = CLIPTextConfig(**TEXT_ENCODER)
         modules["text_encoder"] = (CLIPTextModel(text_config), TEXT_LORA_TARGETS)
-        modules["text_encoder_2"] = (CLIPTextModelWithProjection(text_config), TEXT_LORA_TARGETS)
+        if family == "sdxl":
+            modules["text_encoder_2"] = (CLIPTextModelWithProjection(text_config), TEXT_LORA_TARGETS)
     generator = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     for prefix, (module, targets) in modules.items():

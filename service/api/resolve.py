@@ -120,6 +120,11 @@ def _loras(r: Rules) -> None:
     """`loras`: each a LoRA that fits the model (by name), or an allowed URL; scales default to the
     adapter's own. The worker adds each one's content digest when it has loaded it."""
     out, seen = [], set()
+    if r.req.loras and r.spec.memory == "minimal":
+        r.error("loras", f"model {r.spec.name} runs with `memory: minimal` (layer-by-layer offloading), "
+                         f"which takes no LoRAs")
+        r.params["loras"] = []
+        return
     for i, ref in enumerate(r.req.loras):
         at = f"loras[{i}]"
         if (ref.name is None) == (ref.url is None):

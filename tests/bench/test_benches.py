@@ -75,9 +75,15 @@ def test_gpu_bench_tiny(tmp_path):
     out = tmp_path / "rows.json"
     assert gpu.main(["--tiny", "--compile-backend", "eager", "--repeats", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["workload"] for r in rows] == ["sdxl", "turbo", "svd"]
-    for r in rows:
+    assert [r["workload"] for r in rows] == ["sdxl", "turbo", "svd", "memory", "memory", "memory"]
+    for r in rows[:3]:
         assert r["plain_s"] > 0 and r["fresco_s"] > 0 and r["speedup"] > 0
+    # The memory modes section: each mode timed, no peak on the CPU, the same latents as the default mode.
+    memory = rows[3:]
+    assert [r["mode"] for r in memory] == ["default", "balanced", "minimal"]
+    for r in memory:
+        assert r["latency_s"] > 0 and r["latency_ratio"] > 0 and r["peak_bytes"] is None
+        assert r["latents_max_abs_diff"] == 0.0
 
 
 def test_gpu_bench_saves_a_turbo_for_the_end_to_end_benches(tmp_path):

@@ -56,25 +56,29 @@ def unique_parameters(modules) -> int:
 
 @pytest.fixture(scope="module")
 def parameters() -> dict[str, int]:
-    """Parameters per architecture, counted on modules built on the meta device."""
-    from bench.gpu import build
-
-    out = {}
-    meta = torch.device("meta")
-    for arch in ("sdxl", "turbo", "svd"):
-        pipe, refiner = build(arch, False, meta, torch.float16)
-        modules = [m for p in (pipe, refiner) if p is not None for m in p.components.values()
-                   if isinstance(m, torch.nn.Module)]
-        out[arch] = unique_parameters(modules)
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """Parameters per architecture, counted on modules built on the meta device from the full-size
+    configs bench/gpu.py builds its models from (read here, not imported: only tests/bench import bench/)."""
+    from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, UNet2DConditionModel,
+                           UNetSpatioTemporalConditionModel)
+    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
+                              CLIPVisionModelWithProjection)
 
     cfg = json.loads(CONFIGS.read_text())
-    with meta:  # SD 1.x: diffusers' default UNet with CLIP-L's width, the SDXL VAE's architecture, CLIP-L
-        out["sd"] = unique_parameters([UNet2DConditionModel(cross_attention_dim=768, sample_size=64),
-                                       AutoencoderKL(**cfg["SDXL_VAE"]),
-                                       CLIPTextModel(CLIPTextConfig(**cfg["CLIP_L_TEXT"]))])
-    return out
+    with torch.device("meta"):
+        vae = AutoencoderKL(**cfg["SDXL_VAE"])  # SD 1.x's VAE has the same architecture
+        clip_l = CLIPTextModel(CLIPTextConfig(**cfg["CLIP_L_TEXT"]))
+        turbo = [UNet2DConditionModel(**cfg["SDXL_BASE_UNET"]), vae, clip_l,
+                 CLIPTextModelWithProjection(CLIPTextConfig(**cfg["OPENCLIP_BIGG_TEXT"]))]
+        return {
+            # The refiner shares the base's VAE and bigG encoder.
+            "sdxl": unique_parameters([*turbo, UNet2DConditionModel(**cfg["SDXL_REFINER_UNET"])]),
+            "turbo": unique_parameters(turbo),
+            "svd": unique_parameters([UNetSpatioTemporalConditionModel(**cfg["SVD_UNET"]),
+                                      AutoencoderKLTemporalDecoder(**cfg["SVD_VAE"]),
+                                      CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["SVD_IMAGE_ENCODER"]))]),
+            # SD 1.x: diffusers' default UNet with CLIP-L's width, the SDXL VAE's architecture, CLIP-L
+            "sd": unique_parameters([UNet2DConditionModel(cross_attention_dim=768, sample_size=64), vae, clip_l]),
+        }
 
 
 @pytest.fixture(scope="module")

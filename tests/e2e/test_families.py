@@ -138,3 +138,25 @@ def test_single_file_and_pickled_models_from_a_models_file(family_stack):
         assert family_stack.workers[0].poll() is None
         assert client.get("/readyz").json()["missing_tasks"] == []
     assert "Loading pipeline components" not in (family_stack.logs / "worker0.log").read_text()
+
+
+def test_cli_generate_txt2img_with_control(stack, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    edges = tmp_path / "edges.png"
+    Image.effect_mandelbrot((96, 64), (-2, -1.2, 1, 1.2), 60).convert("RGB").save(edges)
+    cli = [sys.executable, "-m", "service.cli", "generate", "txt2img", "--url", stack.url, "--out", str(tmp_path)]
+    r = subprocess.run([*cli, "--prompt", "a house", "--control", f"tiny-sd-canny={edges}:0.7",
+                        "--param", "width=256", "--param", "height=256", "--param", "steps=2"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(list(tmp_path.glob("*.png"))) == 2  # the control image and the result
+    r = subprocess.run([*cli, "--prompt", "x", "--control", f"tiny-canny={edges}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 1 and "control[0].model: does not fit model tiny-sd" in r.stderr
+    r = subprocess.run([*cli, "--prompt", "x", "--control", "tiny-sd-canny"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "--control takes" in r.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.catalog import tiny_catalog
+from service.tasks import TASK_NAMES
 from tests.conftest import wait_status
 
 
@@ -23,7 +25,7 @@ def test_api_metrics(client):
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     fams = families(r.text)
     assert samples(fams["fresco_jobs_submitted"], task="turbo")[0].value >= 1
-    assert {s.labels["task"] for s in fams["fresco_queue_depth"].samples} == {"sdxl", "turbo", "img2img", "svd"}
+    assert {s.labels["task"] for s in fams["fresco_queue_depth"].samples} == set(TASK_NAMES)
     assert samples(fams["fresco_jobs"], task="turbo", status="succeeded")[0].value >= 1
     assert fams["fresco_redis_up"].samples[0].value == 1
     assert samples(fams["fresco_workers_live"], task="svd")[0].value >= 1
@@ -41,4 +43,4 @@ def test_worker_metrics(stack, client):
     assert phases == {"queue_wait", "inference", "encode", "store"}
     assert samples(fams["fresco_jobs_finished"], task="turbo", outcome="succeeded")[0].value >= 1
     loads = {s.labels["model"] for s in fams["fresco_model_load_seconds"].samples}
-    assert loads == {"tiny-sdxl", "tiny-turbo", "tiny-svd"}
+    assert loads == set(tiny_catalog().models)

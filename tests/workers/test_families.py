@@ -131,3 +131,51 @@ def test_worker_models_loads_only_what_it_names(tmp_path):
     assert set(runtime.models) == {"a-sdxl"}
     with pytest.raises(ValueError, match="does not have"):
         Runtime(Settings(worker_models="a-sdxl,nope"), catalog).plan()
+
+
+def test_loras_on_an_sd_model(tmp_path):
+    """LoRAs for SD 1.x models (one text encoder) load, change the image, and leave it when off."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from service.catalog import load_catalog
+    from workers import tiny
+    from workers.progress import Progress
+    from workers.runtime import Runtime
+
+    save_file(tiny.lora(31, family="sd"), str(tmp_path / "sd-style.safetensors"))
+    (tmp_path / "models.yaml").write_text(
+        "models:\n  m: {kind: sd, source: tiny, device: cpu}\n"
+        "adapters:\n  sd-style: {kind: lora, source: sd-style.safetensors, base: sd}\n")
+    runtime = Runtime(Settings(worker_tasks="txt2img", data_dir=tmp_path),
+                      load_catalog(tmp_path / "models.yaml")).load()
+    pipeline = runtime.pipeline("txt2img", "m")
+    p = {"prompt": "a", "negative_prompt": "", "seed": 1, "num_images": 1, "steps": 2, "width": 256, "height": 256,
+         "guidance_scale": 7.5, "scheduler": "euler"}
+
+    def image(loras):
+        q = dict(p, loras=loras)
+        used = pipeline.use_adapters(q)
+        with torch.inference_mode():
+            out = pipeline.run_batch([(q, None)], Progress(lambda s: False, pipeline.plan(q)))
+        return np.asarray(out[0].images[0]), used
+
+    plain, _ = image([])
+    styled, used = image([{"name": "sd-style", "scale": 1.0}])
+    assert used[0]["digest"].startswith("sha256:") and (styled != plain).mean() > 0.1
+    assert (image([])[0] == plain).all()
+
+
+def test_sdxl_single_file_checkpoint_loads_with_its_config(tmp_path):
+    """An SDXL fine-tune as one file (the tiny SDXL with a wider second text encoder: diffusers tells the two
+    encoders apart by width, as real SDXL's 768 and 1280 are; tests/workers/original_layout.py)."""
+    from tests.workers.original_layout import save_configs, save_single_file, sdxl_base
+
+    save_configs(sdxl_base(seed=7), tmp_path / "sdxl-config")
+    save_single_file(sdxl_base(seed=7), tmp_path / "sdxl-finetune.safetensors")
+    model = load_model(cpu(kind="sdxl", source=str(tmp_path / "sdxl-finetune.safetensors"),
+                           config=str(tmp_path / "sdxl-config")))
+    assert type(model.pipe).__name__ == "StableDiffusionXLPipeline" and model.spec.size == (1024, 1024)
+    # The same weights; the loaded model is frozen and in eval mode, which rounds a little differently on
+    # the CPU (about 1e-6 here), so pixels within a hundredth of an 8-bit level.
+    assert abs(pixels(model.pipe) - pixels(sdxl_base(seed=7))).max() < 4e-5

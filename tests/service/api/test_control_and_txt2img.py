@@ -150,3 +150,18 @@ def test_control_and_txt2img_with_a_models_file_controlnet(app_settings):
         r = post(api, txt2img(control=[control(model="by-name")]))
         assert_rejected(r, "control[0].model")
         assert "tiny-pai" in r.json()["error"]["fields"][0]["message"]
+
+
+def test_memory_minimal_takes_no_adapters_and_no_compile(app_settings):
+    with pytest.raises(ValueError, match="memory: minimal"):
+        ModelSpec(name="m", kind="sdxl", source="tiny", memory="minimal", compile=True)
+    catalog = tiny_catalog()
+    catalog.models["tiny-sdxl"] = catalog.models["tiny-sdxl"].model_copy(update={"memory": "minimal"})
+    assert catalog.adapters_for("tiny-sdxl") == [] and catalog.adapters_for("tiny-turbo") != []
+    from service.api.app import create_app
+
+    with TestClient(create_app(app_settings, catalog=catalog)) as api:
+        r = post(api, {"task": "sdxl", "prompt": "x", "loras": [{"name": "tiny-style"}]})
+        assert_rejected(r, "loras")
+        assert "memory: minimal" in r.text
+        assert post(api, {"task": "sdxl", "prompt": "x", "control": [control(model="tiny-canny")]}).status_code == 202
