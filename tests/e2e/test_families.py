@@ -11,18 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import Stack, wait_status
+from tests.conftest import Stack
+from tests.e2e.test_tasks import run
 from tests.workers import model_dirs
-
-DONE = {"succeeded", "failed", "canceled"}
-
-
-def run(client, body, timeout=90) -> dict:
-    r = client.post("/generate", json=body)
-    assert r.status_code == 202, r.text
-    job = wait_status(client, r.json()["id"], DONE, timeout)
-    assert job["status"] == "succeeded", job
-    return job
 
 
 def pixels(client, job, index=0) -> np.ndarray:
