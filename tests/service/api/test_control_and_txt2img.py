@@ -165,3 +165,22 @@ def test_memory_minimal_takes_no_adapters_and_no_compile(app_settings):
         assert_rejected(r, "loras")
         assert "memory: minimal" in r.text
         assert post(api, {"task": "sdxl", "prompt": "x", "control": [control(model="tiny-canny")]}).status_code == 202
+
+
+def test_the_readme_models_file_examples_are_valid():
+    """README's "Real models" section shows each kind, ControlNets and adapters: it must stay loadable."""
+    import re
+
+    import yaml
+
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text[text.index("## Real models"):], re.S)
+    data = {}
+    for block in blocks:
+        data.update(yaml.safe_load(block))
+    catalog = Catalog.model_validate(data)
+    assert {spec.kind for spec in catalog.models.values()} == {"sd", "sdxl", "turbo", "svd"}
+    assert any(spec.single_file for spec in catalog.models.values())
+    assert any(spec.trust_pickle for spec in catalog.models.values()) and catalog.controlnets and catalog.adapters
