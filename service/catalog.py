@@ -125,10 +125,10 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto: cuda when available, else cpu
     # GPU memory (workers/memory.py): everything resident (default); `balanced`: each module on the GPU
-    # only while it runs (model CPU offload); `minimal`: group offloading block by block with CUDA streams,
+    # only while it runs (model CPU offload); `minimal`: group offloading layer by layer with CUDA streams,
     # VAE tiling and slicing, for GPUs of a few GB. Same images, slower.
     memory: Literal["default", "balanced", "minimal"] = "default"
-    cpu_offload: bool = False  # the older spelling of `memory: balanced`
+    cpu_offload: bool = False  # the older spelling of `memory: balanced` (read into `memory` only)
     vae_tiling: bool = False
     vae_slicing: bool = False
     # The native (width, height) of txt2img; default: the model's own (its UNet's sample size, read from
@@ -168,7 +168,6 @@ class ModelSpec(BaseModel):
             self.num_frames = 25 if name.endswith("-xt") or "-xt-" in name else 14
         if self.cpu_offload and self.memory == "default":
             self.memory = "balanced"
-        self.cpu_offload = self.memory != "default"
         if self.memory == "minimal" and self.compile:
             raise ValueError(f"model {self.name}: `memory: minimal` offloads layer by layer, which `compile` "
                              f"cannot trace through; use `memory: balanced` with compile")
@@ -244,11 +243,23 @@ class _FitsModels(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base: list[str]
+    source: str  # hub id, local file or directory, or "tiny"
 
     @field_validator("base", mode="before")
     @classmethod
     def _base_listed(cls, v):
         return [v] if isinstance(v, str) else v
+
+    @field_validator("base")
+    @classmethod
+    def _base_given(cls, v):
+        if not v:
+            raise ValueError("names the model families, kinds or models it fits; give at least one")
+        return v
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.source == "tiny"
 
     def fits(self, model: ModelSpec) -> bool:
         return any(b == model.name or b == model.kind or model.kind in FAMILIES.get(b, ()) for b in self.base)
@@ -259,7 +270,6 @@ class AdapterSpec(_FitsModels):
 
     name: str
     kind: Literal["lora", "embedding"]
-    source: str  # hub id, local .safetensors file or directory, or "tiny"
     weight_name: str | None = None  # the file inside a hub repo or directory
     token: list[str] = []  # embeddings: the prompt token(s) that mean it
     trigger: list[str] = []  # LoRAs: words that call up the style (shown, never added to a prompt)
@@ -277,17 +287,11 @@ class AdapterSpec(_FitsModels):
             raise ValueError(f"adapter {self.name}: an embedding needs its `token`")
         if self.kind == "lora" and self.token:
             raise ValueError(f"adapter {self.name}: `token` is for embeddings; a LoRA may name `trigger` words")
-        if not self.base:
-            raise ValueError(f"adapter {self.name}: `base` names the model families, kinds or models it fits")
         path = self.weight_name or self.source
         if not self.is_tiny and Path(path).suffix.lower() in PICKLE_SUFFIXES:
             raise ValueError(f"adapter {self.name}: {Path(path).suffix} files are pickles, which can run code when "
                              f"loaded; Fresco loads adapters from .safetensors files only")
         return self
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.source == "tiny"
 
     def fits(self, model: ModelSpec) -> bool:
         # `memory: minimal` hooks each layer of the model at load: layers an adapter adds later would
@@ -310,20 +314,9 @@ class ControlNetSpec(_FitsModels):
 
     name: str
     kind: Literal[CONTROL_KINDS]  # type: ignore[valid-type]
-    source: str  # hub id, local directory, or "tiny"
     variant: str | None = None
     trust_pickle: bool = False  # load pickled (.bin) weights: only for a source you trust
     description: str = ""
-
-    @model_validator(mode="after")
-    def _check(self):
-        if not self.base:
-            raise ValueError(f"controlnet {self.name}: `base` names the model families, kinds or models it fits")
-        return self
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.source == "tiny"
 
     @property
     def preprocess(self) -> str:

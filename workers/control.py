@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from service.catalog import Catalog, ControlNetSpec
+from service.tasks import TASKS
 from workers import tiny
-from workers.models import place
+from workers.models import pickle_hint, refuse_pickles
 
 log = logging.getLogger("fresco.control")
 CANNY_THRESHOLDS = (100, 200)  # OpenCV's hysteresis thresholds, AUTOMATIC1111's and diffusers' examples' defaults
@@ -43,17 +44,15 @@ def load_controlnet(spec: ControlNetSpec, family: str, device: torch.device, dty
     else:
         from diffusers import ControlNetModel
 
+        owner = f"controlnet {spec.name}"
+        refuse_pickles(owner, spec.trust_pickle, spec.source)
         kwargs: dict[str, Any] = {"use_safetensors": not spec.trust_pickle}
         if spec.variant:
             kwargs["variant"] = spec.variant
         try:
             net = ControlNetModel.from_pretrained(spec.source, dtype=dtype, **kwargs)
         except (OSError, ValueError) as exc:
-            if spec.trust_pickle or "safetensors" not in str(exc):
-                raise
-            raise ValueError(f"controlnet {spec.name}: {spec.source} has no .safetensors weights; its pickled "
-                             f"weights can run code when loaded: set `trust_pickle: true` for it if you trust "
-                             f"its publisher, or convert it (fresco convert)") from exc
+            raise pickle_hint(exc, owner, spec.trust_pickle) from exc
     net.requires_grad_(False)
     return net.to(device=device, dtype=dtype).eval()
 
@@ -89,22 +88,17 @@ class Controls:
         """The control pipeline for `mode` ("txt2img" or "img2img") with ControlNets `names`, built once."""
         key = (mode, names)
         if key not in self.pipes:
-            import diffusers
-
-            cls = getattr(diffusers, CLASSES[(self.model.spec.family, mode)])
             nets = [self.nets[n] for n in names]
-            base = self.model.pipe
-            pipe = cls.from_pipe(base, controlnet=nets[0] if len(nets) == 1 else nets, dtype=self.model.dtype)
-            pipe.set_progress_bar_config(disable=True)
-            place(pipe, self.model.spec, self.model.device)
-            self.pipes[key] = pipe
+            self.pipes[key] = self.model.derive(CLASSES[(self.model.spec.family, mode)],
+                                                controlnet=nets[0] if len(nets) == 1 else nets)
             log.info("%s: built the %s control pipeline with %s", self.model.name, mode, ", ".join(names))
         return self.pipes[key]
 
-    def prepare(self) -> None:
-        """Every single-ControlNet pipeline, at worker start (a job with two builds its pair on first use)."""
+    def prepare(self, modes: set[str]) -> None:
+        """The single-ControlNet pipelines of `modes` (those of the tasks the worker serves the model for),
+        at worker start; a job with two ControlNets builds its pair on first use."""
         for name in self.nets:
-            for mode in ("txt2img", "img2img"):
+            for mode in sorted(modes):
                 self.pipeline(mode, (name,))
 
     def arguments(self, items: list[tuple[dict, Any]], size: tuple[int, int], image_key: str = "image") -> dict:
@@ -129,12 +123,22 @@ class Controls:
                 "control_guidance_end": [c["end"] for c in first]}
 
 
-def load_controls(catalog: Catalog, models: dict) -> None:
-    """Give each resident sd/sdxl-family model (`models`: name -> LoadedModel) the ControlNets that fit it;
-    each ControlNet loads once per device and dtype, shared by the models of its family."""
+def mode_of(task: str) -> str:
+    """Which control pipeline a task's jobs run: from an input image (img2img) or from noise."""
+    return "img2img" if TASKS[task].takes_image else "txt2img"
+
+
+def load_controls(catalog: Catalog, models: dict, served: list[tuple[str, str]]) -> None:
+    """Give each resident model (`models`: name -> LoadedModel) that the worker serves a control task for
+    (`served`: its (task, model) pairs) the ControlNets that fit it; each ControlNet loads once per family,
+    device and dtype, shared by the models of its family."""
+    modes: dict[str, set[str]] = {}
+    for task, name in served:
+        if TASKS[task].control:
+            modes.setdefault(name, set()).add(mode_of(task))
     loaded: dict[tuple[str, str, torch.device, torch.dtype], Any] = {}
     for name, model in models.items():
-        specs = catalog.controlnets_for(name)
+        specs = catalog.controlnets_for(name) if name in modes else []
         if not specs:
             continue
         nets = {}
@@ -147,4 +151,4 @@ def load_controls(catalog: Catalog, models: dict) -> None:
                 log.info("loaded controlnet %s (%s, %s) for %s", spec.name, spec.kind, spec.source, name)
             nets[spec.name] = loaded[key]
         model.controls = Controls(model, nets)
-        model.controls.prepare()
+        model.controls.prepare(modes[name])

@@ -69,16 +69,21 @@ class LoadedModel:
     def name(self) -> str:
         return self.spec.name
 
-    def img2img(self):
-        """An img2img pipeline on the same modules (no second copy of the weights), built once."""
-        if self._img2img is None:
-            import diffusers
+    def derive(self, class_name: str, **components):
+        """A pipeline of diffusers class `class_name` on this model's modules (`from_pipe`: no second copy
+        of the weights), with `components` added (a ControlNet), placed like the model's own."""
+        import diffusers
 
-            cls = getattr(diffusers, "StableDiffusionImg2ImgPipeline" if self.spec.family == "sd"
-                          else "StableDiffusionXLImg2ImgPipeline")
-            self._img2img = cls.from_pipe(self.pipe, dtype=self.dtype)
-            self._img2img.set_progress_bar_config(disable=True)
-            place(self._img2img, self.spec, self.device)
+        pipe = getattr(diffusers, class_name).from_pipe(self.pipe, dtype=self.dtype, **components)
+        pipe.set_progress_bar_config(disable=True)
+        place(pipe, self.spec, self.device)
+        return pipe
+
+    def img2img(self):
+        """The img2img pipeline on the same modules, built once."""
+        if self._img2img is None:
+            self._img2img = self.derive("StableDiffusionImg2ImgPipeline" if self.spec.family == "sd"
+                                        else "StableDiffusionXLImg2ImgPipeline")
         return self._img2img
 
 
@@ -143,35 +148,37 @@ PIPELINE_OPTIONS = {"sd": {"safety_checker": None, "requires_safety_checker": Fa
 
 
 def pickled_weights(source: str) -> list[str]:
-    """The components of a local diffusers directory whose weights exist only as pickles (`*.bin`)."""
+    """The folders of a local diffusers directory (its components, or itself: a single model such as a
+    ControlNet) whose weights exist only as pickles (`*.bin`)."""
     path = Path(source)
     if not path.is_dir():
         return []
     out = []
-    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+    for folder in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
         files = [f.name for f in folder.iterdir() if f.is_file()]
         if any(f.endswith(".bin") for f in files) and not any(f.endswith(".safetensors") for f in files):
             out.append(folder.name)
     return out
 
 
-def refuse_pickles(spec: ModelSpec, *sources: str | None) -> None:
-    """Pickled weights load only with the model's `trust_pickle: true`: unpickling runs code."""
-    if spec.trust_pickle:
+def refuse_pickles(owner: str, trusted: bool, *sources: str | None) -> None:
+    """Pickled weights load only for an entry with `trust_pickle: true` (`owner`: "model x",
+    "controlnet y"): unpickling runs code."""
+    if trusted:
         return
     for source in filter(None, sources):
         pickled = pickled_weights(source)
         if pickled:
-            raise ValueError(f"model {spec.name}: {source} holds pickled weights only ({', '.join(pickled)}: .bin "
-                             f"files), and unpickling can run code. Set `trust_pickle: true` for this model if you "
-                             f"trust its publisher, or convert it to safetensors: fresco convert {source} DEST")
+            raise ValueError(f"{owner}: {source} holds pickled weights only ({', '.join(pickled)}: .bin files), "
+                             f"and unpickling can run code. Set `trust_pickle: true` for it if you trust its "
+                             f"publisher, or convert it to safetensors: fresco convert {source} DEST")
 
 
-def _pickle_hint(exc: Exception, spec: ModelSpec) -> Exception:
+def pickle_hint(exc: Exception, owner: str, trusted: bool) -> Exception:
     """diffusers' error for a hub repository without safetensors weights, with what to do about it."""
-    if not spec.trust_pickle and "safetensors" in str(exc).lower():
-        return ValueError(f"model {spec.name}: {exc}. The repository may hold pickled weights only; set "
-                          f"`trust_pickle: true` for this model if you trust its publisher")
+    if not trusted and "safetensors" in str(exc).lower():
+        return ValueError(f"{owner}: {exc}. The repository may hold pickled weights only; set "
+                          f"`trust_pickle: true` for it if you trust its publisher")
     return exc
 
 
@@ -185,7 +192,8 @@ def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
 
     cls = getattr(diffusers, PIPELINE_CLASSES[spec.kind])
     options: dict[str, Any] = {**PIPELINE_OPTIONS[spec.kind], "dtype": dtype}
-    refuse_pickles(spec, None if spec.single_file else spec.source, spec.refiner, spec.vae)
+    owner = f"model {spec.name}"
+    refuse_pickles(owner, spec.trust_pickle, None if spec.single_file else spec.source, spec.refiner, spec.vae)
     try:
         if spec.vae:
             # `variant` names the pipeline's files; a VAE override (the fp16-fix VAE) has its own.
@@ -204,7 +212,7 @@ def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
                 spec.refiner, text_encoder_2=pipe.text_encoder_2, vae=pipe.vae, add_watermarker=False, dtype=dtype,
                 use_safetensors=not spec.trust_pickle, **variant_kwargs(spec.refiner))
     except (OSError, ValueError) as exc:
-        raise _pickle_hint(_missing_weights_hint(exc, spec), spec) from exc
+        raise pickle_hint(_missing_weights_hint(exc, spec), owner, spec.trust_pickle) from exc
     return pipe, refiner
 
 

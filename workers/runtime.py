@@ -46,7 +46,7 @@ class Runtime:
 
     def load(self) -> "Runtime":
         files = AdapterFiles(self.settings)
-        for task, name in self.plan():
+        for task, name in self.plan():  # first: load each model once
             if name not in self.models:
                 takes_loras = self._takes_loras(name)
                 model = self.models[name] = load_model(self.catalog.spec(name), loras=takes_loras)
@@ -57,8 +57,9 @@ class Runtime:
                     model.loras.load_embeddings(self.catalog.adapters_for(name, "embedding"))
                     if model.spec.compile and takes_loras:
                         model.loras.prepare_slots(model.spec.lora_rank, model.spec.lora_slots)  # before warm-up
-        load_controls(self.catalog, self.models)  # after the LoRA slots: control pipelines share the modules
-        for task, name in self.plan():
+        served = self.plan()
+        load_controls(self.catalog, self.models, served)  # after the LoRA slots: control pipelines share them
+        for task, name in served:
             self.pipelines[(task, name)] = PIPELINES[task](self.models[name])
         if self.settings.worker_batch_size > 1:
             # A batch decodes (and img2img encodes) one image at a time: the VAE works at full image

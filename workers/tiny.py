@@ -186,8 +186,12 @@ def pai(seed: int = 5):
 
 
 def controlnet(unet, seed: int):
-    """A ControlNet for the tiny UNet `unet` (SD or SDXL): its encoder copied, random zero convolutions
-    and conditioning embedding (a trained ControlNet's zero convolutions are no longer zero)."""
+    """A ControlNet for the tiny UNet `unet` (SD or SDXL): its encoder copied, its zero-initialised output
+    convolutions random, as a trained ControlNet's no longer are, and its conditioning embedding (the
+    control image's path in) with He-scaled random weights, its last layer 8x stronger, so that what it
+    adds is the size of the latents it is added to. At diffusers' init that last layer is zero, and at
+    the default scale its eight narrow layers shrink the image's signal to 1e-4: the control image would
+    not reach the model (tests/workers/test_control.py checks that it does)."""
     from diffusers import ControlNetModel
 
     _seeded(seed)
@@ -195,8 +199,11 @@ def controlnet(unet, seed: int):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in net.named_parameters():
-            if "zero_conv" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+            elif name.startswith("controlnet_cond_embedding") and name.endswith("weight"):
+                gain = 8.0 if "conv_out" in name else 1.0  # as strong as the latents it is added to
+                param.copy_(torch.randn(param.shape, generator=generator) * gain * (2 / param[0].numel()) ** 0.5)
     return net
 
 

@@ -86,6 +86,8 @@ def test_control_changes_the_image_and_scale_zero_does_not(runner):
     plain = run(runner, "txt2img", MODEL, params())
     controlled = run(runner, "txt2img", MODEL, params(control=[entry()]), controls=[picture()])
     assert np.abs(controlled - plain).max() > 10
+    other = run(runner, "txt2img", MODEL, params(control=[entry()]), controls=[Image.new("RGB", (96, 64))])
+    assert np.abs(controlled - other).max() > 10  # the control image itself steers the image
     zero = run(runner, "txt2img", MODEL, params(control=[entry(scale=0.0)]), controls=[picture()])
     assert np.abs(zero - plain).max() <= 1  # the ControlNet's residuals times 0: the model's own image
     later = run(runner, "txt2img", MODEL, params(control=[entry(start=0.5)]), controls=[picture()])
@@ -138,3 +140,15 @@ def test_control_jobs_read_their_images_from_storage_and_batch(runner, module_re
         assert job(module_redis, job_id)["params"]["control"] == [entry()]
         alone = run(runner, "txt2img", MODEL, params(seed=20 + i, control=[entry()]), controls=[images[i]])
         assert same_pixels(image(runner.storage, job_id), alone)
+
+
+def test_start_up_builds_only_the_control_pipelines_the_served_tasks_use(tmp_path):
+    """A worker serving `sdxl` (and Turbo for `turbo`) builds the SDXL base's txt2img control pipeline
+    only, and gives Turbo, which it serves for no control task, no ControlNet at all."""
+    from service.settings import Settings
+    from workers.runtime import Runtime
+
+    runtime = Runtime(Settings(worker_tasks="sdxl,turbo", data_dir=tmp_path), tiny_catalog()).load()
+    assert set(runtime.models) == {"tiny-sdxl", "tiny-turbo"}
+    assert set(runtime.models["tiny-sdxl"].controls.pipes) == {("txt2img", ("tiny-canny",))}
+    assert runtime.models["tiny-turbo"].controls is None

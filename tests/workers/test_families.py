@@ -179,3 +179,17 @@ def test_sdxl_single_file_checkpoint_loads_with_its_config(tmp_path):
     # The same weights; the loaded model is frozen and in eval mode, which rounds a little differently on
     # the CPU (about 1e-6 here), so pixels within a hundredth of an 8-bit level.
     assert abs(pixels(model.pipe) - pixels(sdxl_base(seed=7))).max() < 4e-5
+
+
+def test_a_pickled_controlnet_directory_needs_trust_pickle(tmp_path):
+    from service.catalog import ControlNetSpec
+    from workers import tiny
+    from workers.control import load_controlnet
+
+    tiny.controlnet(tiny.sd().unet, 9).save_pretrained(tmp_path / "canny", safe_serialization=False)
+    assert (tmp_path / "canny" / "diffusion_pytorch_model.bin").is_file()
+    spec = ControlNetSpec(name="c", kind="canny", source=str(tmp_path / "canny"), base=["sd"])
+    with pytest.raises(ValueError, match=r"controlnet c: .* pickled weights only \(canny: .bin files\)"):
+        load_controlnet(spec, "sd", torch.device("cpu"), torch.float32)
+    trusted = load_controlnet(spec.model_copy(update={"trust_pickle": True}), "sd", torch.device("cpu"), torch.float32)
+    assert type(trusted).__name__ == "ControlNetModel"
