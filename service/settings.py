@@ -71,6 +71,22 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(24 * 3600, ge=60)  # how long an Idempotency-Key is remembered
     reaper_interval_s: float = Field(2.0, ge=0)  # how often each API process looks for lost jobs (0: never)
 
+    # Webhooks (service/webhooks/): signed per Standard Webhooks with this secret ("whsec_" + base64 of
+    # 24 to 64 random bytes; `fresco webhook-secret` makes one). Unset: requests naming a `webhook` are 422.
+    webhook_secret: str | None = None
+    # Private, loopback and link-local destinations and plain http, for local development and tests only.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60)  # one delivery attempt
+    webhook_retry_for_s: int = Field(6 * 3600, ge=3600)  # retried with backoff this long, then given up
+    webhook_dispatcher: bool = True  # each API process also delivers webhooks (`fresco webhooks` does alone)
+
+    # Compatible APIs (service/api/compat/): OpenAI Images and AUTOMATIC1111 answer when the job ends,
+    # holding the request at most this long (then a timeout error, and the job is canceled).
+    compat_wait_s: int = Field(600, ge=1, le=3600)
+    # Model names OpenAI clients send, mapped to Fresco models: "dall-e-2:sdxl-turbo,gpt-image-1:sdxl-base-1.0"
+    # or a JSON object. A client that names no model gets the first served of txt2img, sdxl and turbo.
+    openai_model_aliases: Annotated[dict[str, str], NoDecode] = {}
+
     # Models: a YAML or TOML file, or the built-in `tiny` profile (random weights, CPU, noise images).
     models_file: Path | None = None
 
@@ -124,6 +140,37 @@ class Settings(BaseSettings):
     @classmethod
     def _split_list(cls, v):
         return [item.strip() for item in v.split(",") if item.strip()] if isinstance(v, str) else v
+
+    @field_validator("openai_model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, v):
+        if isinstance(v, str):
+            text = v.strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            pairs = [item.split(":", 1) for item in text.split(",") if item.strip()]
+            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+                raise ValueError("give aliases as alias:model pairs, comma-separated, or a JSON object")
+            return {a.strip(): m.strip() for a, m in pairs}
+        return v
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_secret(cls, v):
+        if v is None or v == "":
+            return None
+        import base64
+        import binascii
+
+        if not v.startswith("whsec_"):
+            raise ValueError("the webhook secret is 'whsec_' followed by base64 (`fresco webhook-secret` makes one)")
+        try:
+            key = base64.b64decode(v[len("whsec_"):], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the webhook secret's part after 'whsec_' must be base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError("the webhook secret must hold 24 to 64 bytes (Standard Webhooks)")
+        return v
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from service.api.access import JobAccess
 from service.api.auth import Auth
+from service.api.compat import a1111, openai_images
 from service.api.deps import Context
 from service.api.errors import install_error_handlers
 from service.api.events import EventHub
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app = FastAPI(title="Fresco", version="0.1.0", lifespan=lifespan,
                   description="HTTP inference service for SDXL, SDXL Turbo, img2img and Stable Video Diffusion.")
     install_error_handlers(app)
-    for module in (generate, jobs, results, models, health):
+    for module in (generate, jobs, results, models, health, openai_images, a1111):
         app.include_router(module.router)
     metrics.instrument(app)
     app.openapi = _openapi_with_request_schema(app)

@@ -1,6 +1,7 @@
-"""Submitting a job: its input images (`image`, each `control[i].image`) to storage, then one atomic
-enqueue (protocol.submit: Fresco's record, the queued index, RQ's own job hash and queue entry, and the
-Idempotency-Key's job id).
+"""Submitting a job. `submit_request` is the one path every API shares (the native `POST /generate` and
+the compatible APIs): validate a native request body, resolve it, enqueue it. `submit` stores its input
+images (`image`, each `control[i].image`), then enqueues in one atomic step (protocol.submit: Fresco's
+record, the queued index, RQ's own job hash and queue entry, and the Idempotency-Key's job id).
 
 The API enqueues RQ's entry point by dotted path and never imports the worker code. Past the task's
 queue cap nothing is written and the answer is 503.
@@ -11,8 +12,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from service.api.errors import Unavailable
-from service.api.resolve import Resolved
+from pydantic import ValidationError
+
+from service.api.deps import Context
+from service.api.errors import Unavailable, ValidationFailed, dedupe, validation_fields
+from service.api.resolve import Resolved, resolve
+from service.api.schemas import generate_adapter
 from service.jobs import protocol
 from service.redis import REDIS_DOWN
 from service.settings import Settings
@@ -39,4 +44,17 @@ async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved
     if not enqueued:
         await asyncio.to_thread(storage.delete_job, job_id)
         raise Unavailable(f"the {task} queue is full; retry later", retry_after=QUEUE_FULL_RETRY_AFTER_S)
+    return job_id
+
+
+async def submit_request(c: Context, data, owner: str | None, idem: protocol.Idempotency | None = None) -> str:
+    """Validate `data` (a native request body, parsed JSON), resolve it and enqueue it: the job's id.
+    ValidationFailed (422, naming each field) when it is invalid; Unavailable (503) when it cannot queue."""
+    try:
+        req = generate_adapter.validate_python(data)
+    except ValidationError as exc:
+        raise ValidationFailed(dedupe(validation_fields(exc))) from None
+    resolved = await resolve(req, c.catalog, c.settings)
+    job_id = await submit(c.redis, c.storage, c.settings, resolved, owner=owner, idempotency=idem)
+    c.metrics.jobs_submitted.labels(resolved.task).inc()
     return job_id

@@ -7,16 +7,13 @@ import json
 import re
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
 
 from service.api import idempotency
 from service.api.access import MAX_WAIT_S
 from service.api.deps import Context, Ctx
-from service.api.errors import (BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType, ValidationFailed,
-                                dedupe, json_response, validation_fields)
-from service.api.resolve import resolve
-from service.api.schemas import ErrorBody, JobView, generate_adapter
-from service.api.submit import submit
+from service.api.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType, json_response
+from service.api.schemas import ErrorBody, JobView
+from service.api.submit import submit_request
 from service.jobs.protocol import Idempotency
 from service.jobs.states import TERMINAL
 from service.redis import REDIS_DOWN
@@ -61,17 +58,6 @@ def parse_json(body: bytes):
         raise BadRequest("the body is not valid JSON") from None
 
 
-async def _submit(c: Context, data, owner: str | None, idem: Idempotency | None = None) -> str:
-    try:
-        req = generate_adapter.validate_python(data)
-    except ValidationError as exc:
-        raise ValidationFailed(dedupe(validation_fields(exc))) from None
-    resolved = await resolve(req, c.catalog, c.settings)
-    job_id = await submit(c.redis, c.storage, c.settings, resolved, owner=owner, idempotency=idem)
-    c.metrics.jobs_submitted.labels(resolved.task).inc()
-    return job_id
-
-
 def prefer_wait(request: Request) -> int | None:
     header = request.headers.get("prefer")
     if not header:
@@ -104,7 +90,7 @@ async def generate(request: Request, c: Ctx):
     await c.auth.rate_limit(owner)
     key = request.headers.get("idempotency-key")
     if key is None:
-        job_id = await _submit(c, data, owner)
+        job_id = await submit_request(c, data, owner)
     else:
         idempotency.check_header(key)
         rkey, digest = idempotency.redis_key(owner, key), idempotency.body_digest(data)
@@ -115,7 +101,7 @@ async def generate(request: Request, c: Ctx):
         if job_id is None:
             try:
                 idem = Idempotency(rkey, f"{digest}:", c.settings.idempotency_ttl_s)
-                job_id = await _submit(c, data, owner, idem)
+                job_id = await submit_request(c, data, owner, idem)
             except BaseException:
                 with contextlib.suppress(Exception):
                     await idempotency.release(c.redis, rkey, digest)
