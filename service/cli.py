@@ -1,5 +1,5 @@
-"""`fresco up | api | worker | generate | hash-key | convert`: the composition root, the one module that starts
-the API (service/api/) or a worker (workers/, imported here only).
+"""`fresco up | api | worker | generate | hash-key | convert | webhooks | webhook-secret`: the composition
+root, the one module that starts the API (service/api/) or a worker (workers/, imported here only).
 
 `up` is the local run: an embedded Redis (unless FRESCO_REDIS_URL is set), the API and worker
 processes, restarted when they die, all stopped on Ctrl-C or SIGTERM. A real deployment runs
@@ -63,16 +63,13 @@ class Child:
 def cmd_up(settings: Settings, args) -> int:
     import httpx
 
-    from service.redis import EmbeddedRedis
+    from service.redis import url_or_embedded
 
     def say(msg: str) -> None:
         print(f"fresco: {msg}", flush=True)
 
-    embedded = None
-    url = settings.redis_url
-    if not url:
-        embedded = EmbeddedRedis(settings.data_dir)
-        url = embedded.url
+    url, embedded = url_or_embedded(settings)
+    if embedded:
         say(f"embedded Redis on {url} (AOF on, data in {settings.data_dir.resolve()})")
     env = child_environment(FRESCO_REDIS_URL=url)
     exe = [sys.executable, "-m", "service.cli"]
@@ -321,6 +318,31 @@ def cmd_convert(settings: Settings, args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- webhooks
+
+
+def cmd_webhooks(settings: Settings, args) -> int:
+    """Deliver webhooks alone (service/webhooks/standalone.py)."""
+    import asyncio
+
+    from service.logs import configure_logging
+    from service.webhooks.standalone import serve
+
+    if not settings.webhook_secret:
+        print("fresco webhooks: set FRESCO_WEBHOOK_SECRET (`fresco webhook-secret` makes one)", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+    return asyncio.run(serve(settings, metrics_port=args.metrics_port))
+
+
+def cmd_webhook_secret(settings: Settings, args) -> int:
+    """Print a new secret for FRESCO_WEBHOOK_SECRET (give it to the receivers too: they verify with it)."""
+    from service.webhooks.signing import new_secret
+
+    print(new_secret())
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -356,12 +378,17 @@ def main(argv: list[str] | None = None) -> int:
     conv = sub.add_parser("convert", help="rewrite a model's pickled (.bin, .ckpt) weights as safetensors")
     conv.add_argument("src", help="a diffusers model directory, or one checkpoint file")
     conv.add_argument("dst", help="a new directory (or .safetensors file) to write")
+    wh = sub.add_parser("webhooks", help="deliver webhooks alone (API processes also do, unless "
+                                         "FRESCO_WEBHOOK_DISPATCHER=false)")
+    wh.add_argument("--metrics-port", type=int, default=0, help="serve the dispatcher's /metrics here (0: off)")
+    sub.add_parser("webhook-secret", help="make a secret for FRESCO_WEBHOOK_SECRET")
     args = parser.parse_args(argv)
     settings = Settings()
     if args.command == "generate" and args.url is None:
         args.url = f"http://{settings.host}:{settings.port}"
     commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate,
-                "hash-key": cmd_hash_key, "convert": cmd_convert}
+                "hash-key": cmd_hash_key, "convert": cmd_convert, "webhooks": cmd_webhooks,
+                "webhook-secret": cmd_webhook_secret}
     return commands[args.command](settings, args)
 
 

@@ -1,15 +1,17 @@
-"""Fetching a URL a client gave (an input image, with FRESCO_ALLOW_IMAGE_URLS), guarded.
+"""Fetching a URL a client gave (an input image, with FRESCO_ALLOW_IMAGE_URLS), or posting to one (a
+webhook), guarded.
 
-Plain HTTP only (httpx): the API uses it for input images, and anything else that fetches a
-client's URL goes through it too. A server that fetches URLs for anyone is a door into its own
-network, so:
+Plain HTTP only (httpx): the API uses it for input images, the workers for adapter files, the webhook
+dispatcher for deliveries; anything else that reaches a client's URL goes through it too. A server
+that fetches URLs for anyone is a door into its own network, so:
 - only the allowed schemes (https by default);
 - the host is resolved here and every address must be public: no loopback, private, link-local
   (169.254.169.254, the cloud metadata service, is link-local), shared, multicast or reserved ones;
 - the connection goes to the address that was checked (pinned, with the original Host and TLS SNI),
   so a DNS answer that changes between check and connect (rebinding) changes nothing;
-- redirects are followed by hand, a few at most, each new URL checked the same way;
+- redirects are followed by hand, a few at most, each new URL checked the same way (a POST follows none);
 - the body is capped at a byte limit while it streams, and the whole fetch by a time limit.
+Each request checks its URL anew, so a host that later resolves to a private address is refused then.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -26,6 +29,18 @@ MAX_REDIRECTS = 3
 
 class FetchRejected(ValueError):
     """The URL breaks a rule or could not be fetched; the message is safe to show (never quotes it)."""
+
+
+class Unreachable(FetchRejected):
+    """The URL keeps the rules, but its host did not resolve, connect or answer: it may later."""
+
+
+class TimedOut(Unreachable):
+    """No answer within the time limit."""
+
+
+# Allowed networks that exempt every address from the public-only rule (local development and tests).
+ANY_ADDRESS = ["0.0.0.0/0", "::/0"]
 
 # Public-looking ranges that are not public either.
 BLOCKED_EXTRA = [ipaddress.ip_network(n) for n in (
@@ -53,11 +68,84 @@ async def _public_address(host: str, port: int, allowed: list) -> str:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        raise FetchRejected("URL host does not resolve") from None
+        raise Unreachable("URL host does not resolve") from None
     addresses = {info[4][0] for info in infos}
     if not addresses or not all(is_public(a, allowed) for a in addresses):
         raise FetchRejected("URL must point to a public address")
     return sorted(addresses)[0]
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A checked URL, ready to connect to the address that was checked: `url` names that address, and
+    the original host travels as the Host header and TLS SNI (which the certificate is checked against)."""
+
+    url: str
+    host: str
+    sni: str
+
+    def request(self, client: httpx.AsyncClient, method: str, headers: dict, content: bytes | None = None):
+        return client.build_request(method, self.url, headers={"Host": self.host, **headers}, content=content,
+                                    extensions={"sni_hostname": self.sni})
+
+
+async def pin(url: str, schemes: list[str], allowed: list) -> Pinned:
+    """Check `url` against the rules (scheme, no credentials, a host whose every address is public or
+    in `allowed`) and pin it to one checked address; FetchRejected (Unreachable when it does not resolve)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise FetchRejected("URL is not valid") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise FetchRejected(f"URL scheme must be one of {schemes}")
+    if parts.username or parts.password:
+        raise FetchRejected("URL must not carry credentials")
+    address = await _public_address(parts.hostname, port, allowed)
+    pinned_host = f"[{address}]" if ":" in address else address
+    pinned = urlunsplit((parts.scheme, f"{pinned_host}:{port}", parts.path or "/", parts.query, ""))
+    return Pinned(pinned, parts.netloc.rsplit("@", 1)[-1], parts.hostname)
+
+
+async def check_url(url: str, *, schemes: list[str], allowed_networks: list[str], timeout_s: float) -> None:
+    """FetchRejected when `url` breaks the rules or its host does not resolve (within `timeout_s`) to
+    allowed addresses: what a request that names a URL to reach later is validated with."""
+    allowed = [ipaddress.ip_network(n) for n in allowed_networks]
+    try:
+        await asyncio.wait_for(pin(url, schemes, allowed), timeout_s)
+    except asyncio.TimeoutError:
+        raise TimedOut(f"URL host did not resolve within {timeout_s:g} s") from None
+
+
+def guarded_client(**options) -> httpx.AsyncClient:
+    """The HTTP client for pinned requests: no redirects followed for it, no proxy from the environment,
+    certificates verified."""
+    return httpx.AsyncClient(follow_redirects=False, trust_env=False, verify=True, **options)
+
+
+async def post_public_url(client: httpx.AsyncClient, url: str, content: bytes, headers: dict, *,
+                          schemes: list[str], allowed_networks: list[str], timeout_s: float) -> httpx.Response:
+    """POST `content` to `url` once, at its checked address, within `timeout_s` (resolving included);
+    a redirect is an answer like any other, never followed. The response, closed (its body unread).
+    `client`: a `guarded_client` that keeps no connection alive, so no request ever rides a connection
+    made for another host's name at the same address."""
+    allowed = [ipaddress.ip_network(n) for n in allowed_networks]
+    try:
+        return await asyncio.wait_for(_post(client, url, content, headers, schemes, allowed), timeout_s)
+    except asyncio.TimeoutError:
+        raise TimedOut(f"URL did not answer within {timeout_s:g} s") from None
+
+
+async def _post(client, url: str, content: bytes, headers: dict, schemes: list[str], allowed: list) -> httpx.Response:
+    target = await pin(url, schemes, allowed)
+    try:
+        response = await client.send(target.request(client, "POST", headers, content), stream=True)
+    except httpx.TimeoutException:
+        raise TimedOut("URL did not answer in time") from None
+    except httpx.HTTPError:
+        raise Unreachable("URL could not be reached") from None
+    await response.aclose()
+    return response
 
 
 async def fetch_public_url(url: str, *, schemes: list[str], allowed_networks: list[str], max_bytes: int,
@@ -72,24 +160,13 @@ async def fetch_public_url(url: str, *, schemes: list[str], allowed_networks: li
 
 
 async def _fetch(url: str, schemes: list[str], allowed: list, max_bytes: int, accept: str) -> bytes:
-    async with httpx.AsyncClient(follow_redirects=False, trust_env=False, verify=True) as client:
+    async with guarded_client() as client:
         for _ in range(MAX_REDIRECTS + 1):
-            parts = urlsplit(url)
-            if parts.scheme not in schemes or not parts.hostname:
-                raise FetchRejected(f"URL scheme must be one of {schemes}")
-            if parts.username or parts.password:
-                raise FetchRejected("URL must not carry credentials")
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            address = await _public_address(parts.hostname, port, allowed)
-            pinned_host = f"[{address}]" if ":" in address else address
-            pinned = urlunsplit((parts.scheme, f"{pinned_host}:{port}", parts.path or "/", parts.query, ""))
-            request = client.build_request("GET", pinned, headers={"Host": parts.netloc.rsplit("@", 1)[-1],
-                                                                  "Accept": accept},
-                                           extensions={"sni_hostname": parts.hostname})
+            target = await pin(url, schemes, allowed)
             try:
-                response = await client.send(request, stream=True)
+                response = await client.send(target.request(client, "GET", {"Accept": accept}), stream=True)
             except httpx.HTTPError:
-                raise FetchRejected("URL could not be fetched") from None
+                raise Unreachable("URL could not be fetched") from None
             try:
                 if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
                     url = urljoin(url, response.headers["location"])
@@ -107,7 +184,7 @@ async def _fetch(url: str, schemes: list[str], allowed: list, max_bytes: int, ac
                     chunks.append(chunk)
                 return b"".join(chunks)
             except httpx.HTTPError:
-                raise FetchRejected("URL could not be fetched") from None
+                raise Unreachable("URL could not be fetched") from None
             finally:
                 await response.aclose()
     raise FetchRejected(f"URL redirected more than {MAX_REDIRECTS} times")

@@ -68,6 +68,15 @@ class EmbeddedRedis:
 RETRIES, BACKOFF_CAP_S, BACKOFF_BASE_S = 2, 0.2, 0.02
 
 
+def url_or_embedded(settings) -> tuple[str, EmbeddedRedis | None]:
+    """The configured Redis URL; with none, an embedded server's (started, or joined, under the data
+    directory), which the caller closes when done."""
+    if settings.redis_url:
+        return settings.redis_url, None
+    embedded = EmbeddedRedis(settings.data_dir)
+    return embedded.url, embedded
+
+
 def async_client(url: str, *, socket_timeout: float | None = 5):
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry

@@ -21,6 +21,19 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from service.tasks import TASK_NAMES, TASKS
 
 
+def _mapping(v, what: str):
+    """A setting given as `name:value,name:value` or as a JSON object, read into a dict (other values as they are)."""
+    if not isinstance(v, str):
+        return v
+    text = v.strip()
+    if text.startswith("{"):
+        return json.loads(text)
+    pairs = [item.split(":", 1) for item in text.split(",") if item.strip()]
+    if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ValueError(f"give {what} as name:value pairs, comma-separated, or as a JSON object")
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FRESCO_", extra="ignore")
 
@@ -79,6 +92,9 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, le=60)  # one delivery attempt
     webhook_retry_for_s: int = Field(6 * 3600, ge=3600)  # retried with backoff this long, then given up
     webhook_dispatcher: bool = True  # each API process also delivers webhooks (`fresco webhooks` does alone)
+    # The first retry waits up to this long (full jitter), each next one up to twice as long (at most an hour).
+    webhook_backoff_s: float = Field(5.0, gt=0, le=3600)
+    webhook_progress_interval_s: float = Field(1.0, ge=0)  # the least time between two progress deliveries of a job
 
     # Compatible APIs (service/api/compat/): OpenAI Images and AUTOMATIC1111 answer when the job ends,
     # holding the request at most this long (then a timeout error, and the job is canceled).
@@ -144,15 +160,7 @@ class Settings(BaseSettings):
     @field_validator("openai_model_aliases", mode="before")
     @classmethod
     def _parse_aliases(cls, v):
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("{"):
-                return json.loads(text)
-            pairs = [item.split(":", 1) for item in text.split(",") if item.strip()]
-            if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
-                raise ValueError("give aliases as alias:model pairs, comma-separated, or a JSON object")
-            return {a.strip(): m.strip() for a, m in pairs}
-        return v
+        return _mapping(v, "aliases")
 
     @field_validator("webhook_secret")
     @classmethod
@@ -175,12 +183,7 @@ class Settings(BaseSettings):
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, v):
-        if isinstance(v, str):
-            text = v.strip()
-            if text.startswith("{"):
-                v = json.loads(text)
-            else:
-                v = dict(item.strip().split(":", 1) for item in text.split(",") if item.strip())
+        v = _mapping(v, "API keys")
         for name, hexdigest in v.items():
             if not name or len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest.lower()):
                 raise ValueError(f"API key {name!r}: give the SHA-256 hex digest of the key, not the key")

@@ -95,6 +95,7 @@ class Stack:
                     "FRESCO_TORCH_THREADS": "1", **(extra_env or {})}
         self.logs = data_dir / f"logs-{self.port}"
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.others: list[subprocess.Popen] = []  # processes `spawn` started beside the API and workers
         self.api = self._spawn("api", "api", {})
         self.workers = [self.spawn_worker(i) for i in range(workers)]
 
@@ -110,6 +111,12 @@ class Stack:
             self.workers[index] = proc
         elif hasattr(self, "workers"):
             self.workers.append(proc)
+        return proc
+
+    def spawn(self, name: str, command: str, env: dict | None = None) -> subprocess.Popen:
+        """Start another `fresco <command>` process on the stack's settings (`webhooks`, say), stopped with it."""
+        proc = self._spawn(name, command, env or {})
+        self.others.append(proc)
         return proc
 
     def _spawn(self, name: str, command: str, env: dict) -> subprocess.Popen:
@@ -131,6 +138,17 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError("the stack did not become ready:\n" + self.read_logs())
 
+    def wait_serving(self, task: str, timeout: float = 90) -> "Stack":
+        """Wait until a live worker serves `task` (workers serving only some tasks, FRESCO_WORKER_TASKS,
+        never make /readyz answer 200)."""
+        self.wait_ready(timeout, path="/healthz")
+        deadline = time.time() + timeout
+        while task in httpx.get(self.url + "/readyz", timeout=2).json().get("missing_tasks", [task]):
+            if time.time() > deadline or any(p.poll() is not None for p in self.workers):
+                raise RuntimeError(f"no worker serves {task}:\n" + self.read_logs())
+            time.sleep(0.2)
+        return self
+
     def read_logs(self) -> str:
         return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}" for f in self.logs.glob("*.log"))
 
@@ -146,10 +164,10 @@ class Stack:
         self.stop()
 
     def stop(self) -> None:
-        for p in [*self.workers, self.api]:
+        for p in [*self.others, *self.workers, self.api]:
             if p.poll() is None:
                 p.terminate()
-        for p in [*self.workers, self.api]:
+        for p in [*self.others, *self.workers, self.api]:
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:

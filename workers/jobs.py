@@ -240,7 +240,8 @@ class JobRunner:
         is left."""
         active = batch.active
         try:
-            stops = protocol.run_all(self.redis, [protocol.report(m.id, state) for m in active])
+            every = self.settings.webhook_progress_interval_s
+            stops = protocol.run_all(self.redis, [protocol.report(m.id, state, webhook_every_s=every) for m in active])
         except REDIS_DOWN:
             # Redis away for a moment: this step's progress is lost, the job goes on.
             log.warning("progress of %s not recorded: Redis unreachable", [m.id for m in active])

@@ -1,5 +1,6 @@
 """create_app(settings): the HTTP API. Routers, error handlers, and a lifespan that connects Redis,
-the event hub and the reaper. The API never imports torch, diffusers or the worker code."""
+the event hub, the reaper and (with a webhook secret) the webhook dispatcher. The API never imports
+torch, diffusers or the worker code."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ from service.api.routes import generate, health, jobs, models, results
 from service.api.schemas import generate_adapter
 from service.catalog import Catalog, load_catalog
 from service.jobs.reaper import Reaper
-from service.redis import EmbeddedRedis, async_client
+from service.redis import async_client, url_or_embedded
 from service.settings import Settings, get_settings
 from service.storage import storage_from_settings
+from service.webhooks.dispatcher import Dispatcher
 
 log = logging.getLogger("fresco.api")
 
@@ -51,11 +53,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        embedded = None
-        url = settings.redis_url
-        if not url:
-            embedded = EmbeddedRedis(settings.data_dir)
-            url = embedded.url
+        url, embedded = url_or_embedded(settings)
         redis = async_client(url)
         hub = EventHub(async_client(url, socket_timeout=None))
         hub.start()
@@ -69,9 +67,15 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         reaper = Reaper(redis, settings, storage)
         if settings.reaper_interval_s:
             reaper.start(settings.reaper_interval_s)
+        dispatcher = None
+        if settings.webhook_secret and settings.webhook_dispatcher:
+            dispatcher = Dispatcher(redis, settings, metrics.webhooks)
+            dispatcher.start()
         try:
             yield
         finally:
+            if dispatcher:
+                await dispatcher.stop()
             await reaper.stop()
             await hub.stop()
             await redis.aclose()

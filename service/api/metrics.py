@@ -3,8 +3,9 @@ follow Prometheus conventions with the `fresco_` prefix.
 
 Correct with several API processes (`fresco api --processes N`): counters and histograms then live in
 prometheus_client's multiprocess files (PROMETHEUS_MULTIPROC_DIR, which `fresco api` sets up), and a
-scrape, whichever process answers it, sums every process's. The queue, job and worker gauges are read
-from Redis by the process that answers the scrape, so they need no per-process state at all.
+scrape, whichever process answers it, sums every process's. The queue, job, worker and pending-webhook
+gauges are read from Redis by the process that answers the scrape, so they need no per-process state at all.
+The webhook dispatcher each API process runs counts into this registry too (service/webhooks/metrics.py).
 
 HTTP metrics come from a small ASGI middleware: `fresco_http_requests_total{method,status,handler}`
 and `fresco_http_request_duration_seconds{method,handler}`, by route template, untemplated paths
@@ -24,6 +25,7 @@ from service.jobs import keys
 from service.jobs.protocol import now
 from service.jobs.states import JobStatus
 from service.tasks import TASK_NAMES
+from service.webhooks.metrics import WebhookMetrics, pending_family
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 EXCLUDED_HANDLERS = frozenset({"/metrics"})
@@ -86,6 +88,7 @@ class ApiMetrics:
         self.http_duration = Histogram(
             "fresco_http_request_duration_seconds", "HTTP request latency by method and route template.",
             ["method", "handler"], buckets=DURATION_BUCKETS, registry=r)
+        self.webhooks = WebhookMetrics(r)
 
     def instrument(self, app) -> None:
         """HTTP requests by route and status, and their latency."""
@@ -123,6 +126,7 @@ class ApiMetrics:
                     pipe.zrange(keys.status_index(task, JobStatus.QUEUED), 0, 0, withscores=True)
                     for status in JobStatus:
                         pipe.zcard(keys.status_index(task, status))
+                pipe.zcard(keys.WEBHOOKS_DUE)
                 replies = await pipe.execute()
             at = now()
             replies = iter(replies)
@@ -136,7 +140,7 @@ class ApiMetrics:
                     jobs.add_metric([task, status], count)
                 live.add_metric([task], sum(1 for w in live_workers if task in w.get("tasks", [])))
             up.add_metric([], 1)
-            families = [depth, jobs, oldest, live, up]
+            families = [depth, jobs, oldest, live, pending_family(next(replies)), up]
         except Exception:
             up.add_metric([], 0)
             families = [up]

@@ -17,6 +17,7 @@ from service.api.inputs import DecodedImage, ImageRejected, read_image
 from service.catalog import Catalog, ModelSpec, adapter_url_problem
 from service.settings import Settings
 from service.tasks import TASKS
+from service.webhooks import targets
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Resolved:
     image: DecodedImage | None = None
     retries: int = 0
     controls: list[DecodedImage] = field(default_factory=list)  # `control[i].image`, stored as control_name(i)
+    webhook: str | None = None  # where the job's events go (not in `params`: its query may hold a token)
+    webhook_events: list[str] = field(default_factory=list)
 
     def inputs(self) -> list[tuple[str, bytes]]:
         """The job's input files, by the names the worker reads them under."""
@@ -183,6 +186,17 @@ def _control(r: Rules) -> None:
     r.params["control"] = out
 
 
+async def _webhook(r: Rules) -> None:
+    """`webhook`: a URL this server may post to (service/webhooks/targets.py); the filter only with it."""
+    if r.req.webhook is None:
+        if "webhook_events_filter" in r.req.model_fields_set:
+            r.error("webhook_events_filter", "applies only with `webhook`")
+        return
+    problem = await targets.problem(r.req.webhook, r.settings)
+    if problem:
+        r.error("webhook", problem)
+
+
 RULES: dict[str, Callable[[Rules], None]] = {"sdxl": _sdxl, "turbo": _turbo, "img2img": _img2img, "svd": _svd,
                                              "txt2img": _txt2img}
 
@@ -193,7 +207,7 @@ async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
     names = catalog.models_for(task)
     if model is None or model not in names:
         raise ValidationFailed([field_error("model", f"must be one of {names} for task {task}")])
-    params = req.model_dump(exclude={"task", "model", "image", "retries"})
+    params = req.model_dump(exclude={"task", "model", "image", "retries", "webhook", "webhook_events_filter"})
     params["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**32)
     rules = Rules(req, catalog.spec(model), catalog, settings, None, params)
     if TASKS[task].takes_image:
@@ -212,9 +226,11 @@ async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
         _loras(rules)
     if TASKS[task].control:
         _control(rules)
+    await _webhook(rules)
     if rules.errors:
         raise ValidationFailed(rules.errors)
     if rules.image is not None:
         params["image"] = {"name": rules.image.filename, "width": rules.image.width, "height": rules.image.height}
     return Resolved(task=task, model=model, params=params, image=rules.image, retries=req.retries,
-                    controls=[c for c in rules.controls if c is not None])
+                    controls=[c for c in rules.controls if c is not None], webhook=req.webhook,
+                    webhook_events=list(req.webhook_events_filter) if req.webhook else [])

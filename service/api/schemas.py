@@ -13,7 +13,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic_core import PydanticCustomError
 
 from service.catalog import CONTROL_SCALE, LORA_SCALE, MAX_CONTROLS, PREPROCESSORS, SCHEDULERS
-from service.jobs.states import ErrorCode, JobStatus, Stage
+from service.jobs.states import ErrorCode, JobStatus, Stage, WebhookEvent
 
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 ImageFormat = Literal["png", "jpeg", "webp"]
@@ -72,6 +72,21 @@ class ControlRef(BaseModel):
 
 Controls = Annotated[list[ControlRef], Field(max_length=MAX_CONTROLS)]
 
+WebhookEventName = Literal[tuple(e.value for e in WebhookEvent)]  # type: ignore[valid-type]
+
+
+def _unique(events: list[str]) -> list[str]:
+    if len(set(events)) != len(events):
+        raise PydanticCustomError("unique_events", "must name each event at most once")
+    return events
+
+
+# Where the job's events are POSTed (https; resolve checks the address): the URL's query may hold a token,
+# so it is kept out of `params` and shown without its query.
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_clean_text)]
+WebhookEvents = Annotated[list[WebhookEventName], Field(min_length=1, max_length=len(WebhookEvent)),
+                          AfterValidator(_unique)]
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -80,6 +95,8 @@ class _Request(BaseModel):
     seed: Seed | None = None
     # Run the job once more if its worker dies mid-job (worker_lost); 0 fails it instead.
     retries: int = Field(0, ge=0, le=1)
+    webhook: WebhookUrl | None = None
+    webhook_events_filter: WebhookEvents = [WebhookEvent.COMPLETED.value]
 
 
 class SDXLRequest(_Request):
@@ -224,6 +241,16 @@ class Timings(BaseModel):
     total_s: float | None = None
 
 
+class WebhookState(BaseModel):
+    """What the job's webhook got so far: `delivered` once every delivery owed has been (2xx)."""
+
+    url: str  # without its query string
+    events: list[WebhookEventName]
+    delivered: bool
+    attempts: int
+    last_status: int | None  # the last attempt's HTTP status; null before any, or when it got no answer
+
+
 class JobView(BaseModel):
     id: str
     task: str
@@ -239,6 +266,7 @@ class JobView(BaseModel):
     result: Result | None
     error: JobError | None
     timings: Timings
+    webhook: WebhookState | None = None  # null when the request named no webhook
 
 
 class FieldError(BaseModel):

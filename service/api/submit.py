@@ -35,7 +35,7 @@ async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved
     task = resolved.task
     call = protocol.submit(job_id, task, resolved.model, resolved.params, owner=owner, retries=resolved.retries,
                            timeout_s=settings.job_timeout_s[task], cap=settings.queue_cap[task],
-                           idempotency=idempotency)
+                           idempotency=idempotency, webhook=resolved.webhook, webhook_events=resolved.webhook_events)
     try:
         enqueued = await call.arun(redis)
     except REDIS_DOWN:
@@ -47,14 +47,24 @@ async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved
     return job_id
 
 
-async def submit_request(c: Context, data, owner: str | None, idem: protocol.Idempotency | None = None) -> str:
-    """Validate `data` (a native request body, parsed JSON), resolve it and enqueue it: the job's id.
-    ValidationFailed (422, naming each field) when it is invalid; Unavailable (503) when it cannot queue."""
+async def validate_request(c: Context, data) -> Resolved:
+    """`data` (a native request body, parsed JSON) validated and resolved; nothing is written yet.
+    ValidationFailed (422, naming each field) when it is invalid."""
     try:
         req = generate_adapter.validate_python(data)
     except ValidationError as exc:
         raise ValidationFailed(dedupe(validation_fields(exc))) from None
-    resolved = await resolve(req, c.catalog, c.settings)
+    return await resolve(req, c.catalog, c.settings)
+
+
+async def enqueue(c: Context, resolved: Resolved, owner: str | None,
+                  idem: protocol.Idempotency | None = None) -> str:
+    """Enqueue a resolved request and count it: the job's id. Unavailable (503) when it cannot queue."""
     job_id = await submit(c.redis, c.storage, c.settings, resolved, owner=owner, idempotency=idem)
     c.metrics.jobs_submitted.labels(resolved.task).inc()
     return job_id
+
+
+async def submit_request(c: Context, data, owner: str | None, idem: protocol.Idempotency | None = None) -> str:
+    """Validate, resolve and enqueue `data`: the job's id."""
+    return await enqueue(c, await validate_request(c, data), owner, idem)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from typing import Any, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 from service.jobs.states import queued_progress
 
@@ -20,6 +21,24 @@ def iso(ts: float | str | None) -> str | None:
 def _json(h: dict, key: str, default=None):
     value = h.get(key)
     return json.loads(value) if value else default
+
+
+def url_without_query(url: str) -> str:
+    """A URL as shown back (JobView, logs): its query and fragment, which may hold a token, left out."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _webhook(h: dict) -> dict | None:
+    """What the job's webhook got: `delivered` once every delivery owed so far has been (none owed yet: false)."""
+    url = h.get("webhook")
+    if not url:
+        return None
+    owed = int(h.get("webhook_enqueued") or 0)
+    status = h.get("webhook_last_status")
+    return {"url": url_without_query(url), "events": _json(h, "webhook_events", []),
+            "delivered": owed > 0 and int(h.get("webhook_delivered") or 0) >= owed,
+            "attempts": int(h.get("webhook_attempts") or 0), "last_status": int(status) if status else None}
 
 
 def _no_signature(job_id: str, name: str) -> str:
@@ -59,4 +78,5 @@ def to_view(h: dict[str, str], base_url: str, sign: Callable[[str, str], str] = 
         "result": result,
         "error": _json(h, "error"),
         "timings": _json(h, "timings", {}),
+        "webhook": _webhook(h),
     }

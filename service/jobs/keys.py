@@ -7,6 +7,8 @@
     fresco:worker:<name>          string: the worker's heartbeat (JSON, short TTL)
     fresco:idem:<sha256>          string: an Idempotency-Key's claim, `<body digest>:<job id>`
     fresco:rate:<key name>        string: an API key's rate-limit state (GCRA)
+    fresco:webhooks:due           sorted set: webhook delivery ids by when each is due (or its lease ends)
+    fresco:webhook:<delivery id>  hash: one webhook delivery (fields in DELIVERY_FIELDS)
     rq:queue:fresco-<task>-<model>  list: RQ's queue of one task and model (job ids)
     rq:queues                     set: RQ's registry of queue keys
     rq:job:<id>                   hash: RQ's job (JSON-serialized call of RQ_ENTRY_POINT)
@@ -32,6 +34,17 @@ JOB_FIELDS = frozenset({
     "started_at", "worker",  # set when a worker starts the job
     "finished_at", "result", "error", "timings",  # set when it ends
     "cancel",  # set by a cancel request; read by the worker at each step
+    "webhook", "webhook_events",  # set at submit when the request names a webhook: its URL, the events (JSON)
+    "webhook_enqueued", "webhook_progress_at",  # by the transitions that owe it a delivery (the outbox)
+    "webhook_delivered", "webhook_attempts", "webhook_last_status",  # by the dispatcher, after each attempt
+})
+
+# The fields of a webhook delivery (`webhook_delivery(id)`), written by the transition that owes it
+# (service/jobs/scripts/lib/webhook_outbox.lua) and by the dispatcher (service/webhooks/outbox.py).
+DELIVERY_FIELDS = frozenset({
+    "job", "event", "url", "created_at", "seq",  # the job's id, the event, where to, when, its number for the job
+    "snapshot",  # the job record as the event left it (JSON), until the body is rendered from it
+    "body", "attempts",  # the rendered body, sent as is by every attempt; attempts so far
 })
 
 
@@ -62,6 +75,13 @@ def idempotency(digest: str) -> str:
 
 def rate(owner: str) -> str:
     return f"{PREFIX}rate:{owner}"
+
+
+WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
+
+
+def webhook_delivery(delivery_id: str) -> str:
+    return f"{PREFIX}webhook:{delivery_id}"
 
 
 def queue_name(task: str, model: str) -> str:

@@ -16,6 +16,12 @@ function that performs each:
     running -> queued|failed     reap          the reaper, when the job's worker is gone
     running -> failed            fail_stuck    the reaper, when a job outlives its timeout
     queued (lost) -> queued      restore       the reaper, when a queued job is on no RQ list
+
+A job whose request named a `webhook` is owed a delivery by the transitions its filter asks for
+(start and claim: `start`; report: `progress`, at most one per interval; end, fail_stuck, cancel of a
+queued job and reap to failed: `completed`). The script that makes the transition writes it to the
+outbox in the same atomic step (scripts/lib/webhook_outbox.lua); each such function passes a fresh
+delivery id and its key, used only when one is owed. service/webhooks/ delivers them.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -37,12 +44,13 @@ from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
 from service.jobs import keys
-from service.jobs.states import (CANCELED_BY_REQUEST, ErrorCode, JobStatus, done_event, ended_progress, job_error,
-                                 progress_event, queued_progress)
+from service.jobs.states import (CANCELED_BY_REQUEST, ErrorCode, JobStatus, WebhookEvent, done_event, ended_progress,
+                                 job_error, progress_event, queued_progress)
 from service.tasks import TASK_NAMES
 
 T = TypeVar("T")
 SCRIPTS = Path(__file__).with_name("scripts")
+PROGRESS_WEBHOOK_EVERY_S = 1.0  # the least time between two progress deliveries of one job (default)
 RQ_FAILURE_TTL_S = 24 * 3600  # how long RQ keeps a failed job's hash (Fresco's record is the truth)
 _RQ_CONNECTION = redis_sync.Redis()  # RQ's Job wants one to build its hash; building never uses it
 
@@ -72,11 +80,13 @@ _SyncPipeline, _AsyncPipeline = redis_sync.client.Pipeline, redis_async.client.P
 
 
 class Script:
-    """One `scripts/<name>.lua`: its source and SHA, run by EVALSHA (loaded on first use per server)."""
+    """One `<folder>/<name>.lua` (folder: this module's `scripts/`), after the `lib` snippets it calls
+    (`scripts/lib/<lib>.lua`): its source and SHA, run by EVALSHA (loaded on first use per server)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, folder: Path = SCRIPTS, lib: Sequence[str] = ()):
         self.name = name
-        self.script = (SCRIPTS / f"{name}.lua").read_bytes()
+        self.script = b"".join([*((SCRIPTS / "lib" / f"{n}.lua").read_bytes() for n in lib),
+                                (folder / f"{name}.lua").read_bytes()])
         self.sha = hashlib.sha1(self.script).hexdigest()
 
     def run(self, client, keys_: Sequence[str], args: Sequence) -> Any:
@@ -103,8 +113,10 @@ class Script:
         return hash(self.sha)
 
 
-SUBMIT, VIEW, TRANSITION, PROGRESS, CANCEL, REAP, RESTORE, CLAIM = (
-    Script(n) for n in ("submit", "view", "transition", "progress", "cancel", "reap", "restore", "claim"))
+SUBMIT, VIEW, RESTORE = (Script(n) for n in ("submit", "view", "restore"))
+# The transitions that may owe a job's webhook a delivery.
+TRANSITION, PROGRESS, CANCEL, REAP, CLAIM = (
+    Script(n, lib=("webhook_outbox",)) for n in ("transition", "progress", "cancel", "reap", "claim"))
 
 
 @dataclass(slots=True)
@@ -179,12 +191,16 @@ class Idempotency:
 
 
 def submit(job_id: str, task: str, model: str, params: dict, *, owner: str | None, retries: int, timeout_s: int,
-           cap: int, idempotency: Idempotency | None = None, at: float | None = None) -> Call[bool]:
-    """Enqueue: True, or False when the task's queue is at `cap` (nothing written)."""
+           cap: int, idempotency: Idempotency | None = None, at: float | None = None, webhook: str | None = None,
+           webhook_events: Sequence[WebhookEvent] = ()) -> Call[bool]:
+    """Enqueue: True, or False when the task's queue is at `cap` (nothing written). `webhook`: the URL
+    the job's `webhook_events` are delivered to (kept out of `params`: its query may hold a token)."""
     at = now() if at is None else at
     record = {"id": job_id, "task": task, "model": model, "status": JobStatus.QUEUED, "created_at": repr(at),
               "params": dumps(params), "warnings": "[]", "progress": dumps(queued_progress()),
               "owner": owner or "", "retries_left": str(retries)}
+    if webhook:
+        record.update(webhook=webhook, webhook_events=dumps(list(webhook_events)))
     args: list = [job_id, repr(at), cap, idempotency.value_prefix + job_id if idempotency else "",
                   idempotency.ttl_s if idempotency else 0, len(record)]
     for pair in record.items():
@@ -223,22 +239,32 @@ def load_input(client, job_id: str) -> tuple[dict, float] | None:
 # ---------------------------------------------------------------- transitions
 
 
+def _delivery() -> tuple[str, str]:
+    """A fresh webhook delivery id (the `webhook-id` its receiver sees, the same on every retry) and
+    its hash's key, for a script that may owe the job's webhook a delivery."""
+    delivery_id = f"msg_{uuid.uuid4().hex}"
+    return delivery_id, keys.webhook_delivery(delivery_id)
+
+
 def _transition(job_id: str, task: str, allowed: Sequence[JobStatus], to: JobStatus, *, ttl: int = 0,
-                event: dict | None = None, at: float | None = None, **fields) -> Call[bool]:
+                event: dict | None = None, webhook: WebhookEvent | None = None, at: float | None = None,
+                **fields) -> Call[bool]:
     at = now() if at is None else at
-    args: list = [job_id, len(allowed), *allowed, to, repr(at), ttl, dumps(event) if event else ""]
+    delivery_id, delivery_key = _delivery()
+    args: list = [job_id, len(allowed), *allowed, to, repr(at), ttl, dumps(event) if event else "", webhook or "",
+                  delivery_id]
     for name, value in fields.items():
         args += [name, value if isinstance(value, str) else dumps(value)]
     keys_ = (keys.job(job_id), *(keys.status_index(task, s) for s in allowed), keys.status_index(task, to),
-             keys.events(job_id))
+             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key)
     return Call(TRANSITION, keys_, tuple(args), _moved)
 
 
 def start(job_id: str, task: str, *, worker: str, progress: dict, at: float) -> Call[bool]:
     """queued -> running on `worker`; False when the job was no longer queued (canceled meanwhile)."""
     return _transition(job_id, task, (JobStatus.QUEUED,), JobStatus.RUNNING, at=at,
-                       event=progress_event(JobStatus.RUNNING, progress), started_at=repr(at), worker=worker,
-                       progress=progress)
+                       event=progress_event(JobStatus.RUNNING, progress), webhook=WebhookEvent.START,
+                       started_at=repr(at), worker=worker, progress=progress)
 
 
 def end(job_id: str, task: str, status: JobStatus, *, ttl: int, progress: dict, at: float | None = None,
@@ -247,20 +273,24 @@ def end(job_id: str, task: str, status: JobStatus, *, ttl: int, progress: dict, 
     warnings); the record then expires after `ttl` seconds."""
     at = now() if at is None else at
     return _transition(job_id, task, (JobStatus.RUNNING,), status, ttl=ttl, at=at, event=done_event(status),
-                       finished_at=repr(at), progress=progress, **fields)
+                       webhook=WebhookEvent.COMPLETED, finished_at=repr(at), progress=progress, **fields)
 
 
 def fail_stuck(job_id: str, task: str, *, message: str, ttl: int, at: float) -> Call[bool]:
     """running -> failed/timeout, for a job its worker is stuck in past its timeout."""
     return _transition(job_id, task, (JobStatus.RUNNING,), JobStatus.FAILED, ttl=ttl, at=at,
-                       event=done_event(JobStatus.FAILED), finished_at=repr(at),
+                       event=done_event(JobStatus.FAILED), webhook=WebhookEvent.COMPLETED, finished_at=repr(at),
                        error=job_error(ErrorCode.TIMEOUT, message))
 
 
-def report(job_id: str, progress: dict) -> Call[bool]:
-    """Store and publish a running job's progress; True when the job should stop (cancel asked)."""
-    return Call(PROGRESS, (keys.job(job_id), keys.events(job_id)),
-                (JobStatus.RUNNING, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress))),
+def report(job_id: str, progress: dict, *, webhook_every_s: float = PROGRESS_WEBHOOK_EVERY_S,
+           at: float | None = None) -> Call[bool]:
+    """Store and publish a running job's progress; True when the job should stop (cancel asked). A job
+    whose webhook wants progress is owed a delivery when none was in the last `webhook_every_s`."""
+    delivery_id, delivery_key = _delivery()
+    return Call(PROGRESS, (keys.job(job_id), keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key),
+                (JobStatus.RUNNING, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress)),
+                 WebhookEvent.PROGRESS, delivery_id, repr(now() if at is None else at), webhook_every_s),
                 lambda reply: bool(reply))
 
 
@@ -273,25 +303,27 @@ class CancelOutcome(StrEnum):
 
 def cancel(job_id: str, task: str, model: str, *, ttl: int, at: float | None = None) -> Call[CancelOutcome]:
     at = now() if at is None else at
+    delivery_id, delivery_key = _delivery()
     keys_ = (keys.job(job_id), keys.rq_queue(task, model), keys.rq_job(job_id),
              keys.status_index(task, JobStatus.QUEUED), keys.status_index(task, JobStatus.CANCELED),
-             keys.events(job_id))
+             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key)
     args = (job_id, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELED, repr(at), ttl,
             dumps(job_error(ErrorCode.CANCELED, CANCELED_BY_REQUEST)), dumps(done_event(JobStatus.CANCELED)),
-            dumps(ended_progress()))
+            dumps(ended_progress()), WebhookEvent.COMPLETED, delivery_id)
     return Call(CANCEL, keys_, args, lambda reply: CancelOutcome(_str(reply)) if reply else CancelOutcome.MISSING)
 
 
 def reap(job_id: str, task: str, model: str, *, worker: str, ttl: int, at: float) -> Call[JobStatus | None]:
     """A running job whose worker is gone: its new status, queued (a retry was left) or failed
     (worker_lost), or None when it was not running on `worker` any more."""
+    delivery_id, delivery_key = _delivery()
     keys_ = (keys.job(job_id), keys.rq_queue(task, model), keys.status_index(task, JobStatus.RUNNING),
              keys.status_index(task, JobStatus.QUEUED), keys.status_index(task, JobStatus.FAILED),
-             keys.events(job_id))
+             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key)
     args = (job_id, worker, repr(at), ttl, JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.FAILED,
             dumps(job_error(ErrorCode.WORKER_LOST, "the worker running this job stopped answering")),
             dumps(progress_event(JobStatus.QUEUED, queued_progress())), dumps(done_event(JobStatus.FAILED)),
-            dumps(ended_progress()), dumps(queued_progress()))
+            dumps(ended_progress()), dumps(queued_progress()), WebhookEvent.COMPLETED, delivery_id)
     outcomes = {"requeued": JobStatus.QUEUED, "failed": JobStatus.FAILED}
     return Call(REAP, keys_, args, lambda reply: outcomes[_str(reply)] if reply else None)
 
@@ -331,16 +363,18 @@ def claim(task: str, model: str, job_ids: Sequence[str], *, worker: str, progres
     """Take `job_ids` off the task and model's RQ list and start them on `worker` (queued -> running);
     the jobs another worker took first, or that were canceled, are left out of the answer."""
     keys_: list[str] = [keys.rq_queue(task, model), keys.status_index(task, JobStatus.QUEUED),
-                        keys.status_index(task, JobStatus.RUNNING)]
+                        keys.status_index(task, JobStatus.RUNNING), keys.WEBHOOKS_DUE]
+    args: list = [repr(at), worker, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress)),
+                  JobStatus.QUEUED, JobStatus.RUNNING, RQStatus.STARTED.value, WebhookEvent.START]
     for job_id in job_ids:
-        keys_ += [keys.job(job_id), keys.rq_job(job_id), keys.events(job_id)]
-    args = (repr(at), worker, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress)),
-            JobStatus.QUEUED, JobStatus.RUNNING, RQStatus.STARTED.value, *job_ids)
+        delivery_id, delivery_key = _delivery()
+        keys_ += [keys.job(job_id), keys.rq_job(job_id), keys.events(job_id), delivery_key]
+        args += [job_id, delivery_id]
 
     def decode(reply) -> list[Claimed]:
         return [Claimed(_str(i), json.loads(p), float(c)) for i, p, c in zip(reply[::3], reply[1::3], reply[2::3])]
 
-    return Call(CLAIM, tuple(keys_), args, decode)
+    return Call(CLAIM, tuple(keys_), tuple(args), decode)
 
 
 def forget_rq_job(pipe, job_id: str) -> None:

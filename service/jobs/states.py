@@ -54,6 +54,15 @@ class EventType(StrEnum):
     DONE = "done"  # {"type", "status"}: the job is terminal; read it for the rest
 
 
+class WebhookEvent(StrEnum):
+    """What a job's webhook may be told (a request's `webhook_events_filter`); the delivery's `type` is
+    `job.<event>`. `completed` covers every end: succeeded, failed, canceled."""
+
+    START = "start"  # queued -> running (again, with its own delivery, after a requeue)
+    PROGRESS = "progress"  # a running job's progress, at most one delivery per job per interval
+    COMPLETED = "completed"
+
+
 def progress(stage: Stage, step: int = 0, total_steps: int = 0, fraction: float = 0.0) -> dict:
     return {"stage": stage, "step": step, "total_steps": total_steps, "fraction": fraction}
 

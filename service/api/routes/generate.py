@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 
 from service.api import idempotency
 from service.api.access import MAX_WAIT_S
-from service.api.deps import Context, Ctx
+from service.api.deps import Ctx
 from service.api.errors import BadRequest, PayloadTooLarge, Unavailable, UnsupportedMediaType, json_response
 from service.api.schemas import ErrorBody, JobView
 from service.api.submit import submit_request

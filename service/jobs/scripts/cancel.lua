@@ -1,9 +1,11 @@
 -- Cancel a job. A queued one is taken off its RQ queue (and RQ's job hash deleted) and canceled at
--- once; a running one gets the flag its worker reads at its next step.
+-- once (its webhook owed a completed delivery when it wants one); a running one gets the flag its
+-- worker reads at its next step.
 -- KEYS: 1 job record, 2 its RQ queue list, 3 its RQ job hash, 4 the task's queued index, 5 the
---       task's canceled index, 6 the job's event channel
+--       task's canceled index, 6 the job's event channel, 7 the webhook due set, 8 the delivery hash
 -- ARGV: 1 job id, 2 queued status, 3 running status, 4 canceled status, 5 now, 6 TTL of the
---       canceled record, 7 error JSON, 8 done event JSON, 9 final progress JSON
+--       canceled record, 7 error JSON, 8 done event JSON, 9 final progress JSON, 10 webhook event,
+--       11 delivery id
 -- Returns 'canceled', 'running' (flagged), 'ended' (already terminal), or false for no such job.
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return false end
@@ -16,6 +18,7 @@ if cur == ARGV[2] then
   redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[6]))
   redis.call('PUBLISH', KEYS[6], ARGV[8])
+  webhook_enqueue(KEYS[1], KEYS[7], KEYS[8], ARGV[11], ARGV[10], ARGV[5])
   return 'canceled'
 end
 if cur == ARGV[3] then

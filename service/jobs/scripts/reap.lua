@@ -1,11 +1,11 @@
 -- The reaper's move for a running job whose worker is gone, only if the job is still running on
 -- that worker (another reaper may have been first): with a retry left (and no cancel asked for) it
--- goes back to its queue, else it fails.
+-- goes back to its queue, else it fails (its webhook owed a completed delivery when it wants one).
 -- KEYS: 1 job record, 2 its RQ queue list, 3 the task's running index, 4 queued index, 5 failed
---       index, 6 the job's event channel
+--       index, 6 the job's event channel, 7 the webhook due set, 8 the delivery hash
 -- ARGV: 1 job id, 2 the worker it ran on, 3 now, 4 TTL of the failed record, 5 running status,
 --       6 queued status, 7 failed status, 8 error JSON, 9 requeue event JSON, 10 done event JSON,
---       11 final progress JSON, 12 queued progress JSON
+--       11 final progress JSON, 12 queued progress JSON, 13 webhook event, 14 delivery id
 -- Returns 'requeued', 'failed', or false when there was nothing to do.
 if redis.call('HGET', KEYS[1], 'status') ~= ARGV[5] then return false end
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[2] then return false end
@@ -23,4 +23,5 @@ redis.call('HSET', KEYS[1], 'status', ARGV[7], 'error', ARGV[8], 'finished_at', 
 redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 redis.call('PUBLISH', KEYS[6], ARGV[10])
+webhook_enqueue(KEYS[1], KEYS[7], KEYS[8], ARGV[14], ARGV[13], ARGV[3])
 return 'failed'

@@ -239,10 +239,11 @@ def test_scripts_load_again_after_a_script_flush(redis):
 # ---------------------------------------------------------------- the scripts name no key and no status
 
 LUA_STRING = re.compile(r"'([^']*)'")
-REDIS_COMMANDS = {"HGET", "HSET", "HGETALL", "HMGET", "HDEL", "ZADD", "ZREM", "ZCARD", "ZRANK", "ZREMRANGEBYSCORE",
-                  "EXPIRE", "PUBLISH", "RPUSH", "LREM", "LPOS", "SADD", "SET", "DEL", "EXISTS"}
+REDIS_COMMANDS = {"HGET", "HSET", "HGETALL", "HMGET", "HDEL", "HINCRBY", "ZADD", "ZREM", "ZCARD", "ZRANK",
+                  "ZRANGEBYSCORE", "ZREMRANGEBYSCORE", "EXPIRE", "PUBLISH", "RPUSH", "LREM", "LPOS", "SADD", "SET",
+                  "DEL", "EXISTS"}
 SCRIPT_WORDS = {
-    "EX", "-inf",  # command arguments
+    "EX", "-inf", "LIMIT",  # command arguments
     "ok", "full", "canceled", "running", "ended", "requeued", "failed",  # replies, decoded in protocol.py only
     "_queue_position",  # view.lua's extra field
     "1", "0", "",  # the cancel flag's value; no retries left; the "no event" marker
@@ -250,18 +251,27 @@ SCRIPT_WORDS = {
 }
 
 
+def assert_spells_no_key(path, allowed: set[str], *, needs_keys: bool = True) -> None:
+    """A string in a script is a Redis command, a field it may name (`allowed`), or one of a few words
+    each script documents; never a key (those come as KEYS) and never a status (those come as ARGV)."""
+    text = path.read_text()
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+    for word in LUA_STRING.findall(code):
+        assert word in REDIS_COMMANDS | allowed | SCRIPT_WORDS, f"{path.name}: '{word}'"
+        assert not word.startswith(("fresco", "rq:")), f"{path.name} spells a key: '{word}'"
+    assert ".." not in code  # no key (or anything) built by concatenation
+    assert ("KEYS[" in code) is needs_keys, path.name  # a lib snippet gets its keys from its caller
+
+
 def test_lua_scripts_spell_no_key_and_only_known_fields():
-    """A string in a script is a Redis command, a field of the job record, or one of a few words each
-    script documents; never a key (those come as KEYS) and never a status (those come as ARGV)."""
     scripts = sorted(protocol.SCRIPTS.glob("*.lua"))
     assert len(scripts) == 8
     for path in scripts:
-        text = path.read_text()
-        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
-        for word in LUA_STRING.findall(code):
-            assert word in REDIS_COMMANDS | keys.JOB_FIELDS | SCRIPT_WORDS, f"{path.name}: '{word}'"
-            assert not word.startswith(("fresco", "rq:")), f"{path.name} spells a key: '{word}'"
-        assert "KEYS[" in code and ".." not in code  # no key (or anything) built by concatenation
+        assert_spells_no_key(path, keys.JOB_FIELDS)
+    # The webhook outbox, run inside the transitions: job fields and the delivery's.
+    libs = sorted(protocol.SCRIPTS.glob("lib/*.lua"))
+    assert [p.name for p in libs] == ["webhook_outbox.lua"]
+    assert_spells_no_key(libs[0], keys.JOB_FIELDS | keys.DELIVERY_FIELDS, needs_keys=False)
 
 
 def test_replies_named_in_scripts_are_the_ones_protocol_decodes():
