@@ -4,11 +4,16 @@ Keys are configured as SHA-256 digests (`FRESCO_API_KEYS=alice:<hex>,bob:<hex>`;
 makes one), never in clear, and a presented key's digest is compared with each in constant time.
 Each job belongs to the key that made it: another key gets the same 404 as an unknown id. With keys
 on, result URLs carry an expiring HMAC signature, so a browser can fetch them without a header.
+The AUTOMATIC1111 routes (`/sdapi/v1`) also take the key as HTTP Basic credentials, since that is all
+their clients can send (Open WebUI's "API Auth String", SillyTavern's and webuiapi's `user:password`):
+the password is the key, the user name is ignored.
 The rate limit is a GCRA held atomically in Redis: `limit` requests a minute, bursts up to `limit`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import secrets
@@ -24,8 +29,30 @@ from service.jobs import keys
 class Unauthorized(FrescoError):
     status, code, message = 401, "unauthorized", "a valid API key is required (Authorization: Bearer <key>)"
 
-    def __init__(self, message: str | None = None):
-        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="fresco"'})
+    def __init__(self, message: str | None = None, scheme: str = "Bearer"):
+        super().__init__(message, headers={"WWW-Authenticate": f'{scheme} realm="fresco"'})
+
+
+BASIC_HINT = "a valid API key is required (Authorization: Bearer <key>, or Basic auth with the key as the password)"
+
+
+def _presented_key(header: str, basic: bool) -> str | None:
+    """The key an Authorization header carries: `Bearer <key>`, or with `basic`, `Basic base64(user:key)`
+    (no colon: the whole decoded value is the key). None when there is none."""
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not token:
+        return None
+    if scheme.lower() == "bearer":
+        return token
+    if basic and scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(token, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        user, colon, password = decoded.partition(":")
+        return (password if colon else user) or None
+    return None
 
 
 class RateLimited(FrescoError):
@@ -66,21 +93,22 @@ class Auth:
         self._secret = hashlib.sha256(b"fresco-result-urls\0" + secret.encode()).digest()
         self._gcra = redis.register_script(GCRA) if self.enabled and self.limit else None
 
-    def owner(self, request: Request) -> str | None:
-        """The caller's key name (None when keys are off); 401 when a key is required and not valid."""
+    def owner(self, request: Request, basic: bool = False) -> str | None:
+        """The caller's key name (None when keys are off); 401 when a key is required and not valid.
+        `basic`: HTTP Basic credentials carry the key too, and a 401 asks for them (`/sdapi/v1` only)."""
         if not self.enabled:
             return None
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized()
-        presented = digest(token.strip())
+        scheme = "Basic" if basic else "Bearer"
+        key = _presented_key(request.headers.get("authorization", ""), basic)
+        if key is None:
+            raise Unauthorized(BASIC_HINT if basic else None, scheme)
+        presented = digest(key)
         found = ""
         for name, expected in self.keys.items():  # every digest is compared: no early exit
             if hmac.compare_digest(presented, expected):
                 found = name
         if not found:
-            raise Unauthorized("the API key is not valid")
+            raise Unauthorized("the API key is not valid", scheme)
         return found
 
     async def rate_limit(self, owner: str | None) -> None:

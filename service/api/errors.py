@@ -186,6 +186,13 @@ def error_response(request: Request, exc: FrescoError) -> Response:
     return json_response(exc.body(rid), exc.status, {**exc.headers, "X-Request-ID": rid})
 
 
+def app_handler(request: Request, exc: Exception):
+    """The app's handler for `exc` (the one `install_error_handlers` registered for its class), or None:
+    for routes that answer errors in another API's shape, by reshaping what the handler answers."""
+    handlers = request.app.exception_handlers
+    return next((handlers[cls] for cls in type(exc).__mro__ if cls in handlers), None)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(FrescoError)
     async def fresco_error(request: Request, exc: FrescoError):

@@ -9,6 +9,10 @@
     fresco:rate:<key name>        string: an API key's rate-limit state (GCRA)
     fresco:webhooks:due           sorted set: webhook delivery ids by when each is due (or its lease ends)
     fresco:webhook:<delivery id>  hash: one webhook delivery (fields in DELIVERY_FIELDS)
+    fresco:a1111:options[:<key name>]  hash: AUTOMATIC1111 options an API key set (POST /sdapi/v1/options); no
+                                  key name: the one shared slot when API keys are off
+    fresco:a1111:runs[:<key name>]  sorted set: the key's AUTOMATIC1111 calls in flight, by when each expires
+    fresco:a1111:run:<run id>     hash: one AUTOMATIC1111 call (fields in A1111_RUN_FIELDS, `job:<i>` its jobs)
     rq:queue:fresco-<task>-<model>  list: RQ's queue of one task and model (job ids)
     rq:queues                     set: RQ's registry of queue keys
     rq:job:<id>                   hash: RQ's job (JSON-serialized call of RQ_ENTRY_POINT)
@@ -82,6 +86,28 @@ WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
 
 def webhook_delivery(delivery_id: str) -> str:
     return f"{PREFIX}webhook:{delivery_id}"
+
+
+# One AUTOMATIC1111 call (service/api/compat/a1111/state.py): the native jobs it planned, when it began
+# (its `job_timestamp`), whether `/interrupt` stopped it; `job:<i>` is its i-th job's id.
+A1111_RUN_FIELDS = frozenset({"count", "started", "timestamp", "interrupted"})
+
+
+def _a1111(what: str, owner: str | None) -> str:
+    return f"{PREFIX}a1111:{what}" + ("" if owner is None else f":{owner}")
+
+
+def a1111_options(owner: str | None) -> str:
+    """`owner`: the API key's name; None (keys off): the one shared slot."""
+    return _a1111("options", owner)
+
+
+def a1111_runs(owner: str | None) -> str:
+    return _a1111("runs", owner)
+
+
+def a1111_run(run_id: str) -> str:
+    return f"{PREFIX}a1111:run:{run_id}"
 
 
 def queue_name(task: str, model: str) -> str:

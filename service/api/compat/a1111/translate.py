@@ -1,0 +1,192 @@
+"""An AUTOMATIC1111 txt2img or img2img request -> the native request bodies that make its images.
+
+A1111 makes `batch_size` × `n_iter` images, image i with seed `seed + i` (a random seed when -1, drawn once).
+A native job makes at most its task's `num_images` limit, image i with its seed + i: so the images are
+split into jobs of at most that many, each job's seed where its first image's falls. The model is the
+request's `override_settings.sd_model_checkpoint`, else the key's remembered checkpoint, else the default;
+its kind picks the native task (`service/api/compat/models.py`). What the native task cannot take is
+dropped with a warning: Turbo has its own sampler, no guidance and no negative prompt, and at most 4 steps.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+
+from service.api.compat.a1111 import samplers
+from service.api.compat.a1111.checkpoints import find
+from service.api.compat.a1111.fields import IMG2IMG, MAX_SEED, TXT2IMG, Reader, unsupported
+from service.api.compat.a1111.prompt_loras import take_loras
+from service.api.compat.models import default_text_model, fit, image_task, limit, text_task
+from service.api.errors import ValidationFailed, field_error
+from service.catalog import Catalog
+
+MAX_IMAGES = 16  # batch_size × n_iter of one call: the answer carries every image, base64, in one JSON body
+CHECKPOINT_FIELD = "override_settings.sd_model_checkpoint"
+TURBO_MAX_STEPS = 4
+
+
+@dataclass
+class Plan:
+    """What one call runs, and what its answer reports (A1111's names and values)."""
+
+    mode: str  # "txt2img" | "img2img"
+    model: str
+    task: str
+    bodies: list[dict]  # native request bodies, in image order
+    seeds: list[int]  # each image's seed
+    prompt: str  # as sent, with its <lora:…> tags (A1111 reports it so)
+    negative_prompt: str
+    steps: int
+    cfg_scale: float
+    sampler_name: str
+    schedule: str  # A1111's schedule-type label
+    batch_size: int
+    n_iter: int
+    subseed: int
+    denoising_strength: float | None
+    send_images: bool
+    parameters: dict  # the request as A1111 echoes it
+    warnings: list[str] = field(default_factory=list)
+
+
+def model_for(catalog: Catalog, mode: str, requested, remembered: str | None) -> tuple[str, list[str]]:
+    """The Fresco model a call runs on, and warnings. `requested`: the request's checkpoint (a 422 when it is
+    not one); `remembered`: the key's (POST /options), falling back to the default when it no longer fits."""
+    serves = text_task if mode == "txt2img" else image_task
+    if requested not in (None, ""):
+        model = find(catalog, requested)
+        if model is None or serves(catalog, model) is None:
+            raise ValidationFailed([field_error(CHECKPOINT_FIELD, f"is no checkpoint of this server for {mode}; "
+                                                                  f"GET /sdapi/v1/sd-models lists them")])
+        return model, []
+    if remembered is not None and remembered in catalog.models and serves(catalog, remembered):
+        return remembered, []
+    warnings = [f"the checkpoint set with /sdapi/v1/options ({remembered}) is no longer served; used the default"] \
+        if remembered is not None else []
+    model = default_text_model(catalog)
+    if mode == "img2img" and (model is None or not image_task(catalog, model)):
+        model = catalog.default_for("img2img")
+    if model is None:
+        raise ValidationFailed([field_error(CHECKPOINT_FIELD, f"this server has no model for {mode}")])
+    return model, warnings
+
+
+def _echo(defaults: dict, body: dict) -> dict:
+    """`parameters`: A1111's fields at their defaults, overlaid with the request's (never a field A1111
+    does not know: SillyTavern puts its `auth` in the body)."""
+    return {name: body.get(name, default) for name, default in defaults.items()}
+
+
+@dataclass
+class Asked:
+    """What an A1111 request asks for, read with A1111's leniency (`fields.Reader`)."""
+
+    prompt: str
+    negative_prompt: str
+    batch_size: int
+    n_iter: int
+    steps: int | None  # None: not given
+    cfg_scale: float | None
+    width: int | None
+    height: int | None
+    seed: int | None  # None: random
+    subseed: int
+    sampler_name: str | None
+    schedule: str | None
+    strength: float | None
+    image: str | None
+    checkpoint: object
+    send_images: bool
+    apply_loras: bool  # false: A1111's disable_extra_networks
+    include_init_images: bool  # echo init_images in `parameters`
+
+
+def read_request(mode: str, body) -> Asked:
+    """The request's fields; a 422 naming each bad A1111 field."""
+    if not isinstance(body, dict):
+        raise ValidationFailed([field_error("body", "must be a JSON object")])
+    read = Reader(body)
+    asked = Asked(
+        prompt=read.text("prompt", ""), negative_prompt=read.text("negative_prompt", ""),
+        batch_size=read.int("batch_size", 1), n_iter=read.int("n_iter", 1), steps=read.int("steps"),
+        cfg_scale=read.number("cfg_scale"), width=read.int("width"), height=read.int("height"), seed=read.seed(),
+        subseed=read.int("subseed", -1), sampler_name=read.text("sampler_name") or read.text("sampler_index"),
+        schedule=read.text("scheduler"),
+        strength=read.number("denoising_strength", 0.75 if mode == "img2img" else None),
+        image=None, checkpoint=read.mapping("override_settings").get("sd_model_checkpoint"),
+        send_images=read.flag("send_images", True), apply_loras=not read.flag("disable_extra_networks", False),
+        include_init_images=read.flag("include_init_images", False))
+    if mode == "img2img":
+        images = body.get("init_images")
+        if not isinstance(images, list) or not images or not isinstance(images[0], str) or not images[0]:
+            read.errors.append(field_error("init_images", "must hold at least one image (base64 or a data URL)"))
+        else:
+            asked.image = images[0]
+    for name in ("batch_size", "n_iter"):
+        if isinstance(getattr(asked, name), int) and getattr(asked, name) < 1:
+            read.errors.append(field_error(name, "must be at least 1"))
+    if read.errors:
+        raise ValidationFailed(read.errors)
+    if asked.batch_size * asked.n_iter > MAX_IMAGES:
+        raise ValidationFailed([field_error("batch_size", f"batch_size × n_iter must be at most {MAX_IMAGES}")])
+    return asked
+
+
+def _turbo(asked: Asked, mode: str, warnings: list[str]) -> int:
+    """Turbo's steps for the request (1 to 4), warning about what Turbo ignores."""
+    if asked.sampler_name or asked.schedule:
+        warnings.append("turbo models run their own sampler (Euler a, trailing); sampler_name and scheduler "
+                        "were ignored")
+    if asked.cfg_scale:
+        warnings.append("turbo models run without guidance; cfg_scale was ignored")
+    if asked.negative_prompt:
+        warnings.append("turbo models take no negative prompt; it was ignored")
+    if asked.steps is None:  # one step; for img2img, enough that steps × strength makes one
+        strength = asked.strength if mode == "img2img" else None
+        return 1 if strength is None or strength <= 0 else min(TURBO_MAX_STEPS, math.ceil(1 / strength))
+    if asked.steps > TURBO_MAX_STEPS:
+        warnings.append(f"turbo models run 1 to {TURBO_MAX_STEPS} steps; ran {TURBO_MAX_STEPS}")
+        return TURBO_MAX_STEPS
+    return asked.steps
+
+
+def plan(catalog: Catalog, mode: str, body, remembered: str | None) -> Plan:
+    """The native bodies of an A1111 `mode` ("txt2img" | "img2img") request; 422 naming A1111 fields."""
+    asked = read_request(mode, body)
+    model, warnings = model_for(catalog, mode, asked.checkpoint, remembered)
+    task = text_task(catalog, model) if mode == "txt2img" else image_task(catalog, model)
+    taken = take_loras(catalog, model, asked.prompt, asked.apply_loras)
+    warnings += taken.warnings + unsupported(body, mode == "img2img")
+    fields = {"model": model, "prompt": taken.prompt or " ",  # A1111 allows an empty prompt: run it unconditioned
+              "negative_prompt": asked.negative_prompt, "width": asked.width, "height": asked.height,
+              "loras": taken.loras, "image": asked.image, "strength": asked.strength if mode == "img2img" else None}
+    if catalog.models[model].kind == "turbo":
+        choice, cfg = samplers.Choice("turbo", "Euler a", "Automatic"), 0.0
+        fields["steps"] = steps = _turbo(asked, mode, warnings)
+    else:
+        choice = samplers.choose(asked.sampler_name, asked.schedule)
+        warnings += choice.warnings
+        cfg = 7.0 if asked.cfg_scale is None else asked.cfg_scale
+        steps = 50 if asked.steps is None else asked.steps
+        fields.update(steps=steps, guidance_scale=cfg, scheduler=choice.scheduler)
+    base, dropped = fit(task, {k: v for k, v in fields.items() if v is not None})
+    if "loras" in dropped and taken.loras:
+        warnings.append(f"model {model} takes no LoRAs; the prompt's were skipped")
+
+    total = asked.batch_size * asked.n_iter
+    first = secrets.randbelow(MAX_SEED + 1) if asked.seed is None else asked.seed
+    seeds = [(first + i) % (MAX_SEED + 1) for i in range(total)]
+    per_job = limit(task, "num_images") or 1
+    bodies = [{**base, "seed": seeds[start], "num_images": min(per_job, total - start)}
+              for start in range(0, total, per_job)]
+    parameters = _echo(IMG2IMG if mode == "img2img" else TXT2IMG, body)
+    parameters["width"], parameters["height"] = asked.width, asked.height  # absent: the model's size, filled later
+    if mode == "img2img" and not asked.include_init_images:
+        parameters["init_images"] = parameters["mask"] = None
+    return Plan(mode=mode, model=model, task=task, bodies=bodies, seeds=seeds, prompt=asked.prompt,
+                negative_prompt=asked.negative_prompt, steps=steps, cfg_scale=cfg, sampler_name=choice.sampler_name,
+                schedule=choice.schedule_label, batch_size=asked.batch_size, n_iter=asked.n_iter,
+                subseed=asked.subseed, denoising_strength=asked.strength, send_images=asked.send_images,
+                parameters=parameters, warnings=warnings)
