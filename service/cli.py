@@ -9,16 +9,13 @@ processes, restarted when they die, all stopped on Ctrl-C or SIGTERM. A real dep
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import mimetypes
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from service.jobs.states import EventType, JobStatus
 from service.settings import Settings, child_environment
 from service.tasks import TASK_NAMES
 
@@ -183,21 +180,9 @@ def _value(text: str):
         return text
 
 
-def _data_url(path: Path) -> str:
-    mime = mimetypes.guess_type(path.name)[0] or "image/png"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode()
-
-
-def _bar(progress: dict, status: str) -> str:
-    fraction = float(progress.get("fraction", 0))
-    filled = int(fraction * 30)
-    stage = progress.get("stage", status)
-    steps = f" {progress.get('step', 0)}/{progress.get('total_steps', 0)}" if progress.get("total_steps") else ""
-    return f"\r[{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage}{steps}   "
-
-
 def _control_arg(item: str) -> dict | None:
-    """`--control MODEL=FILE` or `MODEL=FILE:SCALE` as a `control` entry (None: not that form)."""
+    """`--control MODEL=FILE` or `MODEL=FILE:SCALE` as a `control` entry (None: not that form). The file
+    stays a path: the client sends it as a data URL."""
     name, sep, path = item.partition("=")
     scale = None
     head, colon, tail = path.rpartition(":")
@@ -208,90 +193,121 @@ def _control_arg(item: str) -> dict | None:
             pass
     if not sep or not name or not Path(path).is_file():
         return None
-    return {"model": name, "image": _data_url(Path(path)), **({"scale": scale} if scale is not None else {})}
+    return {"model": name, "image": Path(path), **({"scale": scale} if scale is not None else {})}
 
 
-def cmd_generate(settings: Settings, args) -> int:
-    import httpx
+def _lora_arg(item: str) -> dict:
+    """`--lora NAME` or `NAME:SCALE`, as AUTOMATIC1111's <lora:name:scale>."""
+    name, sep, scale = item.rpartition(":")
+    try:
+        return {"name": name, "scale": float(scale)} if sep else {"name": item}
+    except ValueError:
+        return {"name": item}
 
-    body: dict = {"task": args.task}
-    if args.prompt is not None:
-        body["prompt"] = args.prompt
+
+def _request_fields(args) -> dict | str:
+    """The request's fields (all but `task`) from the flags; a usage message when a flag is malformed."""
+    fields: dict = {}
+    for flag in ("prompt", "model", "seed"):
+        if getattr(args, flag) is not None:
+            fields[flag] = getattr(args, flag)
     if args.image:
-        body["image"] = _data_url(Path(args.image))
-    if args.model:
-        body["model"] = args.model
-    if args.seed is not None:
-        body["seed"] = args.seed
-    for item in args.lora or []:  # NAME or NAME:SCALE, as AUTOMATIC1111's <lora:name:scale>
-        name, sep, scale = item.rpartition(":")
-        try:
-            entry = {"name": name, "scale": float(scale)} if sep else {"name": item}
-        except ValueError:
-            entry = {"name": item}
-        body.setdefault("loras", []).append(entry)
+        fields["image"] = Path(args.image)
+    if args.lora:
+        fields["loras"] = [_lora_arg(item) for item in args.lora]
     for item in args.control or []:
         entry = _control_arg(item)
         if entry is None:
-            print(f"--control takes CONTROLNET=IMAGE_FILE[:SCALE], got {item!r}", file=sys.stderr)
-            return 2
-        body.setdefault("control", []).append(entry)
+            return f"--control takes CONTROLNET=IMAGE_FILE[:SCALE], got {item!r}"
+        fields.setdefault("control", []).append(entry)
     for item in args.param or []:
         key, sep, value = item.partition("=")
         if not sep:
-            print(f"--param takes key=value, got {item!r}", file=sys.stderr)
-            return 2
-        body[key] = _value(value)
-    base = args.url.rstrip("/")
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    with httpx.Client(base_url=base, timeout=httpx.Timeout(30, read=None), headers=headers) as client:
-        r = client.post("/generate", json=body)
-        if r.status_code >= 400:
-            err = r.json().get("error", {})
-            print(f"error {r.status_code}: {err.get('message')}", file=sys.stderr)
-            for f in err.get("fields") or []:
-                print(f"  {f['field']}: {f['message']}", file=sys.stderr)
-            return 1
-        job = r.json()
-        print(f"job {job['id']} ({job['task']}, model {job['model']}, seed {job['params'].get('seed')})",
-              file=sys.stderr)
+            return f"--param takes key=value, got {item!r}"
+        fields[key] = _value(value)
+    return fields
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _report(exc) -> None:
+    """An API error as `error 422: request is invalid` and one line per failing field."""
+    _say(f"error {exc.status}: {exc.message}" if exc.status else f"error: {exc.message}")
+    for field in exc.fields:
+        _say(f"  {field.get('field')}: {field.get('message')}")
+
+
+def cmd_generate(settings: Settings, args) -> int:
+    """Submit a job, follow it with a progress bar (Ctrl-C cancels it), save its results under --out."""
+    from service.client import Client, FrescoError
+    from service.client.core import env_base_url
+
+    fields = _request_fields(args)
+    if isinstance(fields, str):
+        _say(fields)
+        return 2
+    base_url = args.url or env_base_url() or f"http://{settings.host}:{settings.port}"
+    with Client(base_url, args.api_key) as client:
         try:
-            job = _follow(client, job["id"])
-        except KeyboardInterrupt:
-            client.delete(f"/jobs/{job['id']}")
-            print("\ncanceled", file=sys.stderr)
-            return 130
-        print(file=sys.stderr)
-        if job["status"] != JobStatus.SUCCEEDED:
-            print(f"job {job['status']}: {(job.get('error') or {}).get('message')}", file=sys.stderr)
+            job = client.submit(args.task, **fields)
+            _say(f"job {job.id} ({job.task}, model {job.model}, seed {job.seed})")
+            try:
+                job = _follow(client, job)
+            except KeyboardInterrupt:
+                _cancel(client, job)
+                return 130
+            if not job.succeeded:
+                _say(f"job {job.status}: {job.error.message if job.error else ''}")
+                return 1
+            for warning in job.warnings:
+                _say(f"warning: {warning}")
+            for path in client.download(job, args.out):
+                print(path)
+        except FrescoError as exc:
+            _report(exc)
             return 1
-        for warning in job.get("warnings") or []:
-            print(f"warning: {warning}", file=sys.stderr)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        items = job["result"].get("images") or [job["result"]["video"]]
-        for item in items:
-            name = item["url"].rsplit("/", 1)[-1]
-            path = out / f"{job['id']}-{name}"
-            path.write_bytes(client.get(item["url"]).raise_for_status().content)
-            print(path)
+        except KeyboardInterrupt:  # before the job existed, or while downloading: nothing to cancel
+            return 130
     return 0
 
 
-def _follow(client, job_id: str) -> dict:
-    """Show a progress bar fed by the job's event stream; return the terminal JobView."""
-    with client.stream("GET", f"/jobs/{job_id}/events") as stream:
-        event = None
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data = json.loads(line[5:])
-                if event == EventType.DONE:
-                    print(_bar(data["progress"], data["status"]), end="", file=sys.stderr, flush=True)
-                    return data
-                print(_bar(data["progress"], data["status"]), end="", file=sys.stderr, flush=True)
-    return client.get(f"/jobs/{job_id}").json()
+def _cancel(client, job) -> None:
+    from service.client import FrescoError
+
+    try:
+        client.cancel(job)
+    except FrescoError as exc:  # it ended meanwhile (409), or the API is gone: say so, exit all the same
+        _say(f"could not cancel job {job.id}: {exc.message}")
+        return
+    _say(f"canceled job {job.id}")
+
+
+def _progress_bar():
+    """rich's progress bar on stderr: the stage, a bar, the percentage done, the denoising step, the
+    time left. On a terminal it redraws in place; into a file or pipe it writes its last state once."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.fields[stage]:<8}"), BarColumn(), TaskProgressColumn(),
+                    TextColumn("{task.fields[steps]:<11}"), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=Console(stderr=True))
+
+
+def _bar_fields(progress) -> dict:
+    steps = f"step {progress.step}/{progress.total_steps}" if progress.total_steps else ""
+    return {"completed": progress.fraction, "stage": progress.stage, "steps": steps}
+
+
+def _follow(client, job):
+    """Show the job's progress events on the bar until it ends; the terminal Job."""
+    with _progress_bar() as bar:
+        row = bar.add_task(job.id, total=1.0, **_bar_fields(job.progress))
+        # Drawn at each event, besides rich's own ticks, so that no stage goes by unseen.
+        job = client.follow(job, lambda event: bar.update(row, refresh=True, **_bar_fields(event.progress)))
+        bar.update(row, refresh=True, **_bar_fields(job.progress))
+    return job
 
 
 def cmd_hash_key(settings: Settings, args) -> int:
@@ -369,9 +385,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--control", action="append", metavar="CONTROLNET=IMAGE[:SCALE]",
                      help="a ControlNet GET /models lists for the model, and its control image (repeat for two)")
     gen.add_argument("--param", action="append", metavar="KEY=VALUE", help="any request field; JSON values")
-    gen.add_argument("--url", default=None, help="the API's base URL (default: http://FRESCO_HOST:FRESCO_PORT)")
+    gen.add_argument("--url", default=None,
+                     help="the API's base URL (default: FRESCO_URL, else http://FRESCO_HOST:FRESCO_PORT)")
     gen.add_argument("--out", default=".", help="folder for the results")
-    gen.add_argument("--api-key", default=None, help="an API key, sent as Authorization: Bearer")
+    gen.add_argument("--api-key", default=None,
+                     help="an API key, sent as Authorization: Bearer (default: FRESCO_API_KEY)")
     hk = sub.add_parser("hash-key", help="make an API key's digest for FRESCO_API_KEYS")
     hk.add_argument("name", help="the key's name, e.g. the client it belongs to")
     hk.add_argument("key", nargs="?", help="an existing key (default: make a new random one)")
@@ -384,8 +402,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("webhook-secret", help="make a secret for FRESCO_WEBHOOK_SECRET")
     args = parser.parse_args(argv)
     settings = Settings()
-    if args.command == "generate" and args.url is None:
-        args.url = f"http://{settings.host}:{settings.port}"
     commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate,
                 "hash-key": cmd_hash_key, "convert": cmd_convert, "webhooks": cmd_webhooks,
                 "webhook-secret": cmd_webhook_secret}

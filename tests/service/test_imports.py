@@ -25,6 +25,20 @@ def test_api_never_imports_torch_or_diffusers():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_the_client_needs_httpx_and_nothing_of_the_server():
+    """service/client/ runs in its users' programs: no torch, no FastAPI, no Redis, no PIL (it encodes a PIL
+    image it is given, with the PIL its caller loaded), and none of the server's own modules."""
+    heavy = ("torch", "diffusers", "transformers", "fastapi", "starlette", "pydantic", "redis", "rq", "PIL")
+    code = (f"import sys; import service.client; bad = [m for m in {heavy!r} if m in sys.modules]; "
+            "bad += [m for m in sys.modules if m.startswith('service.') and not m.startswith('service.client')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = run_python(code)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name, targets in import_graph().items():
+        if name.startswith("service.client"):
+            assert all(t.startswith("service.client") for t in targets), (name, targets)
+
+
 def test_a_worker_runs_a_job_without_fastapi_or_uvicorn():
     """The worker's modules, its RQ entry point, and a real job run through them, in a fresh process."""
     code = """

@@ -1,0 +1,171 @@
+"""Typed, read-only views of what the API answers: a `Job` (the contract's JobView) and the events of a
+job's Server-Sent Events stream. Each keeps the JSON it was read from in `raw`, so a field the server adds
+later is never out of reach."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+from urllib.parse import urlsplit
+
+from service.client.errors import JobCanceled, JobFailed
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED = "queued", "running", "succeeded", "failed", "canceled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a job is: `stage` (queued, adapters, base, refiner, denoise, decode, encode, store, done),
+    the denoising `step` of `total_steps` (0 outside denoising), and `fraction` of the whole job, 0 to 1."""
+
+    stage: str = QUEUED
+    step: int = 0
+    total_steps: int = 0
+    fraction: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Progress:
+        data = data or {}
+        return cls(stage=str(data.get("stage", QUEUED)), step=int(data.get("step") or 0),
+                   total_steps=int(data.get("total_steps") or 0), fraction=float(data.get("fraction") or 0.0))
+
+
+@dataclass(frozen=True)
+class Output:
+    """One result file: an image, or the video of an `svd` job (then `num_frames` and `fps` are set).
+    `url` is absolute and, with API keys on, signed: it works without a header until it expires."""
+
+    url: str
+    content_type: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The file's name on the server (`0.png`, `video.mp4`), without the signature's query."""
+        return urlsplit(self.url).path.rsplit("/", 1)[-1]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Output:
+        return cls(url=data["url"], content_type=data.get("content_type"), width=data.get("width"),
+                   height=data.get("height"), seed=data.get("seed"), num_frames=data.get("num_frames"),
+                   fps=data.get("fps"), raw=data)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why a job failed or was canceled: `code` (gpu_oom, timeout, worker_lost, invalid_input, canceled,
+    internal) and a readable `message`."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as the API last reported it. It does not update itself: `client.get(job.id)` reads it again."""
+
+    id: str
+    task: str
+    model: str
+    status: str
+    progress: Progress
+    params: dict
+    warnings: list[str]
+    images: list[Output]
+    video: Output | None
+    error: ErrorInfo | None
+    timings: dict
+    queue_position: int | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Job:
+        result = data.get("result") or {}
+        error = data.get("error")
+        return cls(
+            id=data["id"], task=data["task"], model=data["model"], status=data["status"],
+            progress=Progress.from_dict(data.get("progress")), params=data.get("params") or {},
+            warnings=list(data.get("warnings") or []),
+            images=[Output.from_dict(item) for item in result.get("images") or []],
+            video=Output.from_dict(result["video"]) if result.get("video") else None,
+            error=ErrorInfo(str(error.get("code")), str(error.get("message") or "")) if error else None,
+            timings=data.get("timings") or {}, queue_position=data.get("queue_position"),
+            created_at=data.get("created_at"), started_at=data.get("started_at"),
+            finished_at=data.get("finished_at"), raw=data)
+
+    @property
+    def seed(self) -> int | None:
+        """The seed the job ran with (drawn by the server when the request gave none)."""
+        return self.params.get("seed")
+
+    @property
+    def done(self) -> bool:
+        """The job has ended: succeeded, failed or canceled. Its state no longer changes."""
+        return self.status in TERMINAL
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCEEDED
+
+    @property
+    def outputs(self) -> list[Output]:
+        """Every result file: the images, or the one video."""
+        return list(self.images) + ([self.video] if self.video else [])
+
+    def raise_for_status(self) -> Job:
+        """Raise `JobFailed` or `JobCanceled` when the job ended without results; else return the job
+        (a job still queued or running raises nothing: it has not failed)."""
+        if self.status == FAILED:
+            raise JobFailed(self)
+        if self.status == CANCELED:
+            raise JobCanceled(self)
+        return self
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """A `progress` event: the job's status and progress changed. `preview` is a small
+    `data:image/webp;base64,...` image of the current latents when the stream was opened with previews."""
+
+    status: str
+    progress: Progress
+    preview: str | None = None
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """The last event of a stream: the job ended; `job` is its terminal state, results included."""
+
+    job: Job
+
+    @property
+    def status(self) -> str:
+        return self.job.status
+
+    @property
+    def progress(self) -> Progress:
+        return self.job.progress
+
+
+Event = Union[ProgressEvent, DoneEvent]
+
+
+def event_from_sse(name: str, data: Any) -> Event | None:
+    """A stream message as a typed event; None for anything else (the server's `error` message, which it
+    sends before ending a stream it cannot continue, is handled as a dropped stream)."""
+    if name == "progress" and isinstance(data, dict):
+        progress = data.get("progress") or {}
+        return ProgressEvent(status=str(data.get("status", QUEUED)), progress=Progress.from_dict(progress),
+                             preview=data.get("preview") or progress.get("preview"))
+    if name == "done" and isinstance(data, dict):
+        return DoneEvent(Job.from_dict(data))
+    return None

@@ -1,0 +1,79 @@
+"""`fresco generate` end to end against the real stack: the rich progress bar on stderr (stage, steps,
+percentage, time left), the saved result, errors field by field, Ctrl-C canceling the job."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+from PIL import Image
+
+from service.client import Client
+from tests.conftest import ROOT, free_port
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+# rich draws live only on a terminal; TTY_COMPATIBLE=1 makes it draw into the test's pipe as it would there.
+TERMINAL = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
+
+
+def fresco(*argv: str, env: dict | None = None, **kwargs):
+    return subprocess.run([sys.executable, "-m", "service.cli", "generate", *argv], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env, **kwargs)
+
+
+def test_generate_shows_stage_steps_and_time_left_then_saves_the_image(stack, tmp_path):
+    r = fresco("sdxl", "--prompt", "a house", "--seed", "5", "--param", "width=256", "--param", "height=256",
+               "--param", "steps=20", "--url", stack.url, "--out", str(tmp_path), env=TERMINAL)
+    assert r.returncode == 0, r.stderr
+    err = ANSI.sub("", r.stderr)
+    job_id = re.search(r"job (\S+) \(sdxl, model tiny-sdxl, seed 5\)", err).group(1)
+    assert re.search(r"base +\S+ +\d+% step \d+/16", err), err  # the stage, the bar, the percentage, the step
+    assert re.search(r"refiner +\S+ +\d+% step \d+/4", err), err
+    assert re.search(r"ETA \d+:\d\d:\d\d", err) and re.search(r"done +\S+ +100%", err), err
+    [path] = tmp_path.glob("*.png")
+    assert r.stdout.strip() == str(path) and path.name == f"{job_id}-0.png"
+    assert Image.open(path).size == (256, 256)
+
+
+def test_into_a_pipe_the_bar_is_written_once_in_its_last_state(stack, tmp_path):
+    pipe = {**os.environ, "TTY_COMPATIBLE": "0"}
+    r = fresco("turbo", "--prompt", "x", "--url", stack.url, "--out", str(tmp_path), env=pipe)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b[" not in r.stderr and re.search(r"done +\S+ +100% +step 1/1 +ETA 0:00:00", r.stderr), r.stderr
+
+
+def test_a_validation_error_prints_the_message_and_each_field(stack, tmp_path):
+    r = fresco("turbo", "--prompt", "x", "--param", "width=1001", "--param", "steps=9", "--url", stack.url,
+               "--out", str(tmp_path))
+    assert r.returncode == 1 and not list(tmp_path.iterdir())
+    assert "error 422: request is invalid\n" in r.stderr
+    assert "  width: must be a multiple of 8\n" in r.stderr and "  steps: must be at most 4\n" in r.stderr
+
+
+def test_an_unreachable_api_is_one_line_not_a_traceback(tmp_path):
+    r = fresco("turbo", "--prompt", "x", "--url", f"http://127.0.0.1:{free_port()}", "--out", str(tmp_path))
+    assert r.returncode == 1 and r.stderr.startswith("error: cannot reach http://127.0.0.1:")
+    assert "Traceback" not in r.stderr
+
+
+def test_ctrl_c_cancels_the_job(stack, tmp_path):
+    image = tmp_path / "in.png"
+    Image.new("RGB", (64, 64)).save(image)
+    argv = [sys.executable, "-m", "service.cli", "generate", "svd", "--image", str(image), "--param", "width=256",
+            "--param", "height=128", "--param", "num_frames=14", "--param", "steps=100", "--url", stack.url,
+            "--out", str(tmp_path)]
+    # SIGINT as a terminal's Ctrl-C sends it (the default action, whatever this test runner inherited).
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TERMINAL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = proc.stderr.readline()
+    job_id = re.match(r"job (\S+) \(svd", first).group(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"canceled job {job_id}" in err and "Traceback" not in err and not out
+    with Client(stack.url) as client:
+        job = client.wait(job_id, timeout=30)
+    assert job.status == "canceled" and job.error.code == "canceled"
