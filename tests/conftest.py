@@ -83,6 +83,22 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fresco-data")
 
 
+def wait_until_ok(url: str, processes: list[subprocess.Popen], timeout: float) -> str:
+    """Poll `url` until it answers 200: "ok"; else why not ("a process exited early", "did not become
+    ready"), as soon as one of `processes` exits or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            return "had a process exit early"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return "ok"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return "did not become ready"
+
+
 class Stack:
     """A running API process and worker process(es) sharing one Redis and one data dir."""
 
@@ -125,18 +141,9 @@ class Stack:
                                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
     def wait_ready(self, timeout: float = 90, path: str = "/readyz") -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            for p in [self.api, *self.workers]:
-                if p.poll() is not None:
-                    raise RuntimeError(f"a process exited early; logs in {self.logs}:\n" + self.read_logs())
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("the stack did not become ready:\n" + self.read_logs())
+        outcome = wait_until_ok(self.url + path, [self.api, *self.workers], timeout)
+        if outcome != "ok":
+            raise RuntimeError(f"the stack {outcome}; logs in {self.logs}:\n" + self.read_logs())
 
     def wait_serving(self, task: str, timeout: float = 90) -> "Stack":
         """Wait until a live worker serves `task` (workers serving only some tasks, FRESCO_WORKER_TASKS,

@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import openai
@@ -21,7 +20,7 @@ import webuiapi
 from PIL import Image
 
 from service.client import Client
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_until_ok
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +31,8 @@ def fresco_up(tmp_path_factory):
     env.pop("FRESCO_REDIS_URL", None)
     up = subprocess.Popen([sys.executable, "-m", "service.cli", "up"], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and up.poll() is None, "fresco up did not become ready"
-            time.sleep(0.2)
+        assert wait_until_ok(f"http://127.0.0.1:{port}/readyz", [up], 90) == "ok"
         yield port
     finally:
         up.send_signal(signal.SIGTERM)

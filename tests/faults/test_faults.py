@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.conftest import ROOT, Stack, free_port, wait_status
+from tests.conftest import ROOT, Stack, free_port, wait_status, wait_until_ok
 from tests.faults.redis_server import RedisProcess
 
 DONE = {"succeeded", "failed", "canceled"}
@@ -210,14 +210,6 @@ def test_redis_outage_503_then_recovery_without_restart(fstack, fclient, redis_p
     assert wait_status(fclient, slow["id"], DONE, timeout=60)["status"] == "succeeded"
 
 
-@pytest.fixture
-def own_redis(tmp_path):
-    """A Redis no other test's worker listens on."""
-    server = RedisProcess(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 def test_redis_kill9_loses_no_queued_job(own_redis, tmp_path):
     redis_proc = own_redis
     s = Stack(redis_proc.url, tmp_path, extra_env={**FAST, "FRESCO_QUEUE_CAP": '{"turbo": 0}'}, workers=0)
@@ -337,14 +329,7 @@ def test_fresco_up_restarts_a_dead_worker_and_stops_everything(tmp_path):
     base = f"http://127.0.0.1:{port}"
     try:
         started = time.monotonic()
-        while True:
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() - started < 60 and up.poll() is None
-            time.sleep(0.1)
+        assert wait_until_ok(base + "/readyz", [up], 60) == "ok"
         print(f"fresco up -> ready in {time.monotonic() - started:.1f}s")
         worker = _child(up.pid, b"worker")
         os.kill(worker, signal.SIGKILL)

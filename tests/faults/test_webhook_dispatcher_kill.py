@@ -8,12 +8,9 @@ import signal
 import time
 from collections import defaultdict
 
-import pytest
-
 from service.jobs import keys
 from service.webhooks import signing
 from tests.conftest import Stack, wait_status
-from tests.faults.redis_server import RedisProcess
 from tests.webhook_receiver import Receiver, stack_env
 
 SECRET = signing.new_secret()
@@ -23,14 +20,8 @@ JOBS = 8
 SLOW_S, TIMEOUT_S = 1.0, "3"
 
 
-@pytest.fixture
-def redis_proc(tmp_path):
-    server = RedisProcess(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-def test_a_killed_dispatcher_loses_no_delivery(redis_proc, tmp_path):
+def test_a_killed_dispatcher_loses_no_delivery(own_redis, tmp_path):
+    redis_proc = own_redis
     receiver = Receiver(SECRET)
     receiver.answer(200, delay=SLOW_S)
     env = stack_env(SECRET, FRESCO_WEBHOOK_DISPATCHER="false", FRESCO_WEBHOOK_TIMEOUT_S=TIMEOUT_S)

@@ -58,6 +58,15 @@ def parse_json(body: bytes):
         raise BadRequest("the body is not valid JSON") from None
 
 
+async def read_json(request: Request, limit: int):
+    """A JSON body (application/json or a +json type, else 415; so a browser cannot post one cross-site
+    without a CORS preflight), read within `limit` and parsed strictly."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType()
+    return parse_json(await read_body(request, limit))
+
+
 def prefer_wait(request: Request) -> int | None:
     header = request.headers.get("prefer")
     if not header:
@@ -81,11 +90,7 @@ async def generate(request: Request, c: Ctx):
     """Validate a request for one of the four tasks and enqueue it."""
     # The body is read and parsed before the API key is checked, as it always was: a client learns
     # that its body is too large or not JSON whether or not its key is valid.
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType()
-    body = await read_body(request, c.settings.max_body_bytes)
-    data = parse_json(body)
+    data = await read_json(request, c.settings.max_body_bytes)
     owner = c.auth.owner(request)
     await c.auth.rate_limit(owner)
     key = request.headers.get("idempotency-key")

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from service.api.errors import BadRequest, UnsupportedMediaType, ValidationFailed, field_error, validation_fields
-from service.api.routes.generate import parse_json, read_body
+from service.api.routes.generate import read_body, read_json
 
 MAX_N = 10  # OpenAI's own cap on `n`; more than one job's worth is split into several jobs
 _SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
@@ -97,13 +97,9 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return int(match.group(1)), int(match.group(2))
 
 
-async def read_json(request: Request, limit: int) -> GenerationForm:
-    """The generation request: JSON only (as `POST /generate`, so a browser cannot post one cross-site
-    without a CORS preflight), within the body limit."""
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType()
-    return checked(GenerationForm, parse_json(await read_body(request, limit)), strict=True)
+async def read_generation(request: Request, limit: int) -> GenerationForm:
+    """The generation request: JSON only, read as `POST /generate` reads its body."""
+    return checked(GenerationForm, await read_json(request, limit), strict=True)
 
 
 async def _once(body: bytes):

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 
 from service.api.compat.models import default_text_model, fit, image_task, limit, text_task
 from service.api.compat.openai_images.errors import OpenAIError, OpenAIRoute
-from service.api.compat.openai_images.forms import GenerationForm, parse_size, read_json, read_multipart
+from service.api.compat.openai_images.forms import GenerationForm, parse_size, read_generation, read_multipart
 from service.api.compat.openai_images.schema import EDIT_BODY, GENERATION_BODY, RESPONSES
 from service.api.compat.waiting import WaitTimedOut, result_files, run_to_end
 from service.api.deps import Context, Ctx
@@ -149,7 +149,7 @@ def openai_fields(c: Context, plan: Plan, fields: list[dict]) -> list[dict]:
 async def generations(request: Request, c: Ctx):
     """Text-to-image on a Fresco model, answered when the images are done. See docs/openai.md."""
     owner = c.auth.owner(request)
-    form = await read_json(request, c.settings.max_body_bytes)
+    form = await read_generation(request, c.settings.max_body_bytes)
     await c.auth.rate_limit(owner)
     plan = choose(c, form, text_task, default_text_model(c.catalog))
     translate(c, plan, form)
