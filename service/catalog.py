@@ -11,6 +11,7 @@ A models file:
         source: stabilityai/stable-diffusion-xl-base-1.0    # a hub id, a local directory or one checkpoint file
         refiner: stabilityai/stable-diffusion-xl-refiner-1.0
         vae: madebyollin/sdxl-vae-fp16-fix
+        preview_decoder: madebyollin/taesdxl                # optional: live previews by TAESDXL, not linear
         dtype: float16
         variant: fp16
       sdxl-turbo: {kind: turbo, source: stabilityai/sdxl-turbo}
@@ -121,6 +122,10 @@ class ModelSpec(BaseModel):
     trust_pickle: bool = False
     refiner: str | None = None  # sdxl only: hub id, local directory, or "tiny"
     vae: str | None = None  # a VAE override, e.g. the fp16-fix VAE
+    # Live previews (workers/previews.py): a tiny autoencoder that decodes them (TAESD for sd and svd,
+    # TAESDXL for sdxl and turbo: madebyollin/taesd, madebyollin/taesdxl, or a local directory). None: a
+    # linear latent-to-RGB projection, no extra model.
+    preview_decoder: str | None = None
     variant: str | None = None  # e.g. "fp16" weights files
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
     device: str = "auto"  # auto: cuda when available, else cpu

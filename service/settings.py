@@ -118,7 +118,17 @@ class Settings(BaseSettings):
     job_timeout_s: dict[str, int] = {name: task.timeout_s for name, task in TASKS.items()}  # as queue_cap
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
     worker_max_loras: int = Field(4, ge=1, le=64)  # LoRAs kept loaded per model (least recently used leave)
+    # Each result file carries its recipe (docs/recipe.md): A1111's generation parameters and Fresco's JSON
+    # (model, seed, every parameter, adapters, versions). Off: the files carry none of it.
+    output_metadata: bool = True
     fault_injection: bool = False  # tests only: honour `fresco-fault:<name>` prompts (workers/faults.py)
+    # Live previews (workers/previews.py): made only while someone watches a job (an events stream with
+    # `?previews=true`, an AUTOMATIC1111 client's /progress), every this many denoising steps. False: none.
+    previews: bool = True
+    preview_every_steps: int = Field(2, ge=1, le=1000)
+    # Demos and browser tests on the `tiny` profile, whose steps take milliseconds: sleep this long after
+    # each denoising step, so that progress and live previews can be watched. 0 (the default) in production.
+    step_delay_s: float = Field(0.0, ge=0, le=10)
 
     # Logs: readable text locally, JSON lines in production.
     log_format: Literal["text", "json"] = "text"

@@ -41,6 +41,8 @@ class Member:
     params_changed: bool = False  # the worker completed `params` (the LoRAs' digests): written when it ends
     timings: dict = field(default_factory=dict)
     controls: list = field(default_factory=list)  # the decoded `control[i].image`s, in order
+    watched: bool = False  # someone watches its live previews (as its last progress report said)
+    previewed_at: int | None = None  # the denoising step of its last preview
 
     def run_params(self) -> dict:
         """The parameters the pipeline runs with: `params`, each control entry with its decoded image

@@ -36,6 +36,7 @@ from workers.batching import Batching, Member
 from workers.errors import JobFailed
 from workers.pipelines.base import TaskPipeline
 from workers.progress import JobCanceled, Progress
+from workers.recipe import Recipes
 from workers.runtime import Runtime
 
 log = logging.getLogger("fresco.jobs")
@@ -115,6 +116,8 @@ class JobRunner:
         self.batching = Batching(redis, name, settings.worker_batch_size, settings.worker_batch_wait_ms / 1000,
                                  settings.fault_injection)
         self.encoder = results.Encoder(settings.png_level)
+        # What each result file carries (workers/recipe.py); the models' sources described from now on.
+        self.recipes = Recipes(runtime).start() if settings.output_metadata else None
         self.current_jobs: list[str] = []  # shown in the worker's heartbeat
 
     def serve(self) -> "JobRunner":
@@ -131,14 +134,14 @@ class JobRunner:
         if loaded is None:
             log.warning("job %s is gone (expired or deleted); skipped", job_id)
             return {"status": "missing"}
-        params, created = loaded
+        params, created, watched = loaded
         pipeline = self.runtime.pipeline(task, model)
         plan = pipeline.plan(params) if pipeline else [(Stage.DENOISE, 1)]
         first = progress(plan[0][0], total_steps=plan[0][1])
         started = protocol.now()
         if not protocol.start(job_id, task, worker=self.name, progress=first, at=started).run(self.redis):
             return {"status": "skipped"}  # canceled while queued
-        leader = Member(job_id, params, created, started)
+        leader = Member(job_id, params, created, started, watched=watched)
         batch = Batch(task, model, pipeline, [leader])
         if pipeline is not None:
             batch.members += self.batching.gather(task, model, pipeline, leader, first)
@@ -154,7 +157,7 @@ class JobRunner:
         metrics.BATCH_SIZE.labels(task).observe(sum(m.params.get("num_images", 1) for m in members))
         metrics.BUSY.set(1)
         self.current_jobs = [m.id for m in members]
-        progress_ = Progress(lambda state: self.report(batch, state), plan, published=first)
+        progress_ = Progress(lambda state: self.report(batch, state, progress_), plan, published=first)
         failure = None
         try:
             if batch.pipeline is None:
@@ -187,6 +190,9 @@ class JobRunner:
             fault = faults.requested(members[0].params, self.settings.fault_injection)
             if fault:
                 progress_.step_hook = lambda step: faults.at_step(fault, step)
+        if self.settings.step_delay_s and progress_.step_hook is None:
+            delay = self.settings.step_delay_s
+            progress_.step_hook = lambda step: time.sleep(delay)
         for m in members:
             if isinstance(m.params.get("image"), dict):
                 m.image = self._input(m, m.params["image"]["name"])
@@ -209,7 +215,7 @@ class JobRunner:
         # 3. encode (canceled mid-batch: their outputs are dropped)
         progress_.post(Stage.ENCODE)
         live = batch.active
-        encoded = self.encoder.encode_all([(m.output, m.params) for m in live])
+        encoded = self.encoder.encode_all([(m.output, m.params, self._recipe(batch, m)) for m in live])
         # 4. store, and each job ends as soon as its files are stored
         progress_.post(Stage.STORE)
         for m, (files, result, encode_s) in zip(live, encoded):
@@ -230,28 +236,60 @@ class JobRunner:
                       warnings=m.output.warnings)
             log.info("job %s (%s) succeeded in %.3fs", m.id, task, m.timings["total_s"])
 
+    def _recipe(self, batch: Batch, member: Member):
+        """What the job's files carry: its recipe, or None with FRESCO_OUTPUT_METADATA off."""
+        return self.recipes.for_job(batch.task, batch.model, member.params) if self.recipes else None
+
     def _input(self, member: Member, name: str) -> Image.Image:
         """One of the job's input images (the `image`, a control image), from storage."""
         return Image.open(io.BytesIO(self.storage.get(member.id, name))).convert("RGB")
 
-    def report(self, batch: Batch, state: dict) -> bool:
-        """The progress callback: report `state` to every running job of the batch, in one round trip.
-        Jobs whose cancel flag is set end `canceled` here, at once. True (stop the pipeline) when none
-        is left."""
+    def report(self, batch: Batch, state: dict, progress_: Progress | None = None) -> bool:
+        """The progress callback: report `state` to every running job of the batch, in one round trip,
+        with a live preview for each job someone watches, when one is due. Jobs whose cancel flag is set
+        end `canceled` here, at once. True (stop the pipeline) when none is left."""
         active = batch.active
+        previews = self._previews(batch, progress_) if progress_ is not None else {}
         try:
             every = self.settings.webhook_progress_interval_s
-            stops = protocol.run_all(self.redis, [protocol.report(m.id, state, webhook_every_s=every) for m in active])
+            replies = protocol.run_all(self.redis, [
+                protocol.report(m.id, state, preview=previews.get(m.id), webhook_every_s=every) for m in active])
         except REDIS_DOWN:
             # Redis away for a moment: this step's progress is lost, the job goes on.
             log.warning("progress of %s not recorded: Redis unreachable", [m.id for m in active])
             return False
-        canceled = [m for m, stop in zip(active, stops) if stop]
+        for m, reply in zip(active, replies):
+            m.watched = reply.watched
+        canceled = [m for m, reply in zip(active, replies) if reply.stop]
         if len(canceled) == len(active):
             return True  # the pipeline stops; the caller ends them
         for m in canceled:
             self._cancel(batch, m, state, still_running=True)
         return False
+
+    def _previews(self, batch: Batch, progress_: Progress) -> dict[str, str]:
+        """The live previews due at this step: for each running job someone watches, its first image's
+        (or video's middle frame's) latents rendered, at the first step it is watched and then every
+        `preview_every_steps` steps (workers/previews.py)."""
+        latents, pipe = progress_.latents, progress_.pipe
+        previewer = getattr(batch.pipeline.model, "previewer", None) if batch.pipeline is not None else None
+        if latents is None or previewer is None or not self.settings.previews:
+            return {}
+        every, step = self.settings.preview_every_steps, progress_.denoised
+        out, offset = {}, 0
+        for m in batch.members:  # the latents hold every image of the batch, in member order
+            first, offset = offset, offset + int(m.params.get("num_images", 1))
+            if m.ended or not m.watched or first >= latents.shape[0]:
+                continue
+            if m.previewed_at is not None and step - m.previewed_at < every:
+                continue
+            try:
+                out[m.id] = previewer.render(latents[first], pipe.scheduler)
+                m.previewed_at = step
+            except Exception:  # a preview is a nicety: never a reason for the job to fail
+                log.exception("live preview of job %s failed; the job goes on", m.id)
+                m.watched = False
+        return out
 
     # ---- 3. end ----
 

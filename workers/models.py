@@ -25,6 +25,7 @@ import torch
 from service.catalog import SCHEDULERS, TURBO_SCHEDULER, ModelSpec
 from workers import execution_device, tiny
 from workers.memory import apply_memory
+from workers.previews import load_previewer
 
 log = logging.getLogger("fresco.models")
 
@@ -63,6 +64,7 @@ class LoadedModel:
     load_s: float = 0.0
     loras: Any = None  # workers/loras.py Loras, for a model LoRAs and embeddings can be used with
     controls: Any = None  # workers/control.py Controls, for a model some ControlNets fit
+    previewer: Any = None  # workers/previews.py Previewer: the model's live previews
     _img2img: Any = field(default=None, repr=False)
 
     @property
@@ -284,7 +286,8 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
     for p in (pipe, refiner):  # after every option that replaces weights: the offload hooks know these
         place(p, spec, device)
     loaded = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
-                         refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None)
+                         refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None,
+                         previewer=load_previewer(spec.family, spec.preview_decoder, device, dtype))
     loaded.load_s = time.perf_counter() - started
     log.info("loaded model %s (%s, %s on %s) in %.2fs", spec.name, spec.source, str(dtype).removeprefix("torch."),
              device, loaded.load_s)

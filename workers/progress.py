@@ -3,7 +3,8 @@
 Each denoising step writes `{stage, step, total_steps, fraction}` to the job and publishes it, in one
 Redis round trip that also reads the job's cancel flag; when the flag is set, the step callback raises
 `JobCanceled`, which aborts the pipeline at once (SDXL and SVD alike). `fraction` rises monotonically
-to 1 across every stage: the denoising stages, then decode, encode and store.
+to 1 across every stage: the denoising stages, then decode, encode and store. While a step is reported,
+`latents` and `pipe` are that step's (for live previews, workers/previews.py); else None.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Progress:
         self._index = -1
         self.stage, self.step, self.total_steps = Stage.QUEUED, 0, 0
         self.step_hook: Callable[[int], None] | None = None  # fault injection in tests
+        self.latents = None  # the latents of the step being reported (a tensor), else None
+        self.pipe = None  # the pipeline whose step is being reported
 
     def _send(self) -> None:
         expected = self._denoise_total + len(POST_STAGES)
@@ -40,6 +43,11 @@ class Progress:
         self._fraction = max(self._fraction, fraction)  # never goes back, even when a plan is revised
         if self._report(self.state()):
             raise JobCanceled()
+
+    @property
+    def denoised(self) -> int:
+        """Denoising steps done so far, over every stage."""
+        return self._denoised
 
     def state(self) -> dict:
         return progress(self.stage, self.step, self.total_steps, round(self._fraction, 4))
@@ -71,10 +79,14 @@ class Progress:
         self._denoised += 1
         if self.step_hook is not None:
             self.step_hook(self.step)
-        if self.step >= self.total_steps and self._index == len(self._plan) - 1:
-            self.post(Stage.DECODE)  # the pipeline decodes right after its last step
-        else:
-            self._send()
+        self.latents, self.pipe = callback_kwargs.get("latents"), pipe
+        try:
+            if self.step >= self.total_steps and self._index == len(self._plan) - 1:
+                self.post(Stage.DECODE)  # the pipeline decodes right after its last step
+            else:
+                self._send()
+        finally:
+            self.latents = self.pipe = None
         return callback_kwargs
 
     def post(self, stage: Stage) -> None:

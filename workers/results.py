@@ -1,5 +1,6 @@
-"""A job's outputs as files: encoded (images on several threads when a batch has several), named
-(service/storage/names.py), stored, and described for the job's `result`."""
+"""A job's outputs as files: encoded (images on several threads when a batch has several), each carrying
+its recipe (service/recipe.py) unless FRESCO_OUTPUT_METADATA is off, named (service/storage/names.py),
+stored, and described for the job's `result`."""
 
 from __future__ import annotations
 
@@ -7,16 +8,24 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from service.recipe import Recipe
 from service.storage import Storage
 from service.storage.names import CONTENT_TYPES, image_name, video_name
-from workers.encode import encode_image, encode_video
+from workers.encode import Metadata, encode_image, encode_video
 from workers.pipelines.base import Output
 
 Files = list[tuple[str, bytes]]
 
 
-def encode(output: Output, params: dict, png_level: int = -1, threads: int | None = None) -> tuple[Files, dict]:
-    """The files of one job's output and its `result` (names, not URLs: the API makes those)."""
+def metadata(recipe: Recipe | None, index: int) -> Metadata | None:
+    """What output `index` of a job carries: its recipe's infotext and JSON (None: nothing)."""
+    return None if recipe is None else Metadata(recipe.infotext(index), recipe.json(index))
+
+
+def encode(output: Output, params: dict, png_level: int = -1, threads: int | None = None,
+           recipe: Recipe | None = None) -> tuple[Files, dict]:
+    """The files of one job's output and its `result` (names, not URLs: the API makes those). With a
+    `recipe`, each file carries it (image i with its own seed)."""
     fmt = params["output_format"]
     content_type = CONTENT_TYPES[fmt]
     if output.frames is not None:
@@ -25,11 +34,11 @@ def encode(output: Output, params: dict, png_level: int = -1, threads: int | Non
         video = {"name": name, "content_type": content_type, "width": int(frames.shape[2]),
                  "height": int(frames.shape[1]), "num_frames": int(frames.shape[0]), "fps": params["fps"],
                  "seed": params["seed"]}
-        return [(name, encode_video(frames, params["fps"], fmt))], {"video": video}
+        return [(name, encode_video(frames, params["fps"], fmt, metadata(recipe, 0)))], {"video": video}
     files, images = [], []
     for i, img in enumerate(output.images):
         name = image_name(i, fmt)
-        files.append((name, encode_image(img, fmt, png_level, threads)))
+        files.append((name, encode_image(img, fmt, png_level, threads, metadata(recipe, i))))
         images.append({"name": name, "content_type": content_type, "width": img.width, "height": img.height,
                        "seed": (params["seed"] + i) % 2**32})
     return files, {"images": images}
@@ -43,21 +52,23 @@ class Encoder:
         self.png_level = png_level
         self._pool: ThreadPoolExecutor | None = None
 
-    def encode_all(self, jobs: list[tuple[Output, dict]]) -> list[tuple[Files, dict, float]]:
-        """Each job's files and result, with the seconds its encoding took."""
+    def encode_all(self, jobs: list[tuple]) -> list[tuple[Files, dict, float]]:
+        """Each job's files and result, with the seconds its encoding took. A job: (output, params) or
+        (output, params, recipe)."""
 
-        def one(output: Output, params: dict, threads: int | None):
+        def one(job: tuple, threads: int | None):
+            output, params, recipe = (*job, None)[:3]
             t = time.perf_counter()
-            files, result = encode(output, params, self.png_level, threads)
+            files, result = encode(output, params, self.png_level, threads, recipe)
             return files, result, time.perf_counter() - t
 
-        images = sum(len(output.images) for output, _ in jobs)
+        images = sum(len(job[0].images) for job in jobs)
         if len(jobs) <= 1 or images <= 1:
-            return [one(output, params, None) for output, params in jobs]
+            return [one(job, None) for job in jobs]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
                                             thread_name_prefix="fresco-encode")
-        return list(self._pool.map(lambda job: one(job[0], job[1], 1), jobs))
+        return list(self._pool.map(lambda job: one(job, 1), jobs))
 
 
 def store(storage: Storage, job_id: str, files: Files) -> float:

@@ -3,6 +3,9 @@
     fresco:job:<id>               hash: the job record (fields in JOB_FIELDS)
     fresco:jobs:<task>:<status>   sorted set: the task's job ids by when they entered that status
     fresco:events:<id>            pub/sub channel: the job's progress and done events
+    fresco:preview:<id>           string: the running job's latest live preview (a data URL), short TTL
+    fresco:watched:<id>           string: someone watches the job's previews (set and renewed by the
+                                  watcher, short TTL); the worker makes previews only while it exists
     fresco:workers                sorted set: worker names by last heartbeat
     fresco:worker:<name>          string: the worker's heartbeat (JSON, short TTL)
     fresco:idem:<sha256>          string: an Idempotency-Key's claim, `<body digest>:<job id>`
@@ -65,6 +68,14 @@ def events(job_id: str) -> str:
 
 
 EVENTS_PATTERN = events("*")
+
+
+def preview(job_id: str) -> str:
+    return f"{PREFIX}preview:{job_id}"
+
+
+def watched(job_id: str) -> str:
+    return f"{PREFIX}watched:{job_id}"
 WORKERS = f"{PREFIX}workers"
 
 

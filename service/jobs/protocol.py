@@ -228,12 +228,16 @@ def view(job_id: str) -> Call[dict[str, str] | None]:
     return Call(VIEW, (keys.job(job_id), *_VIEW_KEYS), (job_id, *_VIEW_ARGS), _view_reply)
 
 
-def load_input(client, job_id: str) -> tuple[dict, float] | None:
-    """A worker's read of the job it is about to start: its params and creation time (sync client)."""
-    raw_params, raw_created = client.hmget(keys.job(job_id), "params", "created_at")
+def load_input(client, job_id: str) -> tuple[dict, float, bool] | None:
+    """A worker's read of the job it is about to start: its params, creation time, and whether someone
+    already watches its live previews (sync client)."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.job(job_id), "params", "created_at")
+        pipe.exists(keys.watched(job_id))
+        (raw_params, raw_created), watched_ = pipe.execute()
     if raw_params is None:
         return None
-    return json.loads(raw_params), float(raw_created)
+    return json.loads(raw_params), float(raw_created), bool(watched_)
 
 
 # ---------------------------------------------------------------- transitions
@@ -283,15 +287,48 @@ def fail_stuck(job_id: str, task: str, *, message: str, ttl: int, at: float) -> 
                        error=job_error(ErrorCode.TIMEOUT, message))
 
 
-def report(job_id: str, progress: dict, *, webhook_every_s: float = PROGRESS_WEBHOOK_EVERY_S,
-           at: float | None = None) -> Call[bool]:
-    """Store and publish a running job's progress; True when the job should stop (cancel asked). A job
-    whose webhook wants progress is owed a delivery when none was in the last `webhook_every_s`."""
+@dataclass(frozen=True)
+class Reported:
+    stop: bool  # the job should stop: a cancel was asked for, or it is no longer running
+    watched: bool  # someone watches its live previews (keys.watched): the worker makes them
+
+
+PREVIEW_TTL_S = 120  # a job's latest preview outlives its last report this long
+
+
+def report(job_id: str, progress: dict, *, preview: str | None = None,
+           webhook_every_s: float = PROGRESS_WEBHOOK_EVERY_S, at: float | None = None) -> Call[Reported]:
+    """Store and publish a running job's progress (with `preview`, a live preview's data URL, also kept
+    apart as the job's latest and carried by the published event). A job whose webhook wants progress is
+    owed a delivery when none was in the last `webhook_every_s`."""
     delivery_id, delivery_key = _delivery()
-    return Call(PROGRESS, (keys.job(job_id), keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key),
-                (JobStatus.RUNNING, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress)),
-                 WebhookEvent.PROGRESS, delivery_id, repr(now() if at is None else at), webhook_every_s),
-                lambda reply: bool(reply))
+    event = progress_event(JobStatus.RUNNING, progress)
+    if preview:
+        event["preview"] = preview
+    return Call(PROGRESS, (keys.job(job_id), keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key,
+                           keys.preview(job_id), keys.watched(job_id)),
+                (JobStatus.RUNNING, dumps(progress), dumps(event), WebhookEvent.PROGRESS, delivery_id,
+                 repr(now() if at is None else at), webhook_every_s, preview or "", PREVIEW_TTL_S),
+                lambda reply: Reported(stop=reply == 1, watched=reply == 2))
+
+
+async def watch(client, job_id: str, ttl_s: float) -> None:
+    """Someone watches the job's live previews for the next `ttl_s` seconds (renewed while they do;
+    async client: the API)."""
+    await client.set(keys.watched(job_id), "1", px=int(ttl_s * 1000))
+
+
+def watched(client, job_ids: Sequence[str]) -> list[bool]:
+    """Which of these jobs someone watches the previews of (sync client: the worker, at a batch's start)."""
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.exists(keys.watched(job_id))
+        return [bool(n) for n in pipe.execute()]
+
+
+async def latest_preview(client, job_id: str) -> str | None:
+    """The job's latest live preview, while it runs and a little after (async client: the API)."""
+    return _str(await client.get(keys.preview(job_id)))
 
 
 class CancelOutcome(StrEnum):

@@ -105,11 +105,11 @@ def cancel_at_step(runner, monkeypatch, redis, ids: list[str], step: int) -> Non
     """Cancel `ids` (running) when the batch reports denoising step `step`."""
     report = runner.report
 
-    def hooked(batch, state):
+    def hooked(batch, state, progress=None):
         if state["stage"] == "denoise" and state["step"] == step:
             for job_id in ids:
                 assert cancel(redis, job_id) == "running"
-        return report(batch, state)
+        return report(batch, state, progress)
 
     monkeypatch.setattr(runner, "report", hooked)
 

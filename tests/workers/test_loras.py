@@ -176,7 +176,8 @@ def test_least_recently_used_leave(runner, redis):
 def test_a_cold_load_shows_the_adapters_stage(runner, redis, monkeypatch):
     stages = []
     report = runner.report
-    monkeypatch.setattr(runner, "report", lambda batch, state: stages.append(state["stage"]) or report(batch, state))
+    monkeypatch.setattr(runner, "report", lambda batch, state, progress=None:
+                        stages.append(state["stage"]) or report(batch, state, progress))
     pixels(runner, redis, [lora("c1")])  # evicted above, or never loaded: cold
     assert stages[0] == Stage.ADAPTERS and Stage.DENOISE in stages
     stages.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
@@ -14,10 +15,15 @@ from service.api.access import MAX_WAIT_S
 from service.api.deps import Caller
 from service.api.errors import FrescoError, json_response
 from service.api.schemas import ErrorBody, JobView
+from service.jobs import protocol
 from service.jobs.states import TERMINAL, EventType, JobStatus
+from service.redis import REDIS_DOWN
 
 router = APIRouter()
 KEEPALIVE_S = 15.0
+# A previews stream renews the job's `watched` flag this often; the flag lapses this long after the
+# stream's last renewal (a crashed API process leaves the worker making previews no longer than that).
+WATCH_RENEW_S, WATCH_TTL_S = 3.0, 10.0
 
 
 @router.get("/jobs/{job_id}", response_model=JobView, responses={404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
@@ -44,33 +50,54 @@ def _sse(event: str, data) -> bytes:
 @router.get("/jobs/{job_id}/events", responses={
     200: {"content": {"text/event-stream": {}}, "description": "progress events, then one done event"},
     404: {"model": ErrorBody}, 503: {"model": ErrorBody}})
-async def job_events(request: Request, caller: Caller, job_id: str):
+async def job_events(request: Request, caller: Caller, job_id: str,
+                     previews: bool = Query(False, description="progress events also carry `preview`, a small "
+                                                               "image of the current latents, every few steps")):
     """Server-Sent Events: a `progress` event per change, then `done` with the terminal JobView
-    (or `error` when the job store becomes unreachable mid-stream)."""
+    (or `error` when the job store becomes unreachable mid-stream). With `?previews=true`, the job's
+    worker makes live previews while this stream is open, and progress events carry the new ones."""
     c = caller.ctx
     first = await c.jobs.get(job_id, caller.owner)  # 401/404 before the stream starts
+    previews = previews and c.settings.previews
 
     async def stream():
+        watching = asyncio.create_task(_watch()) if previews and first["status"] not in TERMINAL else None
         try:
             async for chunk in _events():
                 yield chunk
         except FrescoError as exc:  # Redis lost mid-stream: say so, then end; the client reconnects
             yield _sse("error", exc.body(uuid.uuid4().hex))
+        finally:
+            if watching is not None:
+                watching.cancel()
+
+    async def _watch():
+        """Tell the worker someone watches, renewed while the stream is open (it lapses on its own)."""
+        while True:
+            with contextlib.suppress(*REDIS_DOWN):
+                await protocol.watch(c.redis, job_id, WATCH_TTL_S)
+            await asyncio.sleep(WATCH_RENEW_S)
+
+    def progress_event(status: str, progress: dict, preview: str | None, last: dict | None):
+        state = {"status": status, "progress": progress}
+        if state == last and not preview:
+            return None, last
+        return _sse(EventType.PROGRESS, {**state, "preview": preview} if preview else state), state
 
     async def _events():
         with c.hub.subscribe(job_id) as events:
             h = first if first["status"] in TERMINAL else await c.jobs.get(job_id)
             last = None
+            preview = await protocol.latest_preview(c.redis, job_id) if previews else None  # one made already
             while True:
                 if h is not None:  # a fresh read of the job
                     if h["status"] in TERMINAL:
                         yield _sse(EventType.DONE, c.view(h, request))
                         return
-                    state = {"status": h["status"], "progress": json.loads(h["progress"])}
-                    if state != last:
-                        yield _sse(EventType.PROGRESS, state)
-                        last = state
-                    h = None
+                    chunk, last = progress_event(h["status"], json.loads(h["progress"]), preview, last)
+                    if chunk:
+                        yield chunk
+                    h = preview = None
                 try:
                     event = await asyncio.wait_for(events.get(), KEEPALIVE_S)
                 except asyncio.TimeoutError:
@@ -78,10 +105,10 @@ async def job_events(request: Request, caller: Caller, job_id: str):
                     h = await c.jobs.get(job_id)
                     continue
                 if event.get("type") == EventType.PROGRESS:
-                    state = {"status": event.get("status", JobStatus.RUNNING), "progress": event["progress"]}
-                    if state != last:
-                        yield _sse(EventType.PROGRESS, state)
-                        last = state
+                    chunk, last = progress_event(event.get("status", JobStatus.RUNNING), event["progress"],
+                                                 event.get("preview") if previews else None, last)
+                    if chunk:
+                        yield chunk
                 else:  # done, or the event stream reconnected: read the job itself
                     h = await c.jobs.get(job_id)
 

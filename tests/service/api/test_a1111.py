@@ -163,9 +163,10 @@ def test_progress_of_a_run():
     assert second["state"] == {"skipped": False, "interrupted": False, "stopping_generation": False,
                                "job": "Batch 2 out of 2", "job_count": 2, "job_timestamp": "20260101120000",
                                "job_no": 1, "sampling_step": 5, "sampling_steps": 10}
-    preview = {"status": "running", "progress": json.dumps({"fraction": 0.1, "preview": "data:image/webp;base64,UklG"})}
-    assert progress.report(run, [preview, None])["current_image"] == "UklG"  # the seam for live previews
-    assert progress.report(run, [preview, None], skip_current_image=True)["current_image"] is None
+    running = [_record("running", 0.1), None]
+    assert progress.current_job(run, running) == "a" and progress.current_job(run, [None, None]) is None
+    assert progress.report(run, running, "data:image/webp;base64,UklG")["current_image"] == "UklG"
+    assert progress.report(run, running)["current_image"] is None
     assert progress.idle()["state"]["job_count"] == 0
 
 

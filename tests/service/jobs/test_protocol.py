@@ -116,14 +116,14 @@ def test_start_moves_queued_to_running_once(redis):
 
 def test_report_stores_publishes_and_reads_the_cancel_flag(redis):
     job_id = new(redis)
-    assert protocol.report(job_id, {"step": 1}).run(redis) is True  # not running (yet): stop
+    assert protocol.report(job_id, {"step": 1}).run(redis).stop is True  # not running (yet): stop
     start(redis, job_id)
     events = Events(redis, job_id)
-    assert protocol.report(job_id, {"step": 2}).run(redis) is False
+    assert protocol.report(job_id, {"step": 2}).run(redis) == protocol.Reported(stop=False, watched=False)
     assert json.loads(record(redis, job_id)["progress"]) == {"step": 2}
     assert events.all() == [{"type": "progress", "status": "running", "progress": {"step": 2}}]
     assert protocol.cancel(job_id, TASK, MODEL, ttl=60).run(redis) is CancelOutcome.FLAGGED
-    assert protocol.report(job_id, {"step": 3}).run(redis) is True
+    assert protocol.report(job_id, {"step": 3}).run(redis).stop is True
 
 
 def test_several_reports_in_one_round_trip(redis):
@@ -131,7 +131,25 @@ def test_several_reports_in_one_round_trip(redis):
     for job_id in ids:
         start(redis, job_id)
     protocol.cancel(ids[1], TASK, MODEL, ttl=60).run(redis)
-    assert protocol.run_all(redis, [protocol.report(i, {"step": 1}) for i in ids]) == [False, True, False]
+    replies = protocol.run_all(redis, [protocol.report(i, {"step": 1}) for i in ids])
+    assert [r.stop for r in replies] == [False, True, False]
+
+
+def test_a_watched_job_says_so_and_its_preview_is_kept_apart_and_published(redis):
+    job_id = new(redis)
+    start(redis, job_id)
+    events = Events(redis, job_id)
+    redis.set(keys.watched(job_id), "1", px=5000)  # what the API's watcher writes (protocol.watch)
+    reply = protocol.report(job_id, {"step": 1}, preview="data:image/webp;base64,UklG").run(redis)
+    assert reply == protocol.Reported(stop=False, watched=True)
+    assert redis.get(keys.preview(job_id)) == b"data:image/webp;base64,UklG"
+    assert 0 < redis.ttl(keys.preview(job_id)) <= protocol.PREVIEW_TTL_S
+    assert "preview" not in record(redis, job_id)  # not in the record: no webhook snapshot carries it
+    assert events.all() == [{"type": "progress", "status": "running", "progress": {"step": 1},
+                             "preview": "data:image/webp;base64,UklG"}]
+    redis.delete(keys.watched(job_id))
+    assert protocol.report(job_id, {"step": 2}).run(redis).watched is False
+    assert protocol.load_input(redis, job_id)[2] is False
 
 
 def test_cancel_a_queued_job_takes_it_off_its_queue(redis):
@@ -233,7 +251,8 @@ def test_scripts_load_again_after_a_script_flush(redis):
     redis.script_flush()
     assert protocol.view(job_id).run(redis)["status"] == "queued"
     redis.script_flush()
-    assert protocol.run_all(redis, [protocol.report(job_id, {}), protocol.report(job_id, {})]) == [True, True]
+    replies = protocol.run_all(redis, [protocol.report(job_id, {}), protocol.report(job_id, {})])
+    assert [r.stop for r in replies] == [True, True]
 
 
 # ---------------------------------------------------------------- the scripts name no key and no status

@@ -110,7 +110,7 @@ def test_progress_is_owed_at_most_once_per_interval(redis):
 
 def test_a_progress_report_for_a_job_that_is_not_running_owes_nothing(redis):
     job_id = new(redis, ALL)
-    assert protocol.report(job_id, PROGRESS).run(redis) is True  # queued: stop, nothing stored
+    assert protocol.report(job_id, PROGRESS).run(redis).stop is True  # queued: stop, nothing stored
     assert redis.zcard(keys.WEBHOOKS_DUE) == 0
 
 

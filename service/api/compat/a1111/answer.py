@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 
+from service import recipe
 from service.api.compat.a1111.checkpoints import checkpoint
 from service.api.compat.a1111.errors import JobFailed
 from service.api.compat.a1111.translate import Plan
@@ -22,28 +23,15 @@ from service.catalog import Catalog
 from service.jobs.states import JobStatus
 
 
-def _quote(value) -> str:
-    """A1111's `infotext_utils.quote`: a value with a comma, colon or newline is written as a JSON string."""
-    text = str(value)
-    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
-
-
-def _number(value: float) -> str:
-    return f"{value:g}" if value == int(value) else str(value)
-
-
 def infotext(plan: Plan, seed: int, width: int, height: int, model_name: str, model_hash: str,
              extra: dict, version: str) -> str:
-    params = {"Steps": plan.steps, "Sampler": plan.sampler_name, "Schedule type": plan.schedule,
-              "CFG scale": _number(plan.cfg_scale), "Seed": seed, "Size": f"{width}x{height}",
-              "Model hash": model_hash, "Model": model_name}
-    if plan.mode == "img2img" and plan.denoising_strength is not None:
-        params["Denoising strength"] = _number(plan.denoising_strength)
-    params.update(extra)
-    params["Version"] = version
-    text = ", ".join(f"{k}: {_quote(v)}" for k, v in params.items() if v is not None)
-    negative = f"\nNegative prompt: {plan.negative_prompt}" if plan.negative_prompt else ""
-    return f"{plan.prompt}{negative}\n{text}".strip()
+    """The image's infotext, with the A1111 names the request asked for (service/recipe.py builds it,
+    as it does the text a worker writes into each PNG)."""
+    return recipe.a1111_infotext(
+        plan.prompt, plan.negative_prompt, steps=plan.steps, sampler=plan.sampler_name, schedule=plan.schedule,
+        cfg_scale=plan.cfg_scale, seed=seed, width=width, height=height, model_hash=model_hash, model=model_name,
+        denoising_strength=plan.denoising_strength if plan.mode == "img2img" else None, extra=extra,
+        version=version)
 
 
 def _json(h: dict, name: str, default):
@@ -59,13 +47,6 @@ def check_outcome(records: list[dict]) -> None:
             raise JobFailed(error.get("code", "internal"), error.get("message") or "the job failed")
 
 
-def _lora_hashes(params: dict) -> str | None:
-    """A1111's "Lora hashes" entry: "name: <first 12 hex digits of the file's SHA-256>, …"."""
-    entries = [f"{e['name']}: {e['digest'].removeprefix('sha256:')[:12]}" for e in params.get("loras") or []
-               if e.get("name") and e.get("digest")]
-    return ", ".join(entries) or None
-
-
 def build(plan: Plan, catalog: Catalog, records: list[dict], images: list[list[bytes]], timestamp: str,
           version: str) -> dict:
     """The answer. `images[k]`: the files of job k (none for a canceled job)."""
@@ -74,7 +55,7 @@ def build(plan: Plan, catalog: Catalog, records: list[dict], images: list[list[b
     params = _json(made[0] if made else records[0], "params", {})  # the size and LoRAs the jobs ran with
     width = params.get("width") or plan.parameters["width"]
     height = params.get("height") or plan.parameters["height"]
-    hashes = _lora_hashes(params)
+    hashes = recipe.lora_hashes(params.get("loras"))
     extra = {"Lora hashes": hashes} if hashes else {}
     warnings = list(plan.warnings)
     for h in made:

@@ -11,12 +11,12 @@ entry changed): all of these find the model.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from service.api.compat.models import text_models
 from service.catalog import CHECKPOINT_SUFFIXES, Catalog
+from service.recipe import checkpoint_sha256
 
 HASH_CHARS = 10  # A1111's short hash
 
@@ -42,8 +42,7 @@ class Checkpoint:
 
 def checkpoint(catalog: Catalog, model: str) -> Checkpoint:
     spec = catalog.models[model]
-    sha = hashlib.sha256(f"fresco-model\0{model}\0{spec.source}".encode()).hexdigest()
-    return Checkpoint(model, sha, spec.source)
+    return Checkpoint(model, checkpoint_sha256(model, spec.source), spec.source)
 
 
 def checkpoints(catalog: Catalog) -> list[Checkpoint]:

@@ -28,18 +28,25 @@ def idle() -> dict:
     return {"progress": 0.0, "eta_relative": 0.0, "state": _state(), "current_image": None, "textinfo": None}
 
 
-def current_image(progress: dict) -> str | None:
-    """The current job's live preview as A1111's `current_image` (bare base64), or None. The seam for live
-    previews (api.md, "Live previews"): once a job's progress carries `preview`, a `data:image/…;base64,`
-    URL of its latents, it shows here; until then there is none, as with A1111's previews turned off."""
-    preview = progress.get("preview")
+def current_image(preview: str | None) -> str | None:
+    """A live preview (api.md, "Live previews": a `data:image/webp;base64,` URL of the current job's
+    latents) as A1111's `current_image`: bare base64. None without one, as with A1111's previews off."""
     if not isinstance(preview, str) or not preview:
         return None
     return preview.split(",", 1)[1] if preview.startswith("data:") and "," in preview else preview
 
 
-def report(run: Run, records: list[dict | None], skip_current_image: bool = False) -> dict:
-    """The progress answer for `run`, whose jobs' records (None: gone) are in submit order."""
+def current_job(run: Run, records: list[dict | None]) -> str | None:
+    """The id of the run's job that runs now (the one whose live preview `current_image` shows), if any."""
+    for job_id, h in zip(run.jobs, records):
+        if h is not None and h["status"] == JobStatus.RUNNING:
+            return job_id
+    return None
+
+
+def report(run: Run, records: list[dict | None], preview: str | None = None) -> dict:
+    """The progress answer for `run`, whose jobs' records (None: gone) are in submit order; `preview`:
+    the current job's latest live preview, if the client wants one."""
     count = max(run.count, len(records), 1)
     done = sum(1 for h in records if h is None or h["status"] in TERMINAL)
     current = next((h for h in records if h is not None and h["status"] not in TERMINAL), None)
@@ -53,6 +60,6 @@ def report(run: Run, records: list[dict | None], skip_current_image: bool = Fals
     elapsed = time.time() - min(started) if started else 0.0
     eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
     return {"progress": fraction, "eta_relative": max(0.0, eta),
-            "current_image": None if skip_current_image else current_image(progress), "textinfo": None,
+            "current_image": current_image(preview), "textinfo": None,
             "state": _state(f"Batch {job_no + 1} out of {count}", count, job_no, int(progress.get("step") or 0),
                             int(progress.get("total_steps") or 0), run.timestamp, run.interrupted)}

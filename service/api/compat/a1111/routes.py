@@ -19,6 +19,7 @@ from service.api.compat.waiting import WaitTimedOut, result_files, run_to_end
 from service.api.deps import Authorized, Context
 from service.api.errors import FrescoError, ValidationFailed, field_error, json_response
 from service.api.routes.generate import parse_json, read_body
+from service.jobs import protocol
 from service.jobs.states import JobStatus
 
 router = APIRouter(prefix="/sdapi/v1", tags=["AUTOMATIC1111"], route_class=A1111Route,
@@ -87,6 +88,11 @@ async def img2img(request: Request, who: Authorized = Caller):
     return await _generate(request, who, "img2img")
 
 
+# A client polling /progress for `current_image` watches the current job's live previews this long after
+# each poll (A1111 clients poll every 0.5 to 1 s).
+PREVIEW_WATCH_S = 5.0
+
+
 @router.get("/progress", response_model=responses.ProgressResponse)
 async def get_progress(who: Authorized = Caller, skip_current_image: bool = Query(False)):
     """The progress of this API key's current txt2img/img2img call (idle when it has none)."""
@@ -95,7 +101,12 @@ async def get_progress(who: Authorized = Caller, skip_current_image: bool = Quer
     if run is None:
         return json_response(progress.idle())
     records = [await c.jobs.read(job_id) for job_id in run.jobs]
-    return json_response(progress.report(run, records, skip_current_image))
+    preview = None
+    current = None if skip_current_image or not c.settings.previews else progress.current_job(run, records)
+    if current is not None:  # a client that polls for `current_image` watches the job's live previews
+        await protocol.watch(c.redis, current, PREVIEW_WATCH_S)
+        preview = await protocol.latest_preview(c.redis, current)
+    return json_response(progress.report(run, records, preview))
 
 
 @router.post("/interrupt")

@@ -9,33 +9,11 @@ Karras"). Fresco's schedulers (`service.catalog.SCHEDULERS`) are such pairs alre
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from service.catalog import SCHEDULERS
+from service.recipe import SAMPLERS, Sampler  # the table, shared with the recipes outputs carry
 
-
-@dataclass(frozen=True)
-class Sampler:
-    """An A1111 sampler Fresco runs: its Fresco scheduler with the automatic (or uniform) schedule and,
-    where Fresco has one, with the Karras schedule."""
-
-    name: str
-    aliases: tuple[str, ...]
-    options: dict = field(default_factory=dict)  # as A1111 lists them (values are strings there)
-    plain: str = "euler"  # the Fresco scheduler with the uniform schedule
-    karras: str | None = None  # with the Karras schedule, where Fresco has it
-    automatic: str = "uniform"  # the schedule "Automatic" means for this sampler (A1111's own default)
-
-
-# In A1111's order; `options` as its `/sdapi/v1/samplers` shows them.
-SAMPLERS: tuple[Sampler, ...] = (
-    Sampler("DPM++ 2M", ("k_dpmpp_2m",), {"scheduler": "karras"}, "dpmpp_2m", "dpmpp_2m_karras", "karras"),
-    Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": "True"}, "euler_a"),
-    Sampler("Euler", ("k_euler",), {}, "euler"),
-    Sampler("Heun", ("k_heun",), {"second_order": "True"}, "heun"),
-    Sampler("DDIM", ("ddim",), {}, "ddim"),
-    Sampler("UniPC", ("unipc",), {}, "unipc"),
-)
 assert all(s.plain in SCHEDULERS and (s.karras is None or s.karras in SCHEDULERS) for s in SAMPLERS)
 
 # Schedule types (A1111's `scheduler` field) Fresco can run: name, label, aliases. "Automatic" is each
