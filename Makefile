@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= local,worker,s3,test
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast clean deploy-tools
+.PHONY: install run test test-fast clean deploy-tools browser
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,20 +21,31 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/fresco up
 
-# The deployment tests run Debian's promtool and prometheus, and docker-compose's `config`. Installed
-# here when missing and this is root with apt-get; elsewhere those tests skip and say why.
-DEPLOY_TOOLS ?= prometheus docker-compose
-deploy-tools:
-	@if command -v promtool >/dev/null && command -v prometheus >/dev/null && \
-	    { command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1; }; then :; \
+# Debian packages some tests need: installed when missing and this is root with apt-get; elsewhere the
+# tests that need them skip and say why. $(1): the packages, $(2): the shell test that they are there.
+define apt-install
+	@if $(2); then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get install -y --no-install-recommends $(DEPLOY_TOOLS) >/dev/null 2>&1 || \
-	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(DEPLOY_TOOLS) >/dev/null; } || \
-	  echo "make: could not install $(DEPLOY_TOOLS); the tests that need them will skip"; \
-	else echo "make: $(DEPLOY_TOOLS) not installed (needs root and apt-get); the tests that need them will skip"; fi
+	  apt-get install -y --no-install-recommends $(1) >/dev/null 2>&1 || \
+	  { apt-get update >/dev/null && apt-get install -y --no-install-recommends $(1) >/dev/null; } || \
+	  echo "make: could not install $(1); the tests that need it will skip"; \
+	else echo "make: $(1) not installed (needs root and apt-get); the tests that need it will skip"; fi
+endef
 
-test: install deploy-tools
+# The deployment tests run Debian's promtool and prometheus, and docker-compose's `config`.
+DEPLOY_TOOLS ?= prometheus docker-compose
+deploy-tools:
+	$(call apt-install,$(DEPLOY_TOOLS),command -v promtool >/dev/null && command -v prometheus >/dev/null && \
+	  { command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1; })
+
+# The playground's tests (tests/e2e/test_playground.py) drive Debian's chromium through Playwright (the
+# browsers Playwright would download are out of reach here, and not needed).
+BROWSER ?= chromium
+browser:
+	$(call apt-install,$(BROWSER),command -v chromium >/dev/null)
+
+test: install deploy-tools browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The quick part while you work: everything but the fault, deployment and bench groups (markers).
@@ -45,8 +56,8 @@ clean:
 	rm -rf $(VENV) .fresco .pytest_cache *.egg-info
 
 # Benchmarks (BENCHMARKS.md): run by hand, each prints its figures next to its target. Not tests.
-.PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-gpu
-bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters
+.PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-gpu
+bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py
@@ -62,6 +73,9 @@ bench-batching: install
 
 bench-adapters: install
 	$(BIN)/python bench/adapters.py
+
+bench-previews: install
+	$(BIN)/python bench/previews.py
 
 # Full-size models on a GPU host; `make bench-gpu GPU_ARGS=--tiny` runs the tiny CPU version.
 GPU_ARGS ?=

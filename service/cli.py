@@ -103,6 +103,7 @@ def cmd_up(settings: Settings, args) -> int:
                 if ready:
                     say(f"ready in {time.monotonic() - started:.1f}s: {base}  (docs: {base}/docs, "
                         f"metrics: {base}/metrics). Ctrl-C stops everything.")
+                    say(f"playground: open {base}/ in a browser")
             time.sleep(0.5)
     finally:
         say("stopping")
@@ -252,8 +253,8 @@ def cmd_generate(settings: Settings, args) -> int:
     with Client(base_url, args.api_key) as client:
         try:
             job = client.submit(args.task, **fields)
-            _say(f"job {job.id} ({job.task}, model {job.model}, seed {job.seed})")
-            try:
+            try:  # from the moment the job is announced, Ctrl-C cancels it
+                _say(f"job {job.id} ({job.task}, model {job.model}, seed {job.seed})")
                 job = _follow(client, job)
             except KeyboardInterrupt:
                 _cancel(client, job)

@@ -16,7 +16,7 @@ from service.api.deps import Context
 from service.api.errors import install_error_handlers
 from service.api.events import EventHub
 from service.api.metrics import ApiMetrics
-from service.api.routes import generate, health, jobs, models, results
+from service.api.routes import generate, health, jobs, models, playground, results
 from service.api.schemas import generate_adapter
 from service.catalog import Catalog, load_catalog
 from service.jobs.reaper import Reaper
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app = FastAPI(title="Fresco", version="0.1.0", lifespan=lifespan,
                   description="HTTP inference service for SDXL, SDXL Turbo, img2img and Stable Video Diffusion.")
     install_error_handlers(app)
-    for module in (generate, jobs, results, models, health, openai_images, a1111):
+    for module in (generate, jobs, results, models, health, openai_images, a1111, playground):
         app.include_router(module.router)
     metrics.instrument(app)
     app.openapi = _openapi_with_request_schema(app)

@@ -244,7 +244,10 @@ def test_progress_and_interrupt_answer_with_the_images_made_before_it(stack):
         assert c.get("/sdapi/v1/progress").json()["state"]["job_count"] == 0
     running = seen[-1]
     assert running["state"]["job"] == "Batch 2 out of 2" and running["state"]["job_count"] == 2
-    assert 0.5 <= running["progress"] < 1 and running["eta_relative"] >= 0 and running["current_image"] is None
+    assert 0.5 <= running["progress"] < 1 and running["eta_relative"] >= 0
+    # The client polled: the running job's live previews show as current_image (bare base64 WebP).
+    assert any(p["current_image"] for p in seen)
+    assert base64.b64decode(next(p["current_image"] for p in seen if p["current_image"]))[8:12] == b"WEBP"
     assert re.fullmatch(r"\d{14}", running["state"]["job_timestamp"])
     assert all(0 <= p["progress"] <= 1 for p in seen) and [p["progress"] for p in seen] == sorted(
         p["progress"] for p in seen)

@@ -38,6 +38,14 @@ def fresco_up(tmp_path_factory):
         up.send_signal(signal.SIGTERM)
         out = up.communicate(timeout=60)[0].decode(errors="replace")
     assert up.returncode == 0, out
+    host = os.environ.get("FRESCO_HOST", "127.0.0.1")
+    assert f"playground: open http://{host}:{port}/ in a browser" in out, out  # what `make run` prints
+
+
+def test_the_playground_page(fresco_up):
+    page = httpx.get(f"http://127.0.0.1:{fresco_up}/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Fresco" in page.text
 
 
 def test_the_openai_sdk(fresco_up):

@@ -1,0 +1,465 @@
+// The request form, built from GET /models: per task its models, per parameter its range, default and
+// choices, per model its LoRAs, embeddings and ControlNets. collect() gives the POST /generate body;
+// showErrors() puts a 422's messages next to the fields the server names.
+
+import { dropZone, readImageUrl } from "./images.js";
+
+// Fields the page does not offer (webhooks need a receiver; retries are for scripts).
+const HIDDEN = new Set(["task", "model", "retries", "webhook", "webhook_events_filter"]);
+const FIRST = ["prompt", "negative_prompt", "image"];
+const TEXT = new Set(["prompt", "negative_prompt"]);
+// Kept when the task changes (the same meaning in every task that has them).
+const CARRY = new Set(["prompt", "negative_prompt", "seed", "image"]);
+
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  node.append(...children.filter((c) => c !== null && c !== undefined));
+  return node;
+};
+
+const label = (name) => (name[0].toUpperCase() + name.slice(1)).replaceAll("_", " ");
+const cssId = (name) => name.replace(/[^A-Za-z0-9_-]/g, "-");
+
+/** "256 to 2048, a multiple of 8; default 1024" from a parameter's JSON Schema keywords. */
+function rangeHint(spec, fallback) {
+  const parts = [];
+  const lo = spec.minimum ?? spec.exclusiveMinimum;
+  const hi = spec.maximum ?? spec.exclusiveMaximum;
+  if (lo !== undefined && hi !== undefined) {
+    parts.push(lo === hi ? `only ${lo}` : `${spec.exclusiveMinimum !== undefined ? "above " : ""}${lo} to ${hi}` +
+      (spec.exclusiveMaximum !== undefined ? " (exclusive)" : ""));
+  } else if (lo !== undefined) parts.push(`at least ${lo}`);
+  if (spec.multipleOf) parts.push(`a multiple of ${spec.multipleOf}`);
+  let text = parts.join(", ");
+  const dflt = spec.default ?? fallback;
+  if (dflt !== undefined && dflt !== null && dflt !== "") text += `${text ? "; " : ""}default ${dflt}`;
+  return text;
+}
+
+export class RequestForm {
+  /** `form`: the <form>; `models`: GET /models's body. */
+  constructor(form, models) {
+    this.form = form;
+    this.models = models;
+    this.task = form.querySelector("#task");
+    this.model = form.querySelector("#model");
+    this.fields = form.querySelector("#fields");
+    this.info = form.querySelector("#model-info");
+    this.formError = form.querySelector("#form-error");
+    this.images = new WeakMap(); // drop zone -> {dataUrl} | Promise
+    this.task.replaceChildren(...Object.keys(models.tasks).map((t) => el("option", { value: t, text: t })));
+    if ("turbo" in models.tasks) this.task.value = "turbo"; // the quickest to try
+    this.task.addEventListener("change", () => this.render({ keep: CARRY }));
+    this.model.addEventListener("change", () => this.render({ keep: null, sameTask: true }));
+    this.render({ keep: CARRY });
+  }
+
+  get taskInfo() {
+    return this.models.tasks[this.task.value];
+  }
+
+  get modelInfo() {
+    return this.taskInfo.models.find((m) => m.name === this.model.value) || this.taskInfo.models[0];
+  }
+
+  // ---------------------------------------------------------------- building
+
+  /** Rebuild the fields for the chosen task and model, keeping the values named in `keep` (null: all). */
+  render({ keep = CARRY, sameTask = false } = {}) {
+    const values = this.snapshot();
+    const info = this.taskInfo;
+    if (!sameTask) {
+      const wanted = this.model.value;
+      this.model.replaceChildren(...info.models.map((m) =>
+        el("option", { value: m.name, text: m.loaded ? m.name : `${m.name} (no live worker)` })));
+      const names = info.models.map((m) => m.name);
+      this.model.value = names.includes(wanted) ? wanted : info.default_model || names[0];
+    }
+    const model = this.modelInfo;
+    this.addControl = null; // set by controls() when this model has ControlNets
+    this.info.textContent = model.description || "";
+    // A parameter with one allowed value (Turbo's guidance_scale) is no choice: left out.
+    const params = Object.entries(info.parameters)
+      .filter(([name, spec]) => !HIDDEN.has(name) && !(spec.minimum !== undefined && spec.minimum === spec.maximum));
+    params.sort(([a], [b]) => rank(a) - rank(b));
+    const nodes = [];
+    for (const [name, spec] of params) {
+      if (name === "loras") nodes.push(this.adapters(model, info));
+      else if (name === "control") nodes.push(this.controls(model, info));
+      else nodes.push(this.field(name, spec, model));
+    }
+    this.fields.replaceChildren(...nodes.filter(Boolean));
+    this.restore(values, keep);
+    this.clearErrors();
+  }
+
+  field(name, spec, model) {
+    const id = `f-${name}`;
+    const modelDefault = (model.defaults || {})[name] ?? (name === "num_frames" ? model.max_num_frames : undefined);
+    let input;
+    let hint = "";
+    if (name === "image") {
+      const zone = dropZone(id, (z, promise) => this.images.set(z, promise));
+      return this.wrap(name, "Image", zone, "PNG, JPEG or WebP: drop it here or choose a file");
+    }
+    if (TEXT.has(name)) {
+      input = el("textarea", { id, name, rows: name === "prompt" ? 3 : 2, maxlength: spec.maxLength,
+                               placeholder: name === "prompt" ? "a red fox in the snow" : "" });
+      hint = name === "prompt" ? "Ctrl+Enter submits" : "";
+    } else if (spec.enum) {
+      const options = spec.enum.map((v) => el("option", { value: v, text: v }));
+      if (spec.default === null || spec.default === undefined) options.unshift(el("option", { value: "", text: "the model's default" }));
+      input = el("select", { id, name }, ...options);
+      input.value = spec.default ?? "";
+    } else if (typeof spec.default === "boolean" || name === "refiner") {
+      input = el("select", { id, name, "data-kind": "boolean" },
+        el("option", { value: "", text: spec.default === null ? "the model's default" : `default (${spec.default})` }),
+        el("option", { value: "true", text: "on" }), el("option", { value: "false", text: "off" }));
+    } else if (typeof spec.default === "number" || "minimum" in spec || "maximum" in spec || "exclusiveMinimum" in spec) {
+      input = el("input", { id, name, type: "number", inputmode: "decimal", "data-kind": "number",
+                            min: spec.minimum ?? spec.exclusiveMinimum, max: spec.maximum ?? spec.exclusiveMaximum ?? (name === "num_frames" ? model.max_num_frames : undefined),
+                            step: spec.multipleOf || "any",
+                            placeholder: name === "seed" ? "random" : (spec.default ?? modelDefault ?? "") });
+      hint = name === "seed" ? "empty: a random seed, reported with the result" : rangeHint(spec, modelDefault);
+    } else {
+      input = el("input", { id, name, type: "text" });
+    }
+    return this.wrap(name, label(name), input, hint);
+  }
+
+  /** A field's wrapper: label, control, hint and the slot for the server's message about it. */
+  wrap(name, text, control, hint) {
+    const key = cssId(name);
+    const input = control.matches("input, select, textarea") ? control : control.querySelector("input");
+    input.dataset.field = name;
+    input.dataset.name = name;
+    const describedBy = [hint ? `hint-${key}` : null, `err-${key}`].filter(Boolean).join(" ");
+    input.setAttribute("aria-describedby", describedBy);
+    return el("div", { class: `field field-${key}` },
+      el("label", { for: input.id, text }), control,
+      hint ? el("p", { class: "hint", id: `hint-${key}`, text: hint }) : null,
+      el("p", { class: "field-error", id: `err-${key}`, hidden: true }));
+  }
+
+  adapters(model, info) {
+    const adapters = model.adapters || [];
+    const loras = adapters.filter((a) => a.kind === "lora");
+    const embeddings = adapters.filter((a) => a.kind === "embedding");
+    if (!loras.length && !embeddings.length) return null;
+    const box = el("fieldset", { class: "group adapters", "data-name": "loras" }, el("legend", { text: "Adapters" }));
+    if (loras.length) {
+      box.append(el("p", { class: "hint", text: `LoRAs: up to ${info.limits.max_loras}, in the order ticked` }));
+    }
+    loras.forEach((a, i) => {
+      const check = el("input", { type: "checkbox", id: `lora-${i}`, "data-lora": a.name });
+      const scale = el("input", { type: "number", id: `lora-${i}-scale`, "data-lora-scale": a.name, step: 0.05,
+                                  min: a.scale.minimum, max: a.scale.maximum, value: a.scale.default,
+                                  "aria-label": `${a.name} scale`, inputmode: "decimal" });
+      const err = el("p", { class: "field-error", id: `err-lora-${i}`, hidden: true });
+      check.setAttribute("aria-describedby", err.id);
+      scale.setAttribute("aria-describedby", err.id);
+      const triggers = a.triggers && a.triggers.length ? `triggers: ${a.triggers.join(", ")}` : "";
+      box.append(el("div", { class: "lora", "data-lora-row": a.name },
+        check, el("label", { for: check.id, text: a.name }), scale,
+        el("span", { class: "hint", text: [a.description, triggers].filter(Boolean).join("; ") }), err));
+    });
+    if (embeddings.length) {
+      const chips = embeddings.flatMap((e) => e.tokens.map((token) => {
+        const chip = el("button", { type: "button", class: "chip", text: token, title: `${e.name}: put ${token} in the prompt` });
+        chip.addEventListener("click", () => this.insertToken(token));
+        return chip;
+      }));
+      box.append(el("p", { class: "hint embeddings" }, "Embeddings (click to add the token to the prompt): ", ...chips));
+    }
+    box.append(el("p", { class: "field-error", id: "err-loras", hidden: true }));
+    return box;
+  }
+
+  insertToken(token) {
+    const prompt = this.form.querySelector("#f-prompt");
+    if (!prompt) return;
+    const at = prompt.selectionStart ?? prompt.value.length;
+    const before = prompt.value.slice(0, at);
+    const pad = before && !before.endsWith(" ") ? " " : "";
+    prompt.value = `${before}${pad}${token} ${prompt.value.slice(at)}`.trimEnd();
+    prompt.focus();
+  }
+
+  controls(model, info) {
+    const nets = model.controlnets || [];
+    if (!nets.length) return null;
+    const list = el("div", { class: "controls" });
+    const add = el("button", { type: "button", class: "quiet", id: "control-add", text: "Add a ControlNet" });
+    const box = el("fieldset", { class: "group", "data-name": "control" }, el("legend", { text: "ControlNets" }), list, add,
+      el("p", { class: "field-error", id: "err-control", hidden: true }));
+    const max = info.limits.max_controls || 2;
+    const sync = () => {
+      [...list.children].forEach((row, i) => renumberControl(row, i));
+      add.hidden = list.children.length >= max;
+    };
+    add.addEventListener("click", () => {
+      list.append(this.controlRow(nets, info, sync));
+      sync();
+      list.lastElementChild.querySelector("select").focus();
+    });
+    this.addControl = () => {
+      const row = this.controlRow(nets, info, sync);
+      list.append(row);
+      sync();
+      return row;
+    };
+    sync();
+    return box;
+  }
+
+  controlRow(nets, info, sync) {
+    const row = el("div", { class: "control" });
+    const modelSelect = el("select", { "data-part": "model" },
+      ...nets.map((n) => el("option", { value: n.name, text: `${n.name} (${n.kind})` })));
+    const zone = dropZone("", (z, p) => this.images.set(z, p));
+    const num = (part, min, max, value) => el("input", { type: "number", "data-part": part, "data-kind": "number",
+                                                        min, max, step: "any", value, inputmode: "decimal" });
+    const preprocess = el("select", { "data-part": "preprocess" },
+      el("option", { value: "", text: "the ControlNet's default" }),
+      ...(info.preprocessors || []).map((p) => el("option", { value: p, text: p })));
+    const remove = el("button", { type: "button", class: "quiet", text: "Remove" });
+    remove.addEventListener("click", () => {
+      row.remove();
+      sync();
+    });
+    const part = (name, text, control) => el("div", { class: "field" },
+      el("label", { text }), control, el("p", { class: "field-error", hidden: true }));
+    row.append(part("model", "ControlNet", modelSelect), part("image", "Control image", zone),
+      part("scale", "Scale (0 to 2)", num("scale", 0, 2, 1)), part("start", "Start (0 to 1)", num("start", 0, 1, 0)),
+      part("end", "End (0 to 1)", num("end", 0, 1, 1)), part("preprocess", "Preprocess", preprocess), remove);
+    return row;
+  }
+
+  // ---------------------------------------------------------------- values
+
+  /** The values of the plain fields, by name, and the images dropped (for a rebuild). */
+  snapshot() {
+    const out = {};
+    for (const input of this.fields.querySelectorAll("[data-field]")) {
+      if (input.type === "file") out[input.dataset.field] = this.images.get(input.closest(".drop"));
+      else out[input.dataset.field] = input.value;
+    }
+    return out;
+  }
+
+  restore(values, keep) {
+    for (const [name, value] of Object.entries(values)) {
+      if (keep && !keep.has(name)) continue;
+      const input = this.fields.querySelector(`[data-field="${name}"]`);
+      if (!input || value === undefined) continue;
+      if (input.type === "file") {
+        const zone = input.closest(".drop");
+        this.images.set(zone, value);
+        Promise.resolve(value).then((v) => zone.showImage?.(v)).catch(() => {});
+      } else input.value = value;
+    }
+  }
+
+  /** The POST /generate body the form says (empty fields left out: the server's defaults). */
+  async collect() {
+    const body = { task: this.task.value, model: this.model.value };
+    for (const input of this.fields.querySelectorAll("[data-field]")) {
+      const name = input.dataset.field;
+      if (input.type === "file") {
+        const image = await this.images.get(input.closest(".drop"));
+        if (image) body[name] = image;
+        continue;
+      }
+      const raw = input.value;
+      if (raw === "") continue;
+      if (input.dataset.kind === "number") body[name] = Number(raw);
+      else if (input.dataset.kind === "boolean") body[name] = raw === "true";
+      else body[name] = raw;
+    }
+    const loras = [...this.fields.querySelectorAll("[data-lora]")].filter((c) => c.checked);
+    if (loras.length) {
+      body.loras = loras.map((check) => {
+        const scale = this.fields.querySelector(`[data-lora-scale="${check.dataset.lora}"]`).value;
+        return scale === "" ? { name: check.dataset.lora } : { name: check.dataset.lora, scale: Number(scale) };
+      });
+    }
+    const rows = [...this.fields.querySelectorAll(".control")];
+    if (rows.length) {
+      body.control = [];
+      for (const row of rows) {
+        const entry = {};
+        for (const input of row.querySelectorAll("[data-part]")) {
+          if (input.value === "") continue;
+          entry[input.dataset.part] = input.dataset.kind === "number" ? Number(input.value) : input.value;
+        }
+        const image = await this.images.get(row.querySelector(".drop"));
+        if (image) entry.image = image;
+        body.control.push(entry);
+      }
+    }
+    this.numberLoras(loras);
+    return body;
+  }
+
+  /** The ticked LoRAs' rows answer to `loras[i]` in the order sent. */
+  numberLoras(ticked) {
+    for (const row of this.fields.querySelectorAll("[data-lora-row]")) {
+      for (const node of [row, ...row.querySelectorAll("input")]) delete node.dataset.name;
+    }
+    ticked.forEach((check, i) => {
+      const row = check.closest("[data-lora-row]");
+      row.dataset.name = `loras[${i}]`;
+      check.dataset.name = `loras[${i}].name`;
+      row.querySelector("[data-lora-scale]").dataset.name = `loras[${i}].scale`;
+    });
+  }
+
+  /** Refill the form from a job: its task, model and resolved params (the seed included). */
+  async fill(job) {
+    const params = job.params || {};
+    this.task.value = job.task;
+    this.render({ keep: new Set() });
+    if ([...this.model.options].some((o) => o.value === job.model)) {
+      this.model.value = job.model;
+      this.render({ keep: new Set(), sameTask: true });
+    }
+    const pending = [];
+    for (const input of this.fields.querySelectorAll("[data-field]")) {
+      const name = input.dataset.field;
+      const value = params[name];
+      if (value === undefined || value === null) continue;
+      if (input.type === "file") {
+        if (value && value.url) {
+          const zone = input.closest(".drop");
+          const promise = readImageUrl(value.url);
+          this.images.set(zone, promise);
+          pending.push(promise.then((v) => zone.showImage(v)).catch(() => zone.showError("the input image could not be fetched: drop it again")));
+        }
+      } else if (typeof value === "boolean") input.value = String(value);
+      else if (typeof value !== "object") input.value = String(value);
+    }
+    for (const lora of params.loras || []) {
+      const check = this.fields.querySelector(`[data-lora="${CSS.escape(lora.name || "")}"]`);
+      if (!check) continue;
+      check.checked = true;
+      this.fields.querySelector(`[data-lora-scale="${CSS.escape(lora.name)}"]`).value = lora.scale;
+    }
+    for (const control of params.control || []) {
+      if (!this.addControl) break;
+      const row = this.addControl();
+      for (const part of ["model", "scale", "start", "end", "preprocess"]) {
+        const input = row.querySelector(`[data-part="${part}"]`);
+        if (input && control[part] !== undefined && control[part] !== null) input.value = String(control[part]);
+      }
+      row.querySelector(".drop").showError("drop the control image again (it is not sent back)");
+    }
+    await Promise.allSettled(pending);
+  }
+
+  /** A request body from a job's resolved params (for a job this page did not send): the input images,
+   * which a JobView shows only as URLs, are left out. */
+  bodyFromJob(job) {
+    const info = this.models.tasks[job.task];
+    if (!info) return null;
+    const body = { task: job.task, model: job.model };
+    for (const [name, value] of Object.entries(job.params || {})) {
+      if (!(name in info.parameters) || HIDDEN.has(name) || name === "image" || value === null) continue;
+      if (name === "loras") body.loras = value.map((l) => (l.name ? { name: l.name, scale: l.scale } : { url: l.url, scale: l.scale }));
+      else if (name !== "control") body[name] = value;
+    }
+    return body;
+  }
+
+  // ---------------------------------------------------------------- the server's messages
+
+  clearErrors() {
+    this.formError.hidden = true;
+    this.formError.textContent = "";
+    for (const input of this.form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+    for (const p of this.form.querySelectorAll(".field-error")) {
+      p.hidden = true;
+      p.textContent = "";
+    }
+  }
+
+  /** Each {field, message} next to the field it names (or its nearest named part), else above the buttons. */
+  showErrors(fields, message) {
+    this.clearErrors();
+    const loose = [];
+    let first = null;
+    for (const { field, message: text } of fields) {
+      const target = this.findField(field);
+      if (!target) {
+        loose.push(`${field}: ${text}`);
+        continue;
+      }
+      const wrapper = target.closest(".field, .lora, .control, fieldset") || target.parentElement;
+      const slot = wrapper.querySelector(":scope > .field-error") || wrapper.querySelector(".field-error");
+      const input = target.matches("input, select, textarea") ? target : target.querySelector("input, select, textarea");
+      const shown = target.dataset.name === field || target === this.model || target === this.task ? text : `${field}: ${text}`;
+      slot.textContent = slot.textContent ? `${slot.textContent}; ${shown}` : shown;
+      slot.hidden = false;
+      if (input) {
+        input.setAttribute("aria-invalid", "true");
+        const ids = new Set((input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean));
+        if (!slot.id) slot.id = `err-${Math.random().toString(36).slice(2, 10)}`;
+        ids.add(slot.id);
+        input.setAttribute("aria-describedby", [...ids].join(" "));
+        first = first || input;
+      }
+    }
+    if (loose.length || !fields.length) this.showFormError([message, ...loose].filter(Boolean).join(" — "));
+    (first || this.formError).focus?.();
+  }
+
+  showFormError(text) {
+    this.formError.textContent = text;
+    this.formError.hidden = false;
+  }
+
+  /** The element a server field name points at (`width`, `loras[1].scale`, `control[0].image`), or the
+   * nearest named part that holds it (`loras[1]`, `loras`). */
+  findField(field) {
+    if (field === "model") return this.model;
+    if (field === "task") return this.task;
+    let name = field;
+    for (;;) {
+      const found = this.fields.querySelector(`[data-name="${CSS.escape(name)}"]`);
+      if (found) return found;
+      const shorter = name.replace(/(\.[^.[\]]+|\[\d+\])$/, "");
+      if (!shorter || shorter === name) return null;
+      name = shorter;
+    }
+  }
+}
+
+function rank(name) {
+  const i = FIRST.indexOf(name);
+  if (i >= 0) return i;
+  if (name === "seed") return 90;
+  if (name === "loras") return 95;
+  if (name === "control") return 96;
+  return 50;
+}
+
+function renumberControl(row, i) {
+  row.dataset.name = `control[${i}]`;
+  for (const input of row.querySelectorAll("[data-part]")) input.dataset.name = `control[${i}].${input.dataset.part}`;
+  row.querySelector(".drop input").dataset.name = `control[${i}].image`;
+  row.querySelectorAll(".field").forEach((part, j) => {
+    const input = part.querySelector("input, select");
+    const error = part.querySelector(".field-error");
+    input.id = `control-${i}-${j}`;
+    error.id = `err-control-${i}-${j}`;
+    input.setAttribute("aria-describedby", error.id);
+    part.querySelector("label").htmlFor = input.id;
+  });
+  row.setAttribute("aria-label", `ControlNet ${i + 1}`);
+  row.setAttribute("role", "group");
+}

@@ -1,0 +1,50 @@
+"""GET / and /playground/*: the page's files, public with API keys on, with their types and a strict
+Content-Security-Policy; nothing else on disk is reachable. (The page itself, in a browser:
+tests/e2e/test_playground.py.)"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.app import create_app
+from service.api.auth import digest
+from service.api.routes.playground import STATIC
+
+
+@pytest.fixture
+def keyed(app_settings):
+    with TestClient(create_app(app_settings.model_copy(update={"api_keys": {"alice": digest("k")}}))) as c:
+        yield c
+
+
+def test_the_page_and_its_files_are_public_with_keys_on(keyed):
+    page = keyed.get("/")
+    assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "connect-src 'self'" in csp and "unsafe-inline" not in csp
+    assert page.headers["x-content-type-options"] == "nosniff"
+    # Every module the page and its modules import is served, as JavaScript.
+    modules = set(re.findall(r'src="/playground/([\w.]+\.js)"', page.text))
+    for js in STATIC.glob("*.js"):
+        modules |= set(re.findall(r'from "\./([\w.]+\.js)"', js.read_text()))
+    assert {"app.js", "api.js", "form.js", "job.js", "history.js"} <= modules
+    for name in modules | {"style.css"}:
+        r = keyed.get(f"/playground/{name}")
+        assert r.status_code == 200, name
+        assert r.headers["content-type"].startswith("text/css" if name.endswith(".css") else "text/javascript")
+    assert keyed.get("/models").status_code == 401  # the API behind it still wants the key
+
+
+@pytest.mark.parametrize("path", ["/playground/nope.js", "/playground/..%2Froutes%2Fplayground.py",
+                                  "/playground/%2e%2e/app.py", "/playground/", "/index.html"])
+def test_nothing_else_is_served(api, path):
+    r = api.get(path)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_the_page_is_not_in_the_openapi_document(api):
+    paths = api.get("/openapi.json").json()["paths"]
+    assert "/" not in paths and not any(p.startswith("/playground") for p in paths)
