@@ -244,12 +244,12 @@ class JobRunner:
         """One of the job's input images (the `image`, a control image), from storage."""
         return Image.open(io.BytesIO(self.storage.get(member.id, name))).convert("RGB")
 
-    def report(self, batch: Batch, state: dict, progress_: Progress | None = None) -> bool:
+    def report(self, batch: Batch, state: dict, progress_: Progress) -> bool:
         """The progress callback: report `state` to every running job of the batch, in one round trip,
         with a live preview for each job someone watches, when one is due. Jobs whose cancel flag is set
         end `canceled` here, at once. True (stop the pipeline) when none is left."""
         active = batch.active
-        previews = self._previews(batch, progress_) if progress_ is not None else {}
+        previews = self._previews(batch, progress_)
         try:
             every = self.settings.webhook_progress_interval_s
             replies = protocol.run_all(self.redis, [
@@ -272,7 +272,7 @@ class JobRunner:
         (or video's middle frame's) latents rendered, at the first step it is watched and then every
         `preview_every_steps` steps (workers/previews.py)."""
         latents, pipe = progress_.latents, progress_.pipe
-        previewer = getattr(batch.pipeline.model, "previewer", None) if batch.pipeline is not None else None
+        previewer = batch.pipeline.model.previewer if batch.pipeline is not None else None
         if latents is None or previewer is None or not self.settings.previews:
             return {}
         every, step = self.settings.preview_every_steps, progress_.denoised
@@ -283,12 +283,11 @@ class JobRunner:
                 continue
             if m.previewed_at is not None and step - m.previewed_at < every:
                 continue
+            m.previewed_at = step  # a failed one too: the next try keeps the cadence
             try:
                 out[m.id] = previewer.render(latents[first], pipe.scheduler)
-                m.previewed_at = step
             except Exception:  # a preview is a nicety: never a reason for the job to fail
                 log.exception("live preview of job %s failed; the job goes on", m.id)
-                m.watched = False
         return out
 
     # ---- 3. end ----

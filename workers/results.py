@@ -52,12 +52,11 @@ class Encoder:
         self.png_level = png_level
         self._pool: ThreadPoolExecutor | None = None
 
-    def encode_all(self, jobs: list[tuple]) -> list[tuple[Files, dict, float]]:
-        """Each job's files and result, with the seconds its encoding took. A job: (output, params) or
-        (output, params, recipe)."""
+    def encode_all(self, jobs: list[tuple[Output, dict, Recipe | None]]) -> list[tuple[Files, dict, float]]:
+        """Each job's files and result, with the seconds its encoding took. A job: (output, params, recipe)."""
 
-        def one(job: tuple, threads: int | None):
-            output, params, recipe = (*job, None)[:3]
+        def one(job: tuple[Output, dict, Recipe | None], threads: int | None):
+            output, params, recipe = job
             t = time.perf_counter()
             files, result = encode(output, params, self.png_level, threads, recipe)
             return files, result, time.perf_counter() - t

@@ -318,14 +318,6 @@ async def watch(client, job_id: str, ttl_s: float) -> None:
     await client.set(keys.watched(job_id), "1", px=int(ttl_s * 1000))
 
 
-def watched(client, job_ids: Sequence[str]) -> list[bool]:
-    """Which of these jobs someone watches the previews of (sync client: the worker, at a batch's start)."""
-    with client.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            pipe.exists(keys.watched(job_id))
-        return [bool(n) for n in pipe.execute()]
-
-
 async def latest_preview(client, job_id: str) -> str | None:
     """The job's latest live preview, while it runs and a little after (async client: the API)."""
     return _str(await client.get(keys.preview(job_id)))

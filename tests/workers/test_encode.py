@@ -101,7 +101,7 @@ def test_a_jobs_files_and_result_are_named_as_the_contract_says():
 
 
 def test_a_batch_encodes_on_threads_to_the_same_files():
-    jobs = [(Output(images=[Image.fromarray(pixels(64, 64, seed=i))]), {"output_format": "png", "seed": i})
+    jobs = [(Output(images=[Image.fromarray(pixels(64, 64, seed=i))]), {"output_format": "png", "seed": i}, None)
             for i in range(3)]
     encoder = Encoder()
     alone = [encoder.encode_all([job])[0][0] for job in jobs]
