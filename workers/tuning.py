@@ -1,5 +1,5 @@
 """Process tuning for a worker, called explicitly at its start, before torch is imported
-(`service/cli.py` `cmd_worker`; the benches call it too, to time the pipeline as a worker runs it).
+(`service/cli/serve.py` `cmd_worker`; the benches call it too, to time the pipeline as a worker runs it).
 Each setting is left alone where the operator set their own:
 
 - glibc malloc keeps freed memory for the next job instead of unmapping it: by default each tensor of

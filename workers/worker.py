@@ -4,7 +4,7 @@
 and warmed once), the job runner RQ calls (workers/jobs.py), metrics, a heartbeat thread that keeps
 the worker visible during jobs too, and the RQ loop on one queue per task and model it has loaded,
 so it never takes a job it cannot run. Process tuning (workers/tuning.py) happens before torch is
-imported, in `service/cli.py`.
+imported, in `service/cli/serve.py`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,69 @@
+"""`fresco up | api | worker | generate | hash-key | convert | webhooks | webhook-secret`: the composition
+root, the one module that starts the API (service/api/) or a worker (workers/, imported here only).
+
+`up` is the local run: an embedded Redis (unless FRESCO_REDIS_URL is set), the API and worker
+processes, restarted when they die, all stopped on Ctrl-C or SIGTERM. A real deployment runs
+`fresco api` and `fresco worker` apart, against a shared Redis.
+
+This package is the one place in service/ that imports workers/ (inside functions). Here, `main`: the
+parser and the command table; each command lives in a module named for it: up.py (`up`, the Child
+supervisor), serve.py (`api`, `worker`), generate.py (`generate`), tools.py (`hash-key`, `convert`,
+`webhooks`, `webhook-secret`). __main__.py is `python -m service.cli`, as `fresco up` starts its children.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from service.cli.generate import cmd_generate
+from service.cli.serve import cmd_api, cmd_worker
+from service.cli.tools import cmd_convert, cmd_hash_key, cmd_webhook_secret, cmd_webhooks
+from service.cli.up import cmd_up
+from service.settings import Settings
+from service.tasks import TASK_NAMES
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fresco", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run Redis (embedded), the API and worker(s) together, in the foreground")
+    up.add_argument("--workers", type=int, default=1, help="worker processes (each loads its own models)")
+    up.add_argument("--grace", type=float, default=30.0, help="seconds a child gets to stop before it is killed")
+    api = sub.add_parser("api", help="run the HTTP API alone")
+    api.add_argument("--processes", type=int, default=1,
+                     help="API processes sharing the port (0: one per CPU); metrics sum over all of them")
+    api.add_argument("--backlog", type=int, default=2048, help="the listening socket's connection backlog")
+    api.add_argument("--access-log", action="store_true")
+    sub.add_parser("worker", help="run one GPU worker alone")
+    gen = sub.add_parser("generate", help="submit a job, follow its progress, save its results")
+    gen.add_argument("task", choices=TASK_NAMES)
+    gen.add_argument("--prompt")
+    gen.add_argument("--image", help="input image file (img2img, svd)")
+    gen.add_argument("--model")
+    gen.add_argument("--seed", type=int)
+    gen.add_argument("--lora", action="append", metavar="NAME[:SCALE]",
+                     help="a LoRA GET /models lists for the model (repeat for several)")
+    gen.add_argument("--control", action="append", metavar="CONTROLNET=IMAGE[:SCALE]",
+                     help="a ControlNet GET /models lists for the model, and its control image (repeat for two)")
+    gen.add_argument("--param", action="append", metavar="KEY=VALUE", help="any request field; JSON values")
+    gen.add_argument("--url", default=None,
+                     help="the API's base URL (default: FRESCO_URL, else http://FRESCO_HOST:FRESCO_PORT)")
+    gen.add_argument("--out", default=".", help="folder for the results")
+    gen.add_argument("--api-key", default=None,
+                     help="an API key, sent as Authorization: Bearer (default: FRESCO_API_KEY)")
+    hk = sub.add_parser("hash-key", help="make an API key's digest for FRESCO_API_KEYS")
+    hk.add_argument("name", help="the key's name, e.g. the client it belongs to")
+    hk.add_argument("key", nargs="?", help="an existing key (default: make a new random one)")
+    conv = sub.add_parser("convert", help="rewrite a model's pickled (.bin, .ckpt) weights as safetensors")
+    conv.add_argument("src", help="a diffusers model directory, or one checkpoint file")
+    conv.add_argument("dst", help="a new directory (or .safetensors file) to write")
+    wh = sub.add_parser("webhooks", help="deliver webhooks alone (API processes also do, unless "
+                                         "FRESCO_WEBHOOK_DISPATCHER=false)")
+    wh.add_argument("--metrics-port", type=int, default=0, help="serve the dispatcher's /metrics here (0: off)")
+    sub.add_parser("webhook-secret", help="make a secret for FRESCO_WEBHOOK_SECRET")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate,
+                "hash-key": cmd_hash_key, "convert": cmd_convert, "webhooks": cmd_webhooks,
+                "webhook-secret": cmd_webhook_secret}
+    return commands[args.command](settings, args)
