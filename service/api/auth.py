@@ -3,11 +3,13 @@
 Keys are configured as SHA-256 digests (`FRESCO_API_KEYS=alice:<hex>,bob:<hex>`; `fresco hash-key`
 makes one), never in clear, and a presented key's digest is compared with each in constant time.
 Each job belongs to the key that made it: another key gets the same 404 as an unknown id. With keys
-on, result URLs carry an expiring HMAC signature, so a browser can fetch them without a header.
+on, result URLs carry an expiring HMAC signature, so a browser can fetch them without a header
+(service/signed_urls.py, shared with the webhook dispatcher).
 The AUTOMATIC1111 routes (`/sdapi/v1`) also take the key as HTTP Basic credentials, since that is all
 their clients can send (Open WebUI's "API Auth String", SillyTavern's and webuiapi's `user:password`):
 the password is the key, the user name is ignored.
-The rate limit is a GCRA held atomically in Redis: `limit` requests a minute, bursts up to `limit`.
+The rate limit is a GCRA held atomically in Redis: `limit` requests a minute, bursts up to `limit`
+(service/jobs/scripts/gcra.lua, run through `protocol.rate_limit`).
 """
 
 from __future__ import annotations
@@ -17,13 +19,12 @@ import binascii
 import hashlib
 import hmac
 import secrets
-import time
-from urllib.parse import urlencode
 
 from fastapi import Request
 
 from service.api.errors import FrescoError
-from service.jobs import keys
+from service.jobs import protocol
+from service.signed_urls import UrlSigner
 
 
 class Unauthorized(FrescoError):
@@ -70,28 +71,14 @@ def new_key() -> str:
     return "fresco_" + secrets.token_urlsafe(32)
 
 
-# KEYS[1] the key's GCRA state. ARGV: now (ms), emission interval (ms), burst tolerance (ms).
-# Returns {1, 0} when allowed, else {0, ms until the next request is allowed}.
-GCRA = """
-local now, interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
-if tat < now then tat = now end
-if now < tat - tolerance then return {0, tat - tolerance - now} end
-tat = tat + interval
-redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now + tolerance) + 1000)
-return {1, 0}
-"""
-
-
 class Auth:
     def __init__(self, settings, redis):
         self.keys: dict[str, str] = dict(settings.api_keys)  # name -> sha256 hex digest
         self.enabled = bool(self.keys)
         self.limit = settings.rate_limit_per_minute
-        self.url_ttl = settings.result_url_ttl_s
-        secret = settings.url_signing_secret or "\n".join(sorted(self.keys.values()))
-        self._secret = hashlib.sha256(b"fresco-result-urls\0" + secret.encode()).digest()
-        self._gcra = redis.register_script(GCRA) if self.enabled and self.limit else None
+        self.redis = redis
+        self.rate_limited = self.enabled and bool(self.limit)
+        self.urls = UrlSigner(settings)
 
     def owner(self, request: Request, basic: bool = False) -> str | None:
         """The caller's key name (None when keys are off); 401 when a key is required and not valid.
@@ -112,29 +99,17 @@ class Auth:
         return found
 
     async def rate_limit(self, owner: str | None) -> None:
-        if self._gcra is None or owner is None:
+        if not self.rate_limited or owner is None:
             return
-        interval = 60_000 / self.limit
-        allowed, wait_ms = await self._gcra(keys=[keys.rate(owner)],
-                                            args=[int(time.time() * 1000), interval, interval * (self.limit - 1)])
-        if not int(allowed):
-            raise RateLimited(int(wait_ms) / 1000)
+        wait = await protocol.rate_limit(owner, self.limit).arun(self.redis)
+        if wait is not None:
+            raise RateLimited(wait)
 
-    # ---- signed result URLs ----
-
-    def _signature(self, job_id: str, name: str, expires: int) -> str:
-        return hmac.new(self._secret, f"{job_id}/{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+    # ---- signed result URLs (service/signed_urls.py) ----
 
     def sign(self, job_id: str, name: str) -> str:
         """The query string for a result URL ('' when keys are off)."""
-        if not self.enabled:
-            return ""
-        expires = int(time.time()) + self.url_ttl
-        return "?" + urlencode({"expires": expires, "signature": self._signature(job_id, name, expires)})
+        return self.urls.sign(job_id, name)
 
     def verify(self, job_id: str, name: str, expires: str | None, signature: str | None) -> bool:
-        if not self.enabled:
-            return True
-        if not expires or not signature or not expires.isdigit() or int(expires) < time.time():
-            return False
-        return hmac.compare_digest(self._signature(job_id, name, int(expires)), signature)
+        return self.urls.verify(job_id, name, expires, signature)

@@ -15,8 +15,8 @@ from service.api.access import JobAccess
 from service.api.auth import Auth
 from service.api.events import EventHub
 from service.api.metrics import ApiMetrics
-from service.api.view import to_view
 from service.catalog import Catalog
+from service.jobs.view import to_view
 from service.settings import Settings
 from service.storage import Storage
 

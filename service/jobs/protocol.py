@@ -22,6 +22,8 @@ A job whose request named a `webhook` is owed a delivery by the transitions its 
 queued job and reap to failed: `completed`). The script that makes the transition writes it to the
 outbox in the same atomic step (scripts/lib/webhook_outbox.lua); each such function passes a fresh
 delivery id and its key, used only when one is owed. service/webhooks/ delivers them.
+
+Besides the job's: `rate_limit`, an API key's rate limit (a GCRA), for the API.
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class Script:
         return hash(self.sha)
 
 
-SUBMIT, VIEW, RESTORE = (Script(n) for n in ("submit", "view", "restore"))
+SUBMIT, VIEW, RESTORE, GCRA = (Script(n) for n in ("submit", "view", "restore", "gcra"))
 # The transitions that may owe a job's webhook a delivery.
 TRANSITION, PROGRESS, CANCEL, REAP, CLAIM = (
     Script(n, lib=("webhook_outbox",)) for n in ("transition", "progress", "cancel", "reap", "claim"))
@@ -410,3 +412,19 @@ def forget_rq_job(pipe, job_id: str) -> None:
     """Queue the deletion of a job's RQ hash (what RQ does for the job it ran, result_ttl=0) for a job
     the worker claimed itself."""
     pipe.delete(keys.rq_job(job_id))
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+def _rate_reply(reply) -> float | None:
+    allowed, wait_ms = reply
+    return None if int(allowed) else int(wait_ms) / 1000
+
+
+def rate_limit(owner: str, per_minute: int, *, at: float | None = None) -> Call[float | None]:
+    """One request of API key `owner`, limited to `per_minute` requests a minute with bursts up to
+    `per_minute` (a GCRA): None when it is allowed (and counted), else the seconds until one is."""
+    interval = 60_000 / per_minute
+    at_ms = int((now() if at is None else at) * 1000)
+    return Call(GCRA, (keys.rate(owner),), (at_ms, interval, interval * (per_minute - 1)), _rate_reply)

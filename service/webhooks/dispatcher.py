@@ -24,12 +24,12 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from service.api.auth import Auth
-from service.api.view import iso, to_view, url_without_query
 from service.fetch import FetchRejected, TimedOut, Unreachable, guarded_client, post_public_url
 from service.jobs.protocol import dumps, now
+from service.jobs.view import iso, to_view, url_without_query
 from service.redis import REDIS_DOWN
 from service.settings import Settings
+from service.signed_urls import UrlSigner
 from service.webhooks import outbox, signing, targets
 from service.webhooks.metrics import WebhookMetrics
 from service.webhooks.outbox import Delivery
@@ -77,7 +77,7 @@ class Dispatcher:
         self.key = signing.secret_key(settings.webhook_secret)
         # Result URLs in the body: on the public URL (or the API's own address), signed when API keys are on.
         self.base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-        self.sign_url = Auth(settings, redis).sign
+        self.sign_url = UrlSigner(settings).sign
         self.schemes, self.networks = targets.schemes(settings), targets.allowed_networks(settings)
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
         self._client: httpx.AsyncClient | None = None

@@ -150,7 +150,7 @@ def test_the_package_the_images_install_carries_the_lua_scripts(tmp_path):
     (wheel,) = tmp_path.glob("fresco-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     scripts = {f"service/jobs/scripts/{p.name}" for p in (ROOT / "service/jobs/scripts").glob("*.lua")}
-    assert len(scripts) == 8 and scripts <= names
+    assert len(scripts) == 9 and scripts <= names
     page = {f"service/api/playground/{p.name}" for p in (ROOT / "service/api/playground").iterdir()}
     assert "service/api/playground/index.html" in page and page <= names  # the page GET / serves
     for package in ("service", "workers"):

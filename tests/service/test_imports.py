@@ -1,6 +1,7 @@
 """Who imports what: the API process starts without torch, diffusers or transformers; a worker process
-runs jobs without FastAPI, Starlette or uvicorn; no module of Fresco's is part of an import circle;
-only the benches' own tests import `bench/`."""
+runs jobs without FastAPI, Starlette or uvicorn; the webhook dispatcher (`fresco webhooks`) without
+FastAPI or anything of service/api/; no module of Fresco's is part of an import circle; only the
+benches' own tests import `bench/`."""
 
 from __future__ import annotations
 
@@ -59,6 +60,62 @@ server.shutdown()
 bad = [m for m in ("fastapi", "starlette", "uvicorn") if m in sys.modules]
 print(status, bad)
 sys.exit(0 if status == "succeeded" and not bad and "torch" in sys.modules else 1)
+"""
+    r = run_python(code)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _is_api(module: str) -> bool:
+    return module == "service.api" or module.startswith("service.api.")
+
+
+def test_webhooks_never_import_the_api():
+    """service/webhooks/ builds JobViews with service/jobs/view.py and signs result URLs with
+    service/signed_urls.py: no module of it imports service/api/, directly or through another."""
+    graph = import_graph()
+    webhooks = [n for n in graph if n == "service.webhooks" or n.startswith("service.webhooks.")]
+    assert "service.webhooks.dispatcher" in webhooks and "service.webhooks.standalone" in webhooks
+    for name in webhooks:
+        assert not any(_is_api(t) for t in graph[name]), (name, sorted(graph[name]))
+    seen: dict[str, str | None] = {n: None for n in webhooks}  # module -> the module that imports it
+    todo = list(webhooks)
+    while todo:
+        node = todo.pop()
+        for nxt in graph[node]:
+            if nxt not in seen:
+                seen[nxt] = node
+                todo.append(nxt)
+    for name in seen:
+        if _is_api(name):
+            path = [name]
+            while seen[path[-1]] is not None:
+                path.append(seen[path[-1]])
+            raise AssertionError("service.webhooks reaches service.api: " + " -> ".join(reversed(path)))
+
+
+def test_the_webhook_dispatcher_runs_without_fastapi():
+    """The standalone dispatcher's modules, in a fresh process, and a dispatcher rendering a delivery
+    with signed result URLs (API keys on): no FastAPI, Starlette, uvicorn or service.api loaded."""
+    code = """
+import sys
+import service.webhooks.standalone, service.webhooks.dispatcher
+from prometheus_client import CollectorRegistry
+from service.settings import Settings
+from service.webhooks.dispatcher import Dispatcher
+from service.webhooks.metrics import WebhookMetrics
+from service.webhooks.outbox import Delivery
+from service.webhooks.signing import new_secret
+settings = Settings(webhook_secret=new_secret(), api_keys={"alice": "0" * 64}, public_url="https://fresco.example")
+dispatcher = Dispatcher(None, settings, WebhookMetrics(CollectorRegistry()))
+snapshot = {"id": "j1", "task": "turbo", "model": "m", "status": "succeeded", "created_at": "1700000000.0",
+            "result": '{"images": [{"name": "0.png", "width": 8, "height": 8}]}'}
+body = dispatcher.render(Delivery(id="msg_1", job="j1", event="completed", url="https://hook.example/x",
+                                  created_at=1700000001.0, seq=1, attempts=0, body=None, snapshot=snapshot))
+assert "https://fresco.example/results/j1/0.png?expires=" in body and "signature=" in body, body
+bad = [m for m in sys.modules if m in ("fastapi", "starlette", "uvicorn") or m.startswith(("fastapi.",
+       "starlette.", "uvicorn.")) or m == "service.api" or m.startswith("service.api.")]
+print(bad)
+sys.exit(1 if bad else 0)
 """
     r = run_python(code)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -83,7 +83,7 @@ def test_result_urls_are_signed_and_expire(keyed, app_settings):
     later = int(query["expires"][0]) + 10
     assert keyed.get(f"{url.path}?expires={later}&signature={sig}").status_code == 404
     past = int(time.time()) - 1
-    expired = keyed.app.state.ctx.auth._signature(job["id"], "input.png", past)  # well signed, but expired
+    expired = keyed.app.state.ctx.auth.urls._signature(job["id"], "input.png", past)  # well signed, but expired
     assert keyed.get(f"{url.path}?expires={past}&signature={expired}").status_code == 404
 
 

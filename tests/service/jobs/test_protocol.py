@@ -255,14 +255,27 @@ def test_scripts_load_again_after_a_script_flush(redis):
     assert [r.stop for r in replies] == [True, True]
 
 
+def test_rate_limit_allows_a_burst_then_says_how_long_to_wait(redis):
+    owner = f"key-{uuid.uuid4().hex}"
+    at = 1_000_000.0
+    # 60 a minute: one a second, bursts up to 60.
+    assert [protocol.rate_limit(owner, 60, at=at).run(redis) for _ in range(60)] == [None] * 60
+    assert protocol.rate_limit(owner, 60, at=at).run(redis) == 1.0
+    assert protocol.rate_limit(owner, 60, at=at + 0.25).run(redis) == 0.75
+    assert protocol.rate_limit(owner, 60, at=at + 1).run(redis) is None  # one more a second later
+    assert protocol.rate_limit(owner, 60, at=at + 1).run(redis) == 1.0
+    assert protocol.rate_limit(f"other-{owner}", 60, at=at).run(redis) is None  # each key its own
+    assert 0 < redis.pttl(keys.rate(owner)) <= 60_000 + 59_000 + 1000  # kept only while it matters
+
+
 # ---------------------------------------------------------------- the scripts name no key and no status
 
 LUA_STRING = re.compile(r"'([^']*)'")
 REDIS_COMMANDS = {"HGET", "HSET", "HGETALL", "HMGET", "HDEL", "HINCRBY", "ZADD", "ZREM", "ZCARD", "ZRANK",
                   "ZRANGEBYSCORE", "ZREMRANGEBYSCORE", "EXPIRE", "PUBLISH", "RPUSH", "LREM", "LPOS", "SADD", "SET",
-                  "DEL", "EXISTS"}
+                  "DEL", "EXISTS", "GET"}
 SCRIPT_WORDS = {
-    "EX", "-inf", "LIMIT",  # command arguments
+    "EX", "PX", "-inf", "LIMIT",  # command arguments
     "ok", "full", "canceled", "running", "ended", "requeued", "failed",  # replies, decoded in protocol.py only
     "_queue_position",  # view.lua's extra field
     "1", "0", "",  # the cancel flag's value; no retries left; the "no event" marker
@@ -284,7 +297,7 @@ def assert_spells_no_key(path, allowed: set[str], *, needs_keys: bool = True) ->
 
 def test_lua_scripts_spell_no_key_and_only_known_fields():
     scripts = sorted(protocol.SCRIPTS.glob("*.lua"))
-    assert len(scripts) == 8
+    assert len(scripts) == 9
     for path in scripts:
         assert_spells_no_key(path, keys.JOB_FIELDS)
     # The webhook outbox, run inside the transitions: job fields and the delivery's.

@@ -14,9 +14,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from service.api.schemas import JobView
-from service.api.view import to_view
 from service.jobs import keys, protocol
 from service.jobs.states import JobStatus
+from service.jobs.view import to_view
 from service.redis import async_client
 from service.settings import Settings
 from service.webhooks import outbox, signing

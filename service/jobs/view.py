@@ -1,5 +1,6 @@
 """A job record as the contract's JobView: timestamps in ISO 8601, result and input URLs absolute
-(and, with API keys on, signed)."""
+(and, with API keys on, signed: service/signed_urls.py). Shared by the API (service/api/) and the
+webhook dispatcher (service/webhooks/), so it imports neither FastAPI nor service.api."""
 
 from __future__ import annotations
 
