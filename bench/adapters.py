@@ -4,7 +4,7 @@ while LoRAs come and go (CPU, tiny profile).
 Everything runs in this one process, as a worker process runs it: a real `JobRunner` on a `Runtime`
 with the tiny Turbo pipeline, an embedded Redis, jobs submitted with the API's own `protocol.submit`
 and taken off the RQ list as RQ's worker does (`pop_and_run` in tests/workers/harness.py). Tiny Turbo
-jobs, `--size`² and `--steps` step(s), tiny random LoRAs (workers/tiny.py `lora`, rank 4, on the UNet
+jobs, `--size`² and `--steps` step(s), tiny random LoRAs (workers/tiny_adapters.py `lora`, rank 4, on the UNet
 and both text encoders) saved as .safetensors files and named in the catalog like any LoRA.
 
 1. **Memory while cycling** (first, so the process holds one worker's models, as a worker does):
@@ -58,12 +58,12 @@ def rss() -> int:
 def lora_files(folder: Path, names: list[str], seed: int = 500) -> dict[str, Path]:
     import safetensors.torch
 
-    from workers import tiny
+    from workers import tiny_adapters
 
     out = {}
     for i, name in enumerate(names):
         path = folder / f"{name}.safetensors"
-        safetensors.torch.save_file(tiny.lora(seed + i), str(path))
+        safetensors.torch.save_file(tiny_adapters.lora(seed + i), str(path))
         out[name] = path
     return out
 

@@ -81,13 +81,15 @@ def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype, base_
     """(pipeline, refiner or None), random weights, built in place on `device` in `dtype`. `base_only`:
     no refiner for sdxl."""
     from workers import tiny as tiny_profile
+    from workers.families.sdxl import tiny_base, tiny_refiner
+    from workers.families.svd import SVD_SCHEDULER, tiny_svd
 
     if tiny:
         if kind == "svd":
-            pipe, refiner = tiny_profile.svd(), None
+            pipe, refiner = tiny_svd(), None
         else:
-            pipe = tiny_profile.sdxl_base(seed=0 if kind == "sdxl" else 3)
-            refiner = tiny_profile.sdxl_refiner(pipe) if kind == "sdxl" and not base_only else None
+            pipe = tiny_base(seed=0 if kind == "sdxl" else 3)
+            refiner = tiny_refiner(pipe) if kind == "sdxl" and not base_only else None
         for p in (pipe, refiner):
             if p is not None:
                 p.set_progress_bar_config(disable=True)
@@ -121,19 +123,19 @@ def build(kind: str, tiny: bool, device: torch.device, dtype: torch.dtype, base_
                             if kind == "sdxl" and not base_only else None)
     if kind == "svd":
         pipe = StableVideoDiffusionPipeline(
-            vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler(tiny_profile.SVD_SCHEDULER),
+            vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler(SVD_SCHEDULER),
             feature_extractor=CLIPImageProcessor(crop_size=224, size=224))
         pipe.set_progress_bar_config(disable=True)
         return pipe, None
     pipe = StableDiffusionXLPipeline(
         vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tiny_profile.tokenizer(),
-        tokenizer_2=tiny_profile.tokenizer(), unet=unet, scheduler=scheduler(tiny_profile.SDXL_SCHEDULER),
+        tokenizer_2=tiny_profile.tokenizer(), unet=unet, scheduler=scheduler(tiny_profile.SCHEDULER),
         add_watermarker=False)
     refiner = None
     if refiner_unet is not None:
         refiner = StableDiffusionXLImg2ImgPipeline(
             vae=vae, text_encoder=None, text_encoder_2=text_2, tokenizer=None, tokenizer_2=tiny_profile.tokenizer(),
-            unet=refiner_unet, scheduler=scheduler(tiny_profile.SDXL_SCHEDULER), requires_aesthetics_score=True,
+            unet=refiner_unet, scheduler=scheduler(tiny_profile.SCHEDULER), requires_aesthetics_score=True,
             force_zeros_for_empty_prompt=False, add_watermarker=False)
     for p in (pipe, refiner):
         if p is not None:
@@ -221,12 +223,14 @@ def tune(kind: str, pipe, refiner, args, w: dict, device: torch.device):
 def fresco_call(kind: str, pipeline, w: dict):
     from PIL import Image
 
+    from workers.pipelines.base import input_image
     from workers.progress import Progress
 
     params = fresco_params(kind, w)
-    image = Image.new("RGB", (w["width"], w["height"]), (120, 90, 60)) if kind == "svd" else None
+    if kind == "svd":
+        params["image"] = input_image(Image.new("RGB", (w["width"], w["height"]), (120, 90, 60)))
     with torch.inference_mode():
-        return pipeline.run(params, image, Progress(lambda state: False, pipeline.plan(params)))
+        return pipeline.run(params, Progress(lambda state: False, pipeline.plan(params)))
 
 
 # ---------------------------------------------------------------- timing

@@ -3,7 +3,7 @@ CPU half, through a worker).
 
 Builds full-size SDXL Turbo with random weights (bench/gpu.py `build`), applies Fresco's model path as
 a models file with `compile: true` would (workers/models.py `optimize`, LoRA slots prepared before the
-warm-up compiles: workers/loras.py), makes `--loras` random LoRAs of rank `--rank` on the UNet's
+warm-up compiles: workers/lora_slots.py), makes `--loras` random LoRAs of rank `--rank` on the UNet's
 attention projections (a typical SDXL LoRA's layers), then, in one run:
 
 - a Turbo call with no LoRA, with a resident LoRA, and right after a switch (median of `--repeats`);
@@ -98,7 +98,7 @@ def run(args) -> dict:
         with torch.inference_mode():
             p = {**params, "loras": loras}
             pipeline.use_adapters(p)
-            pipeline.run(p, None, Progress(lambda state: False, pipeline.plan(p)))
+            pipeline.run(p, Progress(lambda state: False, pipeline.plan(p)))
         sync(device)
 
     def median_s(loras) -> float:

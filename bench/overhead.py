@@ -62,7 +62,7 @@ def in_process_runner(size: int, steps: int, models_file: str | None = None):
     def run() -> tuple[float, object]:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            out = pipeline.run(params, None, Progress(lambda state: False, plan))
+            out = pipeline.run(params, Progress(lambda state: False, plan))
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - t0, out.images[0]

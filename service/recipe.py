@@ -26,13 +26,15 @@ from importlib import metadata
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
+from service.families import KINDS
+
 RECIPE_VERSION = 1  # the JSON's "recipe" field: its layout, raised when a field changes meaning
 PNG_PARAMETERS_KEY = "parameters"  # A1111's PNG text chunk
 PNG_RECIPE_KEY = "fresco"  # Fresco's PNG text chunk
 XMP_NAMESPACE = "urn:fresco:recipe:1/"  # the XMP property `fresco:recipe` (JPEG, WebP) holds the JSON
 
 
-# ---- A1111's names for Fresco's schedulers (service.catalog.SCHEDULERS)
+# ---- A1111's names for Fresco's schedulers (service.families.SCHEDULERS)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,8 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
     loras = params.get("loras") or []
     tags = "".join(f" <lora:{e['name']}:{number(float(e.get('scale', 1.0)))}>" for e in loras if e.get("name"))
     prompt = (params.get("prompt") or "") + tags
-    scheduler = params.get("scheduler") or ("turbo" if model.get("kind") == "turbo" else None)
+    kind = KINDS.get(model.get("kind"))
+    scheduler = params.get("scheduler") or (kind.scheduler if kind is not None and kind.own_scheduler else None)
     sampler, schedule = (None, None) if task == "svd" else (a1111_sampler(scheduler) or (None, None))
     extra: dict = {}
     if task == "sdxl" and params.get("refiner") and model.get("refiner"):

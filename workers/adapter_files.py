@@ -1,9 +1,9 @@
 """Where an adapter's weights come from: a models-file source or a request's URL -> a state dict and
 the content digest a job reports.
 
-- A named adapter (service/catalog.py `adapters:`): a local .safetensors file, a directory holding one
+- A named adapter (service/catalog/addons.py `adapters:`): a local .safetensors file, a directory holding one
   (or `weight_name`), a hub id (`weight_name`, default `pytorch_lora_weights.safetensors`, fetched by
-  huggingface_hub into its own cache), or `tiny` (built offline, workers/tiny.py).
+  huggingface_hub into its own cache), or `tiny` (built offline, workers/tiny_adapters.py).
 - A URL (FRESCO_ALLOW_ADAPTER_URLS): fetched once through the same guard as input images
   (service/fetch.py: public addresses only, every redirect checked, a size and a time cap) into a disk
   cache keyed by content digest, with a byte budget and least-recently-used eviction. A later job with
@@ -217,9 +217,9 @@ class AdapterFiles:
         if name not in self._tiny:
             import safetensors.torch
 
-            from workers import tiny
+            from workers import tiny_adapters
 
-            data = safetensors.torch.save(tiny.adapter(name))
+            data = safetensors.torch.save(tiny_adapters.adapter(name))
             self._tiny[name] = AdapterFile("sha256:" + hashlib.sha256(data).hexdigest(), f"adapter {name}", data=data)
         return self._tiny[name]
 

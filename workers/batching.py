@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.jobs import protocol
+from service.jobs import inputs, protocol
 from service.jobs.states import JobStatus
 from workers import faults
 from workers.pipelines.base import Output, TaskPipeline
@@ -34,23 +34,19 @@ class Member:
     created: float
     started: float
     claimed: bool = False  # taken off the queue by this worker, not handed over by RQ
-    image: Any = None
+    pixels: dict[str, Any] = field(default_factory=dict)  # its input images by path, decoded (in memory only)
     output: Output | None = None
     ended: bool = False
     status: JobStatus = JobStatus.RUNNING
     params_changed: bool = False  # the worker completed `params` (the LoRAs' digests): written when it ends
     timings: dict = field(default_factory=dict)
-    controls: list = field(default_factory=list)  # the decoded `control[i].image`s, in order
     watched: bool = False  # someone watches its live previews (as its last progress report said)
     previewed_at: int | None = None  # the denoising step of its last preview
 
     def run_params(self) -> dict:
-        """The parameters the pipeline runs with: `params`, each control entry with its decoded image
+        """The parameters the pipeline runs with: `params`, each input-image entry with its decoded image
         (`pixels`), in memory only (what is written back is `params`)."""
-        if not self.controls:
-            return self.params
-        return {**self.params, "control": [{**c, "pixels": image}
-                                           for c, image in zip(self.params["control"], self.controls)]}
+        return inputs.with_pixels(self.params, self.pixels)
 
 
 def lora_key(params: dict) -> tuple:

@@ -2,7 +2,7 @@
 pipelines built on a resident model with `from_pipe` (its UNet, VAE and text encoders are the same
 objects: no second copy of the base's weights; LoRAs active in the base are active in them).
 
-A request's `control` entries (service/api/resolve.py) name the ControlNets and their settings; the
+A request's `control` entries (service/api/rules.py) name the ControlNets and their settings; the
 worker reads each control image from storage, resizes it to the output size, and makes a canny edge
 map with OpenCV where `preprocess` says so (`canny_map`). One ControlNet runs as itself, two as
 diffusers' MultiControlNetModel; the pipeline for each combination is built on first use and kept.
@@ -21,26 +21,18 @@ from PIL import Image
 from service.catalog import Catalog, ControlNetSpec
 from service.tasks import TASKS
 from workers import tiny
+from workers.families import FAMILIES
 from workers.models import pickle_hint, refuse_pickles
 
 log = logging.getLogger("fresco.control")
 CANNY_THRESHOLDS = (100, 200)  # OpenCV's hysteresis thresholds, AUTOMATIC1111's and diffusers' examples' defaults
 
-# (family, "txt2img" | "img2img") -> the diffusers pipeline class a control job of that kind runs.
-CLASSES = {("sd", "txt2img"): "StableDiffusionControlNetPipeline",
-           ("sd", "img2img"): "StableDiffusionControlNetImg2ImgPipeline",
-           ("sdxl", "txt2img"): "StableDiffusionXLControlNetPipeline",
-           ("sdxl", "img2img"): "StableDiffusionXLControlNetImg2ImgPipeline"}
-
 
 def load_controlnet(spec: ControlNetSpec, family: str, device: torch.device, dtype: torch.dtype):
     """A ControlNet from its source (hub id or local directory), or the tiny profile's, built offline."""
     if spec.is_tiny:
-        from diffusers import UNet2DConditionModel
-
         torch.manual_seed(zlib.crc32(spec.name.encode()))
-        unet = UNet2DConditionModel(**(tiny.SD_UNET if family == "sd" else tiny.SDXL_UNET))
-        net = tiny.controlnet(unet, seed=zlib.crc32(spec.name.encode()) % 2**31)
+        net = tiny.controlnet(FAMILIES[family].tiny_denoiser(), seed=zlib.crc32(spec.name.encode()) % 2**31)
     else:
         from diffusers import ControlNetModel
 
@@ -85,12 +77,11 @@ class Controls:
         self.pipes: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     def pipeline(self, mode: str, names: tuple[str, ...]):
-        """The control pipeline for `mode` ("txt2img" or "img2img") with ControlNets `names`, built once."""
+        """The control pipeline for `mode` (a task's: "txt2img", "img2img") with ControlNets `names`, built once."""
         key = (mode, names)
         if key not in self.pipes:
             nets = [self.nets[n] for n in names]
-            self.pipes[key] = self.model.derive(CLASSES[(self.model.spec.family, mode)],
-                                                controlnet=nets[0] if len(nets) == 1 else nets)
+            self.pipes[key] = self.model.derive(f"control:{mode}", controlnet=nets[0] if len(nets) == 1 else nets)
             log.info("%s: built the %s control pipeline with %s", self.model.name, mode, ", ".join(names))
         return self.pipes[key]
 
@@ -101,16 +92,16 @@ class Controls:
             for mode in sorted(modes):
                 self.pipeline(mode, (name,))
 
-    def arguments(self, items: list[tuple[dict, Any]], size: tuple[int, int], image_key: str = "image") -> dict:
+    def arguments(self, items: list[dict], size: tuple[int, int], image_key: str = "image") -> dict:
         """The control arguments of a pipeline call for a batch (every job has the same ControlNets and
         settings: `control_key`). One job: its control image per ControlNet (the pipeline repeats it for
         each of its images); a batch: one per output image, in job order, as the prompts are."""
-        first = items[0][0]["control"]
+        first = items[0]["control"]
         if len(items) == 1:
-            per_image = [[control_image(c["pixels"], c["preprocess"], size) for c in first]]
+            per_image = [[control_image(c["image"]["pixels"], c["preprocess"], size) for c in first]]
         else:
-            per_image = [[control_image(c["pixels"], c["preprocess"], size) for c in p["control"]]
-                         for p, _ in items for _ in range(p["num_images"])]
+            per_image = [[control_image(c["image"]["pixels"], c["preprocess"], size) for c in p["control"]]
+                         for p in items for _ in range(p["num_images"])]
         if len(first) == 1:  # one ControlNet: its images
             images = [row[0] for row in per_image]
             return {image_key: images[0] if len(images) == 1 else images,
@@ -123,11 +114,6 @@ class Controls:
                 "control_guidance_end": [c["end"] for c in first]}
 
 
-def mode_of(task: str) -> str:
-    """Which control pipeline a task's jobs run: from an input image (img2img) or from noise."""
-    return "img2img" if TASKS[task].takes_image else "txt2img"
-
-
 def load_controls(catalog: Catalog, models: dict, served: list[tuple[str, str]]) -> None:
     """Give each resident model (`models`: name -> LoadedModel) that the worker serves a control task for
     (`served`: its (task, model) pairs) the ControlNets that fit it; each ControlNet loads once per family,
@@ -135,7 +121,7 @@ def load_controls(catalog: Catalog, models: dict, served: list[tuple[str, str]])
     modes: dict[str, set[str]] = {}
     for task, name in served:
         if TASKS[task].control:
-            modes.setdefault(name, set()).add(mode_of(task))
+            modes.setdefault(name, set()).add(TASKS[task].mode)
     loaded: dict[tuple[str, str, torch.device, torch.dtype], Any] = {}
     for name, model in models.items():
         specs = catalog.controlnets_for(name) if name in modes else []

@@ -18,11 +18,9 @@ import sys
 
 import torch
 
+from workers.families import FAMILIES
+
 ATTRIBUTE = "_fresco_execution_device"
-PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableVideoDiffusionPipeline",
-             "StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionControlNetPipeline",
-             "StableDiffusionControlNetImg2ImgPipeline", "StableDiffusionXLControlNetPipeline",
-             "StableDiffusionXLControlNetImg2ImgPipeline")
 _installed = False
 
 
@@ -35,8 +33,9 @@ def install() -> None:
     from diffusers.pipelines.pipeline_utils import DiffusionPipeline
     from diffusers.utils import torch_utils
 
-    for name in PIPELINES:  # imported now, so the scan below finds the name they imported
-        getattr(diffusers, name)
+    for family in FAMILIES.values():  # every class a family runs, imported now, so the scan below finds
+        for name in family.class_names():  # the name their modules imported
+            getattr(diffusers, name)
 
     searched_pipeline = DiffusionPipeline._execution_device
     searched_module = torch_utils.get_module_execution_device

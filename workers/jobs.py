@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from rq.timeouts import JobTimeoutException
 
-from service.jobs import heartbeats, protocol
+from service.jobs import heartbeats, inputs, protocol
 from service.jobs.states import CANCELED_BY_REQUEST, ErrorCode, JobStatus, Stage, job_error, progress
 from service.redis import REDIS_DOWN
 from service.settings import Settings
@@ -193,10 +193,8 @@ class JobRunner:
         if self.settings.step_delay_s and progress_.step_hook is None:
             delay = self.settings.step_delay_s
             progress_.step_hook = lambda step: time.sleep(delay)
-        for m in members:
-            if isinstance(m.params.get("image"), dict):
-                m.image = self._input(m, m.params["image"]["name"])
-            m.controls = [self._input(m, c["image"]["name"]) for c in m.params.get("control") or ()]
+        for m in members:  # every input image the request brought, wherever it is in the params
+            m.pixels = {path: self._input(m, entry["name"]) for path, entry in inputs.entries(m.params)}
         # 1. adapters: the batch's LoRAs active (loaded first when not resident), or none
         used = batch.pipeline.use_adapters(members[0].params, progress_)
         if used:
@@ -205,10 +203,10 @@ class JobRunner:
         # 2. inference: one pipeline call for the whole batch
         t0 = time.perf_counter()
         with torch.inference_mode():
-            outputs = batch.pipeline.run_batch([(m.run_params(), m.image) for m in members], progress_)
+            outputs = batch.pipeline.run_batch([m.run_params() for m in members], progress_)
         inference_s = time.perf_counter() - t0
         for m, output in zip(members, outputs):
-            m.output, m.image, m.controls = output, None, []
+            m.output, m.pixels = output, {}
             m.timings["inference_s"] = round(inference_s, 4)
         if len(members) > 1:
             log.info("batch of %d %s jobs done in %.3fs", len(members), task, inference_s)
@@ -241,7 +239,7 @@ class JobRunner:
         return self.recipes.for_job(batch.task, batch.model, member.params) if self.recipes else None
 
     def _input(self, member: Member, name: str) -> Image.Image:
-        """One of the job's input images (the `image`, a control image), from storage."""
+        """One of the job's input images, from storage."""
         return Image.open(io.BytesIO(self.storage.get(member.id, name))).convert("RGB")
 
     def report(self, batch: Batch, state: dict, progress_: Progress) -> bool:

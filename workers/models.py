@@ -1,12 +1,15 @@
 """Model loading: a catalogue entry -> resident diffusers pipelines, loaded once at worker start.
 
-`tiny` entries are built offline with random weights (workers/tiny.py); every other source is a hub
-id or a local directory read with `from_pretrained`. SDXL base, refiner and img2img share modules:
-the refiner takes the base's `vae` and `text_encoder_2`, img2img is `from_pipe` on the base.
+What differs per family (the pipeline class each mode runs as, the options it is built with, the
+denoiser, the tiny builder, the blocks to compile) is its family file's (workers/families/). `tiny`
+entries are built offline with random weights by it; every other source is a hub id or a local
+directory read with `from_pretrained`, or one checkpoint file. A model's pipelines share modules: the
+refiner takes the base's `vae` and last text encoder, img2img and ControlNet pipelines are `from_pipe`
+on the base.
 
 The GPU path, per model in the models file (all off by default): `dtype` (bfloat16/float16),
 `channels_last`, `fuse_qkv` (fused attention projections), `compile` (regional torch.compile of the
-UNet's repeated transformer blocks, warmed at start on the model's size `buckets` so no request pays
+denoiser's repeated transformer blocks, warmed at start on the model's size `buckets` so no request pays
 compilation; afterwards an unseen shape runs eagerly instead of recompiling), the `vae` override (the
 fp16-fix VAE), `vae_tiling`/`vae_slicing`, `memory` (workers/memory.py: offloading, `place()`).
 `optimize()` applies them; workers/runtime.py `warm_up()` runs each pipeline once per bucket.
@@ -22,8 +25,10 @@ from typing import Any
 
 import torch
 
-from service.catalog import SCHEDULERS, TURBO_SCHEDULER, ModelSpec
-from workers import execution_device, tiny
+from service.catalog import ModelSpec
+from service.families import OWN_SCHEDULERS, SCHEDULERS
+from workers import execution_device
+from workers.families import WorkerFamily, family_of
 from workers.memory import apply_memory
 from workers.previews import load_previewer
 
@@ -48,14 +53,14 @@ def make_scheduler(name: str, config) -> Any:
     """A fresh scheduler instance per job (schedulers keep state), from the model's own config."""
     import diffusers
 
-    cls_name, options = TURBO_SCHEDULER if name == "turbo" else SCHEDULERS[name]
+    cls_name, options = OWN_SCHEDULERS[name] if name in OWN_SCHEDULERS else SCHEDULERS[name]
     return getattr(diffusers, cls_name).from_config(config, **options)
 
 
 @dataclass
 class LoadedModel:
     spec: ModelSpec
-    pipe: Any  # PIPELINE_CLASSES: StableDiffusion(XL)Pipeline, StableVideoDiffusionPipeline
+    pipe: Any  # the family's pipeline of its `loads_as` mode: StableDiffusion(XL)Pipeline, ...
     device: torch.device
     dtype: torch.dtype
     scheduler_config: Any
@@ -71,12 +76,19 @@ class LoadedModel:
     def name(self) -> str:
         return self.spec.name
 
-    def derive(self, class_name: str, **components):
-        """A pipeline of diffusers class `class_name` on this model's modules (`from_pipe`: no second copy
-        of the weights), with `components` added (a ControlNet), placed like the model's own."""
-        import diffusers
+    @property
+    def family(self) -> WorkerFamily:
+        return family_of(self.spec)
 
-        pipe = getattr(diffusers, class_name).from_pipe(self.pipe, dtype=self.dtype, **components)
+    @property
+    def denoiser(self):
+        """The module that runs every step (the UNet, or a family's transformer)."""
+        return getattr(self.pipe, self.family.denoiser)
+
+    def derive(self, mode: str, **components):
+        """The family's pipeline of `mode` ("img2img", "control:txt2img") on this model's modules (`from_pipe`:
+        no second copy of the weights), with `components` added (a ControlNet), placed like the model's own."""
+        pipe = self.family.pipeline_class(mode).from_pipe(self.pipe, dtype=self.dtype, **components)
         pipe.set_progress_bar_config(disable=True)
         place(pipe, self.spec, self.device)
         return pipe
@@ -84,8 +96,7 @@ class LoadedModel:
     def img2img(self):
         """The img2img pipeline on the same modules, built once."""
         if self._img2img is None:
-            self._img2img = self.derive("StableDiffusionImg2ImgPipeline" if self.spec.family == "sd"
-                                        else "StableDiffusionXLImg2ImgPipeline")
+            self._img2img = self.derive("img2img")
         return self._img2img
 
 
@@ -140,15 +151,6 @@ def _missing_weights_hint(exc: Exception, spec: ModelSpec) -> Exception:
     return exc
 
 
-# The diffusers pipeline class of each model kind.
-PIPELINE_CLASSES = {"sd": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline",
-                    "turbo": "StableDiffusionXLPipeline", "svd": "StableVideoDiffusionPipeline"}
-# What each kind's pipeline is built without: no watermark (SDXL), no safety checker (SD: a service's
-# moderation is its own business, and PAI-Diffusion's repos ship one for English CLIP).
-PIPELINE_OPTIONS = {"sd": {"safety_checker": None, "requires_safety_checker": False},
-                    "sdxl": {"add_watermarker": False}, "turbo": {"add_watermarker": False}, "svd": {}}
-
-
 def pickled_weights(source: str) -> list[str]:
     """The folders of a local diffusers directory (its components, or itself: a single model such as a
     ControlNet) whose weights exist only as pickles (`*.bin`)."""
@@ -185,15 +187,15 @@ def pickle_hint(exc: Exception, owner: str, trusted: bool) -> Exception:
 
 
 def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
-    import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionXLImg2ImgPipeline
+    from diffusers import AutoencoderKL
 
     def variant_kwargs(source: str, given: str | None = spec.variant) -> dict[str, Any]:
         variant = local_variant(source, spec.name, given)
         return {"variant": variant} if variant else {}
 
-    cls = getattr(diffusers, PIPELINE_CLASSES[spec.kind])
-    options: dict[str, Any] = {**PIPELINE_OPTIONS[spec.kind], "dtype": dtype}
+    family = family_of(spec)
+    cls = family.pipeline_class(family.loads_as)
+    options: dict[str, Any] = {**family.options, "dtype": dtype}
     owner = f"model {spec.name}"
     refuse_pickles(owner, spec.trust_pickle, None if spec.single_file else spec.source, spec.refiner, spec.vae)
     try:
@@ -210,8 +212,10 @@ def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
                                        **variant_kwargs(spec.source), **options)
         refiner = None
         if spec.refiner:
-            refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
-                spec.refiner, text_encoder_2=pipe.text_encoder_2, vae=pipe.vae, add_watermarker=False, dtype=dtype,
+            # The refiner shares the base's VAE and its last text encoder (SDXL's bigG).
+            shared = family.text_encoders[-1].encoder
+            refiner = family.pipeline_class("refiner").from_pretrained(
+                spec.refiner, **{shared: getattr(pipe, shared)}, vae=pipe.vae, **family.options, dtype=dtype,
                 use_safetensors=not spec.trust_pickle, **variant_kwargs(spec.refiner))
     except (OSError, ValueError) as exc:
         raise pickle_hint(_missing_weights_hint(exc, spec), owner, spec.trust_pickle) from exc
@@ -226,16 +230,6 @@ def no_needless_upcast(pipe, dtype: torch.dtype) -> None:
     vae = getattr(pipe, "vae", None)
     if vae is not None and dtype != torch.float16 and getattr(vae.config, "force_upcast", False):
         vae.register_to_config(force_upcast=False)
-
-
-def _tiny(spec: ModelSpec):
-    if spec.kind == "svd":
-        return tiny.svd(), None
-    if spec.kind == "sd":
-        return (tiny.pai() if spec.source == "tiny:pai" else tiny.sd()), None
-    pipe = tiny.sdxl_base(seed=0 if spec.kind == "sdxl" else 3)
-    refiner = tiny.sdxl_refiner(pipe) if spec.refiner else None
-    return pipe, refiner
 
 
 def place(pipe, spec: ModelSpec, device: torch.device) -> None:
@@ -263,9 +257,9 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(spec)
     dtype = resolve_dtype(spec, device)
-    pipe, refiner = _tiny(spec) if spec.is_tiny else _from_pretrained(spec, dtype)
-    if spec.kind == "turbo":
-        pipe.scheduler = make_scheduler("turbo", pipe.scheduler.config)
+    pipe, refiner = family_of(spec).tiny(spec) if spec.is_tiny else _from_pretrained(spec, dtype)
+    if spec.kind_row.own_scheduler:  # Turbo: its own scheduler, from the model's config
+        pipe.scheduler = make_scheduler(spec.kind_row.scheduler, pipe.scheduler.config)
     for p in (pipe, refiner):
         if p is None:
             continue
@@ -287,7 +281,7 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
         place(p, spec, device)
     loaded = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
                          refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None,
-                         previewer=load_previewer(spec.family, spec.preview_decoder, device, dtype))
+                         previewer=load_previewer(family_of(spec), spec.preview_decoder, device, dtype))
     loaded.load_s = time.perf_counter() - started
     log.info("loaded model %s (%s, %s on %s) in %.2fs", spec.name, spec.source, str(dtype).removeprefix("torch."),
              device, loaded.load_s)
@@ -295,12 +289,6 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
 
 
 # ---------------------------------------------------------------- the GPU path
-
-# Per model kind, the transformer block classes that regional compilation compiles: the UNet's repeated
-# blocks (diffusers' `_repeated_blocks`; the SVD UNet declares none, so its spatial and temporal blocks).
-COMPILED_BLOCKS = {"UNet2DConditionModel": ("BasicTransformerBlock",),
-                   "UNetSpatioTemporalConditionModel": ("BasicTransformerBlock", "TemporalBasicTransformerBlock")}
-
 
 def fuse_qkv(module) -> int:
     """Fuse the Q/K/V projections of every attention layer that runs diffusers' default SDPA processor
@@ -330,7 +318,8 @@ def compile_blocks(module, spec: ModelSpec) -> int:
     every block of the same shape), much faster to compile than the whole UNet, nearly as fast to run."""
     import torch._dynamo
 
-    names = COMPILED_BLOCKS.get(type(module).__name__) or tuple(getattr(module, "_repeated_blocks", ()) or ())
+    # The family's repeated blocks (diffusers' `_repeated_blocks` where the family file names none).
+    names = family_of(spec).compile_blocks or tuple(getattr(module, "_repeated_blocks", ()) or ())
     # Shapes differ per UNet level, bucket and batch size: room for every one of them.
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 1024)
@@ -351,7 +340,8 @@ def optimize(spec: ModelSpec, *pipes) -> None:
     for pipe in pipes:
         if pipe is None:
             continue
-        for role in ("unet", "vae"):
+        denoiser = family_of(spec).denoiser
+        for role in (denoiser, "vae"):
             module = getattr(pipe, role, None)
             if module is None or id(module) in seen:
                 continue
@@ -361,8 +351,8 @@ def optimize(spec: ModelSpec, *pipes) -> None:
                          role)
             if spec.channels_last:
                 channels_last(module)
-            if spec.compile and role == "unet":
-                log.info("%s: compiling %d transformer blocks of the UNet (%s)", spec.name,
+            if spec.compile and role == denoiser:
+                log.info("%s: compiling %d transformer blocks of the %s (%s)", spec.name, role,
                          compile_blocks(module, spec), spec.compile_backend)
 
 

@@ -7,8 +7,9 @@ latents of every `preview_every_steps`-th step (and of the first step it learns 
 WebP data URL, longest side at most `MAX_SIDE`, carried by that step's progress event.
 
 Two decoders:
-- `linear` (default): a 4×3 matrix and a bias per model family map the latent channels to RGB
-  (the factors ComfyUI and AUTOMATIC1111 use for their cheap previews, fitted on real VAE decodes).
+- `linear` (default): a channels×3 matrix and a bias per model family map the latent channels to RGB
+  (each family file's `preview_factors`: the factors ComfyUI and AUTOMATIC1111 use for their cheap
+  previews, fitted on real VAE decodes).
   No model, no download, a fraction of a millisecond; the tiny profile's random latents look like
   coloured noise, as real ones do in the first steps.
 - `taesd`: a tiny autoencoder (TAESD for SD 1.x/2.x and SVD, TAESDXL for SDXL and Turbo:
@@ -31,24 +32,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from workers.families import FAMILIES, WorkerFamily
+
 log = logging.getLogger("fresco.previews")
 
 MAX_SIDE = 256  # api.md: a preview's longest side is at most this
 WEBP_QUALITY = 60  # method 0, the fastest: a 128² preview encodes in about 1 ms on this CPU
-# Per model family: (the latent -> RGB factors, one row per latent channel, and the RGB bias).
-LINEAR_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
-    "sd": ([[0.3512, 0.2297, 0.3227],
-            [0.3250, 0.4974, 0.2350],
-            [-0.2829, 0.1762, 0.2721],
-            [-0.2120, -0.2616, -0.7177]], [0.0, 0.0, 0.0]),
-    "sdxl": ([[0.3651, 0.4232, 0.4341],
-              [-0.2533, -0.0042, 0.1068],
-              [0.1076, 0.1111, -0.0362],
-              [-0.3165, -0.2492, -0.2188]], [0.1084, -0.0175, -0.0011]),
-}
-LINEAR_FACTORS["svd"] = LINEAR_FACTORS["sd"]  # SVD's latents are the SD VAE's
-
-
 def preview_size(width: int, height: int) -> tuple[int, int]:
     """The size of a decoded `width` × `height` preview once sent: the same shape, longest side ≤ MAX_SIDE."""
     scale = min(1.0, MAX_SIDE / max(width, height))
@@ -75,8 +64,13 @@ def denoised_scale(scheduler) -> float:
 class Previewer:
     """Renders one image's latents (channels × h × w) into a preview data URL."""
 
-    family: str
+    family: WorkerFamily
     decoder: torch.nn.Module | None = None  # an AutoencoderTiny, or None: the linear projection
+
+    @classmethod
+    def linear(cls, family: str) -> "Previewer":
+        """The linear previewer of the family named `family`."""
+        return cls(FAMILIES[family])
 
     @property
     def kind(self) -> str:
@@ -101,11 +95,11 @@ class Previewer:
         return to_data_url(image)
 
     def _decode_linear(self, latents: torch.Tensor) -> torch.Tensor:
-        factors, bias = LINEAR_FACTORS.get(self.family, LINEAR_FACTORS["sd"])
         x = latents.float()
         channels = x.shape[0]
-        weights = torch.tensor(factors, dtype=x.dtype, device=x.device)
-        if channels != weights.shape[0]:  # an architecture the factors were not fitted for: its first 3 channels
+        factors, bias = self.family.preview_factors or ((), (0.0, 0.0, 0.0))
+        weights = torch.tensor(factors or [[0.0] * 3], dtype=x.dtype, device=x.device)
+        if channels != len(factors):  # latents the factors were not fitted for: their first 3 channels
             weights = torch.eye(channels, 3, dtype=x.dtype, device=x.device) * 0.5
         offset = torch.tensor(bias, dtype=x.dtype, device=x.device)[:, None, None]
         return torch.einsum("chw,cr->rhw", x, weights) + offset
@@ -117,7 +111,7 @@ class Previewer:
         return out.float()
 
 
-def load_previewer(family: str, source: str | None, device: torch.device, dtype: torch.dtype) -> Previewer:
+def load_previewer(family: WorkerFamily, source: str | None, device: torch.device, dtype: torch.dtype) -> Previewer:
     """The model's previewer: linear, or the tiny autoencoder at `source` (a hub id or local directory)."""
     if not source:
         return Previewer(family)
@@ -125,5 +119,5 @@ def load_previewer(family: str, source: str | None, device: torch.device, dtype:
 
     decoder = AutoencoderTiny.from_pretrained(source, dtype=dtype, use_safetensors=True).to(device).eval()
     decoder.requires_grad_(False)
-    log.info("live previews of %s models decoded by the tiny autoencoder %s", family, source)
+    log.info("live previews of %s models decoded by the tiny autoencoder %s", family.name, source)
     return Previewer(family, decoder)

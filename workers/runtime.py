@@ -9,6 +9,7 @@ import time
 import torch
 
 from service.catalog import Catalog, ModelSpec
+from service.families import FAMILIES
 from service.jobs.heartbeats import serves
 from service.settings import Settings
 from service.tasks import TASKS, by_priority
@@ -22,7 +23,6 @@ from workers.pipelines.registry import PIPELINES
 from workers.progress import Progress
 
 log = logging.getLogger("fresco.runtime")
-ADAPTER_FAMILIES = ("sd", "sdxl")  # model families LoRAs and embeddings load into (workers/loras.py)
 
 
 class Runtime:
@@ -52,7 +52,7 @@ class Runtime:
                 model = self.models[name] = load_model(self.catalog.spec(name), loras=takes_loras)
                 metrics.MODEL_LOAD_SECONDS.labels(name).set(model.load_s)
                 metrics.MODEL_LOADS.labels(name).inc()
-                if model.spec.family in ADAPTER_FAMILIES and model.spec.memory != "minimal":
+                if FAMILIES[model.spec.family].adapters and model.spec.memory != "minimal":
                     model.loras = Loras(model, self.catalog, files, self.settings.worker_max_loras)
                     model.loras.load_embeddings(self.catalog.adapters_for(name, "embedding"))
                     if model.spec.compile and takes_loras:
@@ -113,17 +113,13 @@ class Runtime:
 def warm_up(pipeline: TaskPipeline, spec: ModelSpec, batch_size: int = 1) -> float:
     """Run `pipeline` once per size bucket (and, with batching, at the largest batch too, so the
     compiled blocks take a dynamic batch dimension); the seconds it took. Then `freeze_compiled()`."""
-    from PIL import Image
-
     started = time.perf_counter()
     buckets = [tuple(b) for b in spec.buckets] or [pipeline.default_size()]
     batchable = pipeline.batch_key(pipeline.warmup_params(*buckets[0])) is not None
-    takes_image = TASKS[pipeline.task].takes_image
     for width, height in buckets:
         for batch in sorted({1, batch_size}) if batchable else [1]:
             params = pipeline.warmup_params(width, height)
-            image = Image.new("RGB", (width, height), (127, 127, 127)) if takes_image else None
-            items = [(dict(params, seed=i), image) for i in range(batch)]
+            items = [dict(params, seed=i) for i in range(batch)]
             with torch.inference_mode():
                 pipeline.run_batch(items, Progress(lambda state: False, pipeline.plan(params)))
     return time.perf_counter() - started

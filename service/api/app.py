@@ -17,7 +17,7 @@ from service.api.errors import install_error_handlers
 from service.api.events import EventHub
 from service.api.metrics import ApiMetrics
 from service.api.routes import generate, health, jobs, models, playground, results
-from service.api.schemas import generate_adapter
+from service.api.requests import generate_adapter
 from service.catalog import Catalog, load_catalog
 from service.jobs.reaper import Reaper
 from service.redis import async_client, url_or_embedded

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from PIL import Image
 
 from service.fetch import FetchRejected, fetch_public_url
-from service.storage.names import EXTENSIONS
 
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|webp);base64,", re.IGNORECASE)
 FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
@@ -33,10 +32,6 @@ class DecodedImage:
     format: str  # png | jpeg | webp
     width: int
     height: int
-
-    @property
-    def filename(self) -> str:
-        return f"input.{EXTENSIONS[self.format]}"
 
 
 def _b64_bytes(ref: str, max_bytes: int) -> bytes:

@@ -1,18 +1,23 @@
-"""The API contract as types: per-task requests (a strict union tagged by `task`), JobView, ErrorBody.
+"""The API contract as types: per-task requests, JobView, ErrorBody.
 
 Rules that need no outside knowledge live here; rules that need the catalogue or the settings
-(model names, max pixels, the model's frame count, the input image) live in `service/api/resolve.py`.
-Each task's request class is registered in `REQUESTS` (the task table's rows, tests/service/test_tasks.py).
+(model names, max pixels, the model's frame count, the input image) live in `service/api/rules.py`.
+Each task's row in the task table names its request class here; `service/api/requests.py` makes
+the strict union tagged by `task` of them. Input images are a type (`ImageRef`), found by
+`image_fields` wherever a request has them.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from service.catalog import CONTROL_SCALE, LORA_SCALE, MAX_CONTROLS, PREPROCESSORS, SCHEDULERS
+from service.catalog import CONTROL_SCALE, LORA_SCALE, MAX_CONTROLS, PREPROCESSORS
+from service.families import SCHEDULERS
 from service.jobs.states import ErrorCode, JobStatus, Stage, WebhookEvent
 
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
@@ -32,8 +37,21 @@ def _clean_text(value: str) -> str:
 
 Prompt = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(_clean_text)]
 NegativePrompt = Annotated[str, Field(max_length=2000), AfterValidator(_clean_text)]
+
+
+class ImageInput:
+    """Marks a field as an input image (`ImageRef`). Whatever the field's name or depth (`image`,
+    `control[0].image`), resolve decodes and checks it, submit stores it, the worker reads it back, the
+    playground offers a drop zone for it: `image_fields` finds them all."""
+
+    def __repr__(self) -> str:
+        return "ImageInput()"
+
+
+IMAGE_INPUT = ImageInput()
+IMAGE_MAX_LENGTH = 64 * 1024 * 1024  # an ImageRef's most characters (the playground knows image fields by it)
 # An image: data URL, bare base64 or https URL. The byte limit is checked again after decoding.
-ImageRef = Annotated[str, Field(min_length=1, max_length=64 * 1024 * 1024), AfterValidator(_clean_text)]
+ImageRef = Annotated[str, Field(min_length=1, max_length=IMAGE_MAX_LENGTH), AfterValidator(_clean_text), IMAGE_INPUT]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Guidance = Annotated[float, Field(ge=0, le=20, allow_inf_nan=False)]
 
@@ -187,12 +205,58 @@ class Txt2ImgRequest(_Request):
     output_format: ImageFormat = "png"
 
 
-# Task name -> its request class (each class's `task` Literal is its name).
-REQUESTS: dict[str, type[BaseModel]] = {cls.model_fields["task"].annotation.__args__[0]: cls
-                                        for cls in (SDXLRequest, TurboRequest, Img2ImgRequest, SVDRequest,
-                                                    Txt2ImgRequest)}
-GenerateRequest = Annotated[Union[tuple(REQUESTS.values())], Field(discriminator="task")]  # type: ignore[valid-type]
-generate_adapter: TypeAdapter[Any] = TypeAdapter(GenerateRequest)
+def _marks_image(annotation) -> bool:
+    """Whether `annotation` is an ImageRef, or an optional one."""
+    if typing.get_origin(annotation) is Annotated:
+        return any(m is IMAGE_INPUT for m in annotation.__metadata__) or _marks_image(annotation.__origin__)
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return any(_marks_image(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _submodel(annotation) -> type[BaseModel] | None:
+    """The request model a field holds (`list[ControlRef]` -> ControlRef), or None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def image_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    """The paths of `model`'s input-image fields, `[]` standing for a list index: ("image",),
+    ("control[].image",)."""
+    out: list[str] = []
+    for name, info in model.model_fields.items():
+        if any(m is IMAGE_INPUT for m in info.metadata) or _marks_image(info.annotation):
+            out.append(name)
+            continue
+        sub = _submodel(info.annotation)
+        if sub is not None:
+            many = typing.get_origin(info.annotation) is list or any(
+                typing.get_origin(a) is list for a in typing.get_args(info.annotation))
+            out += [f"{name}{'[]' if many else ''}.{path}" for path in image_fields(sub)]
+    return tuple(out)
+
+
+def image_values(req: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
+    """Each input image a validated request carries, with its path (`control[1].image`), in field order."""
+    out: list[tuple[str, str]] = []
+    for name, info in type(req).model_fields.items():
+        value = getattr(req, name)
+        if value is None:
+            continue
+        if any(m is IMAGE_INPUT for m in info.metadata) or _marks_image(info.annotation):
+            out.append((prefix + name, value))
+        elif isinstance(value, BaseModel):
+            out += image_values(value, f"{prefix}{name}.")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, BaseModel):
+                    out += image_values(item, f"{prefix}{name}[{i}].")
+    return out
 
 
 # ---- responses (documented in the OpenAPI schema; handlers build them as plain dicts) ----

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from service.api.deps import Context
 from service.api.errors import Unavailable, ValidationFailed, dedupe, validation_fields
 from service.api.resolve import Resolved, resolve
-from service.api.schemas import generate_adapter
+from service.api.requests import generate_adapter
 from service.jobs import protocol
 from service.redis import REDIS_DOWN
 from service.settings import Settings

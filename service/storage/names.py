@@ -37,3 +37,10 @@ def image_name(index: int, fmt: str) -> str:
 
 def video_name(fmt: str) -> str:
     return f"video.{EXTENSIONS[fmt]}"
+
+
+def input_name(path: str, fmt: str) -> str:
+    """The file an input image at request path `path` is stored as: `image` -> input.png,
+    `control[1].image` -> control-1.png, `mask` -> mask.png."""
+    stem = "input" if path == "image" else re.sub(r"\[(\d+)\]", r"-\1", path).removesuffix(".image")
+    return f"{stem.replace('.', '-')}.{EXTENSIONS[fmt]}"

@@ -15,16 +15,18 @@ import torch
 import yaml
 
 from service.catalog import load_catalog
+from service.families import KINDS
 from service.settings import Settings
 from tests.conftest import ROOT
 from tests.deploy.conftest import COMPOSE_MODELS, DEPLOY, commented_models
 
 README = DEPLOY / "README.md"
 CONFIGS = ROOT / "bench" / "configs" / "full_size.json"
-# The published architecture behind each example source (a hub id), as bench/gpu.py's `build` names
-# them: "sdxl" is SDXL base + refiner, "turbo" SDXL base alone (Turbo is SDXL-shaped), "sd" SD 1.x.
-ARCHITECTURES = {
-    "stabilityai/stable-diffusion-xl-base-1.0": "turbo",
+# The published architecture behind each example source (a hub id): the model kind whose family file
+# builds it (workers/families/<family>.py `full_size`, on the meta device). An SDXL base with its refiner
+# counts the refiner too (it shares the base's VAE and bigG encoder, as workers/models.py loads it).
+SOURCES = {
+    "stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
     "stabilityai/sdxl-turbo": "turbo",
     "stabilityai/stable-video-diffusion-img2vid-xt": "svd",
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "sd",
@@ -35,15 +37,16 @@ GiB = 2**30
 SDXL_1024_ACTIVATIONS_GIB = 8.96 - 6.46
 
 
-def architecture(spec: dict) -> str:
-    arch = ARCHITECTURES.get(spec["source"])
-    assert arch, f"{spec['source']}: add its architecture here so the docs' memory figures stay checked"
-    if arch == "turbo" and spec.get("refiner"):
+def architecture(spec: dict) -> tuple[str, bool]:
+    """(family, with a refiner) of an example model."""
+    kind = SOURCES.get(spec["source"])
+    assert kind, f"{spec['source']}: add its kind here so the docs' memory figures stay checked"
+    assert kind == spec["kind"], spec
+    if spec.get("refiner"):
         assert spec["refiner"] == "stabilityai/stable-diffusion-xl-refiner-1.0", spec["refiner"]
-        arch = "sdxl"
     if spec.get("vae"):
         assert spec["vae"] == "madebyollin/sdxl-vae-fp16-fix", spec["vae"]  # the SDXL VAE's architecture
-    return arch
+    return KINDS[kind].family, bool(spec.get("refiner"))
 
 
 def unique_parameters(modules) -> int:
@@ -55,30 +58,20 @@ def unique_parameters(modules) -> int:
 
 
 @pytest.fixture(scope="module")
-def parameters() -> dict[str, int]:
-    """Parameters per architecture, counted on modules built on the meta device from the full-size
-    configs bench/gpu.py builds its models from (read here, not imported: only tests/bench import bench/)."""
-    from diffusers import (AutoencoderKL, AutoencoderKLTemporalDecoder, UNet2DConditionModel,
-                           UNetSpatioTemporalConditionModel)
-    from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPVisionConfig,
-                              CLIPVisionModelWithProjection)
+def parameters() -> dict[tuple[str, bool], int]:
+    """Parameters per (family, refiner), counted on the family files' full-size architectures built on the
+    meta device from the configs bench/gpu.py builds its models from (read here, not imported: only
+    tests/bench import bench/)."""
+    from workers.families import FAMILIES
 
     cfg = json.loads(CONFIGS.read_text())
+    out = {}
     with torch.device("meta"):
-        vae = AutoencoderKL(**cfg["SDXL_VAE"])  # SD 1.x's VAE has the same architecture
-        clip_l = CLIPTextModel(CLIPTextConfig(**cfg["CLIP_L_TEXT"]))
-        turbo = [UNet2DConditionModel(**cfg["SDXL_BASE_UNET"]), vae, clip_l,
-                 CLIPTextModelWithProjection(CLIPTextConfig(**cfg["OPENCLIP_BIGG_TEXT"]))]
-        return {
-            # The refiner shares the base's VAE and bigG encoder.
-            "sdxl": unique_parameters([*turbo, UNet2DConditionModel(**cfg["SDXL_REFINER_UNET"])]),
-            "turbo": unique_parameters(turbo),
-            "svd": unique_parameters([UNetSpatioTemporalConditionModel(**cfg["SVD_UNET"]),
-                                      AutoencoderKLTemporalDecoder(**cfg["SVD_VAE"]),
-                                      CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg["SVD_IMAGE_ENCODER"]))]),
-            # SD 1.x: diffusers' default UNet with CLIP-L's width, the SDXL VAE's architecture, CLIP-L
-            "sd": unique_parameters([UNet2DConditionModel(cross_attention_dim=768, sample_size=64), vae, clip_l]),
-        }
+        for name, family in FAMILIES.items():
+            out[(name, False)] = unique_parameters(family.full_size(cfg, False))
+            if "refiner" in family.pipelines:
+                out[(name, True)] = unique_parameters(family.full_size(cfg, True))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +92,7 @@ def gib(params: int) -> float:
 def test_parameter_counts_are_the_published_ones(parameters):
     """The counts deploy/README.md's weights table gives, in millions (and the reference notes)."""
     assert {k: round(v / 1e6, 2) for k, v in parameters.items()} == {
-        "sdxl": 5728.36, "turbo": 3468.84, "svd": 2254.44, "sd": 1066.24}
+        ("sdxl", True): 5728.36, ("sdxl", False): 3468.84, ("svd", False): 2254.44, ("sd", False): 1066.24}
 
 
 def readme_table(heading: str) -> list[list[str]]:

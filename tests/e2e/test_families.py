@@ -112,12 +112,12 @@ def test_single_file_and_pickled_models_from_a_models_file(family_stack):
         job = run(client, {"task": "txt2img", "prompt": "a boat", "width": 256, "height": 256, "steps": 2,
                            "seed": 3, "control": [{"model": "fam-canny", "image": EDGES}]})
         assert job["model"] == "fam-single"
-        from workers import tiny
+        from workers.families.sd import tiny_sd
 
         import torch
         plain = run(client, {"task": "txt2img", "prompt": "a boat", "width": 256, "height": 256, "steps": 2,
                              "seed": 3})
-        expected = tiny.sd(seed=6)(  # the pipeline the file was written from, run in this process
+        expected = tiny_sd(seed=6)(  # the pipeline the file was written from, run in this process
             "a boat", width=256, height=256, num_inference_steps=2, guidance_scale=7.5,
             generator=torch.Generator().manual_seed(3)).images[0]
         assert np.abs(pixels(client, plain) - np.asarray(expected, dtype=np.int16)).max() <= 1

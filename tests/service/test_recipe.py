@@ -12,7 +12,8 @@ import pytest
 
 from service.api.compat.a1111.checkpoints import checkpoint
 from service.api.compat.a1111.samplers import choose
-from service.catalog import SCHEDULERS, tiny_catalog
+from service.catalog import tiny_catalog
+from service.families import SCHEDULERS
 from service.recipe import Recipe, a1111_infotext, a1111_sampler, clean_params, model_hash, native_infotext
 from tests.conftest import ROOT
 

@@ -1,16 +1,19 @@
-"""service/tasks.py: the task table is what everything per task reads. Adding a task is a row there, a
-request schema (service/api/schemas.py), a rule function (service/api/resolve.py) and a pipeline file
-(workers/pipelines/<task>.py): each test here enumerates the table, so a row without one of them fails."""
+"""service/tasks.py: the task table is what everything per task reads. Adding a task is a row there that
+names its request schema (service/api/schemas.py), its rule function (service/api/rules.py) and its
+pipeline (workers/pipelines/<task>.py); which kinds serve it is the family table's (service/families.py),
+and how each family runs its mode, the family files' (workers/families/). Each test here enumerates the
+tables, so a row without one of its parts fails."""
 
 from __future__ import annotations
 
 import pytest
 
+from service.api.requests import IMAGE_FIELDS, REQUESTS, generate_adapter, takes_image
 from service.api.resolve import RULES
-from service.api.schemas import REQUESTS, generate_adapter
 from service.catalog import ModelSpec, tiny_catalog
+from service.families import FAMILIES, KINDS, kinds_for_task, tasks_for_kind
 from service.settings import Settings
-from service.tasks import TASK_NAMES, TASKS, by_priority, tasks_for_kind
+from service.tasks import TASK_NAMES, TASKS, by_priority, load
 from tests.conftest import ROOT
 
 
@@ -22,33 +25,59 @@ def test_the_table_lists_the_contracts_tasks_in_order():
 
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_every_task_has_a_request_schema_that_matches_its_row(task):
-    schema = REQUESTS[task]
+    schema = load(TASKS[task].request)
+    assert REQUESTS[task] is schema
     fields = schema.model_fields
     assert fields["task"].annotation.__args__ == (task,)
-    assert ("image" in fields) == TASKS[task].takes_image
     assert ("scheduler" in fields) == TASKS[task].schedulers
+    assert ("loras" in fields) == TASKS[task].adapters
+    assert ("control" in fields) == TASKS[task].control == ("control[].image" in IMAGE_FIELDS[task])
+    assert ("image" in fields) == takes_image(task) == ("image" in IMAGE_FIELDS[task])
     assert fields["output_format"].default == ("mp4" if TASKS[task].output == "video" else "png")
-    assert set(REQUESTS) == set(TASK_NAMES)
+    assert list(REQUESTS) == list(TASK_NAMES)
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
-def test_every_task_has_resolve_rules_and_a_pipeline_file(task):
+def test_every_task_has_its_rule_function_and_its_pipeline(task):
     from workers.pipelines.registry import PIPELINES
 
-    assert task in RULES
-    assert PIPELINES[task].task == task
-    assert (ROOT / "workers" / "pipelines" / f"{task}.py").is_file()
-    assert set(PIPELINES) == set(RULES) == set(TASK_NAMES)
+    assert RULES[task] is load(TASKS[task].rules) and callable(RULES[task])
+    assert PIPELINES[task] is load(TASKS[task].pipeline) and PIPELINES[task].task == task
+    module = TASKS[task].pipeline.partition(":")[0]
+    assert (ROOT / (module.replace(".", "/") + ".py")).is_file()
+    assert list(PIPELINES) == list(RULES) == list(TASK_NAMES)
 
 
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_every_task_is_served_by_the_tiny_profile_and_its_facts_exist(task):
     catalog = tiny_catalog()
     assert catalog.models_for(task) and catalog.default_for(task) in catalog.models_for(task)
-    for kind in TASKS[task].kinds:
+    assert kinds_for_task(task)
+    for kind in kinds_for_task(task):
         assert task in tasks_for_kind(kind)
-    spec = ModelSpec(name="x", kind=TASKS[task].kinds[0], source="tiny")
-    assert set(TASKS[task].model_facts) <= set(spec.facts())
+        spec = ModelSpec(name="x", kind=kind, source=KINDS[kind].tiny_sources[0])
+        assert set(TASKS[task].model_facts) <= set(spec.facts())
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_every_kind_runs_each_of_its_tasks_through_its_family_file(kind):
+    """A kind's tasks exist, and its family's file has a pipeline class for each task's mode (and for its
+    ControlNet pipelines where the family takes ControlNets), which diffusers has."""
+    import diffusers
+
+    from workers.families import FAMILIES as WORKER_FAMILIES
+
+    row = KINDS[kind]
+    family = WORKER_FAMILIES[row.family]
+    assert row.family in FAMILIES and family.name == row.family
+    for task in row.tasks:
+        assert task in TASKS
+        modes = [TASKS[task].mode] + ([f"control:{TASKS[task].mode}"] if TASKS[task].control and
+                                      FAMILIES[row.family].control else [])
+        for mode in modes:
+            assert hasattr(diffusers, family.pipelines[mode]), (kind, task, mode)
+    assert family.loads_as in family.pipelines
+    assert "refiner" in family.pipelines or not row.refiner
 
 
 def test_settings_take_their_per_task_defaults_from_the_table():
@@ -81,6 +110,6 @@ def test_get_models_lists_every_task(api):
     for name, task in TASKS.items():
         info = body["tasks"][name]
         assert ("schedulers" in info) == task.schedulers
-        assert ("max_image_bytes" in info["limits"]) == task.takes_image
+        assert ("max_image_bytes" in info["limits"]) == takes_image(name)
         for entry in info["models"]:
             assert set(task.model_facts) <= set(entry)

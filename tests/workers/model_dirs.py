@@ -10,17 +10,18 @@ import shutil
 from pathlib import Path
 
 from workers import tiny
+from workers.families.sd import chinese_vocab, tiny_pai, tiny_sd
 
 
 def save_sd(path: Path, seed: int = 4, **scheduler) -> Path:
-    tiny.sd(seed=seed, scheduler=scheduler or None).save_pretrained(path)
+    tiny_sd(seed=seed, scheduler=scheduler or None).save_pretrained(path)
     return path
 
 
 def save_pai(path: Path, pickled: bool = True) -> Path:
     """The tiny PAI-style pipeline in the hub repository's layout: `model_index.json` naming a BertTokenizer
     and a CLIPTextModel, `tokenizer/vocab.txt` (one token a line) and its config, weights as `.bin` pickles."""
-    tiny.pai().save_pretrained(path, safe_serialization=not pickled)
+    tiny_pai().save_pretrained(path, safe_serialization=not pickled)
     if pickled:  # transformers 5 writes safetensors whatever it is told: the text encoder as PAI ships it
         import torch
         from safetensors.torch import load_file
@@ -31,7 +32,7 @@ def save_pai(path: Path, pickled: bool = True) -> Path:
     tokenizer = path / "tokenizer"
     shutil.rmtree(tokenizer)
     tokenizer.mkdir()
-    (tokenizer / "vocab.txt").write_text("\n".join(tiny.chinese_vocab()) + "\n", encoding="utf-8")
+    (tokenizer / "vocab.txt").write_text("\n".join(chinese_vocab()) + "\n", encoding="utf-8")
     (tokenizer / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "BertTokenizer", "do_lower_case": True, "model_max_length": 77,
          "tokenize_chinese_chars": True}))
@@ -42,7 +43,7 @@ def save_pai(path: Path, pickled: bool = True) -> Path:
 
 
 def save_controlnet(path: Path, seed: int = 21) -> Path:
-    tiny.controlnet(tiny.sd().unet, seed).save_pretrained(path)
+    tiny.controlnet(tiny_sd().unet, seed).save_pretrained(path)
     return path
 
 
@@ -51,7 +52,7 @@ def save_single_file(path: Path, config_dir: Path, seed: int = 6) -> tuple[Path,
     directory of its architecture (configs and tokenizers, no weights)."""
     from tests.workers.original_layout import save_configs, save_single_file as write
 
-    pipe = tiny.sd(seed=seed)
+    pipe = tiny_sd(seed=seed)
     save_configs(pipe, config_dir)
     write(pipe, path)
     return path, config_dir

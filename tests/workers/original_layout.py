@@ -276,17 +276,18 @@ def sdxl_base(seed: int = 0):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     from workers import tiny
+    from workers.families.sdxl import SDXL_UNET, SDXL_VAE
 
     torch.manual_seed(seed)
     width = SDXL_TEXT_ENCODER_2_WIDTH
     context = tiny.TEXT_ENCODER["hidden_size"] + width  # the two encoders' hidden states, concatenated
     return StableDiffusionXLPipeline(
-        vae=AutoencoderKL(**tiny.SDXL_VAE),
+        vae=AutoencoderKL(**SDXL_VAE),
         text_encoder=CLIPTextModel(CLIPTextConfig(**tiny.TEXT_ENCODER)),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**{**tiny.TEXT_ENCODER, "hidden_size": width})),
         tokenizer=tiny.tokenizer(),
         tokenizer_2=tiny.tokenizer(),
-        unet=UNet2DConditionModel(**{**tiny.SDXL_UNET, "cross_attention_dim": context}),
-        scheduler=EulerDiscreteScheduler(**tiny.SDXL_SCHEDULER),
+        unet=UNet2DConditionModel(**{**SDXL_UNET, "cross_attention_dim": context}),
+        scheduler=EulerDiscreteScheduler(**tiny.SCHEDULER),
         add_watermarker=False,
     )

@@ -22,14 +22,14 @@ from service.catalog import AdapterSpec, tiny_catalog
 from tests.local_server import ADDRESS as ALLOWED
 from tests.local_server import local_server
 from tests.workers.harness import image, job, make_runner, pop_and_run, submit, turbo
-from workers import metrics, tiny
+from workers import metrics, tiny_adapters
 from workers.adapter_files import AdapterFiles
 
 TASK, MODEL = "turbo", "tiny-turbo"
 
 
 def lora_bytes(seed: int) -> bytes:
-    return safetensors.torch.save(tiny.lora(seed))
+    return safetensors.torch.save(tiny_adapters.lora(seed))
 
 
 def digest_of(data: bytes) -> str:

@@ -45,10 +45,15 @@ def runner(module_server, tmp_path_factory):
 
 
 def run(runner, task, model, p, image=None, controls=()):
+    """`p` run as a worker runs a job: its input images (`image`, the control images) decoded into it."""
     pipeline = runner.runtime.pipeline(task, model)
-    member = Member("x", p, 0, 0, controls=list(controls))
+    pixels = {f"control[{i}].image": c for i, c in enumerate(controls)}
+    if image is not None:
+        p = {**p, "image": {"name": "input.png", "width": image.width, "height": image.height}}
+        pixels["image"] = image
+    member = Member("x", p, 0, 0, pixels=pixels)
     with torch.inference_mode():
-        out = pipeline.run_batch([(member.run_params(), image)], Progress(lambda s: False, pipeline.plan(p)))
+        out = pipeline.run_batch([member.run_params()], Progress(lambda s: False, pipeline.plan(p)))
     return np.asarray(out[0].images[0], dtype=np.int16)
 
 

@@ -35,9 +35,9 @@ def test_sd_directory_loads_as_an_sd_pipeline(dirs):
     model = load_model(cpu(kind="sd", source=str(dirs["sd"])))
     assert type(model.pipe).__name__ == "StableDiffusionPipeline" and model.pipe.safety_checker is None
     assert model.spec.size == (512, 512)  # the UNet's sample size 64 × the VAE's 8
-    from workers import tiny
+    from workers.families.sd import tiny_sd
 
-    assert (pixels(model.pipe) == pixels(tiny.sd())).all()
+    assert (pixels(model.pipe) == pixels(tiny_sd())).all()
     assert type(model.img2img()).__name__ == "StableDiffusionImg2ImgPipeline"
     assert model.img2img().unet is model.pipe.unet
 
@@ -60,9 +60,9 @@ def test_pai_model_runs_chinese_prompts_with_its_bert_tokenizer(dirs):
     model = load_model(cpu(kind="sd", source=str(dirs["pai"]), trust_pickle=True))
     assert type(model.pipe.tokenizer).__name__ == "BertTokenizer"
     assert model.pipe.tokenizer.tokenize("一只猫") == ["一", "只", "猫"]
-    from workers import tiny
+    from workers.families.sd import tiny_pai
 
-    assert (pixels(model.pipe, "一只猫在草地上") == pixels(tiny.pai(), "一只猫在草地上")).all()
+    assert (pixels(model.pipe, "一只猫在草地上") == pixels(tiny_pai(), "一只猫在草地上")).all()
     assert (pixels(model.pipe, "一只猫") != pixels(model.pipe, "一只狗")).any()  # the characters matter
     # The prompt-length warning counts BERT tokens ([CLS], one per character, [SEP]): 75 characters fit.
     assert prompt_warnings(model.pipe, prompt="猫" * 75) == []
@@ -107,9 +107,9 @@ def test_single_file_checkpoint_loads_with_its_config(tmp_path):
     path, config = model_dirs.save_single_file(tmp_path / "finetune.safetensors", tmp_path / "sd-config", seed=6)
     model = load_model(cpu(kind="sd", source=str(path), config=str(config)))
     assert model.spec.single_file and type(model.pipe).__name__ == "StableDiffusionPipeline"
-    from workers import tiny
+    from workers.families.sd import tiny_sd
 
-    assert (pixels(model.pipe) == pixels(tiny.sd(seed=6))).all()
+    assert (pixels(model.pipe) == pixels(tiny_sd(seed=6))).all()
 
 
 def test_worker_models_loads_only_what_it_names(tmp_path):
@@ -139,11 +139,11 @@ def test_loras_on_an_sd_model(tmp_path):
     from safetensors.torch import save_file
 
     from service.catalog import load_catalog
-    from workers import tiny
+    from workers import tiny_adapters
     from workers.progress import Progress
     from workers.runtime import Runtime
 
-    save_file(tiny.lora(31, family="sd"), str(tmp_path / "sd-style.safetensors"))
+    save_file(tiny_adapters.lora(31, family="sd"), str(tmp_path / "sd-style.safetensors"))
     (tmp_path / "models.yaml").write_text(
         "models:\n  m: {kind: sd, source: tiny, device: cpu}\n"
         "adapters:\n  sd-style: {kind: lora, source: sd-style.safetensors, base: sd}\n")
@@ -157,7 +157,7 @@ def test_loras_on_an_sd_model(tmp_path):
         q = dict(p, loras=loras)
         used = pipeline.use_adapters(q)
         with torch.inference_mode():
-            out = pipeline.run_batch([(q, None)], Progress(lambda s: False, pipeline.plan(q)))
+            out = pipeline.run_batch([q], Progress(lambda s: False, pipeline.plan(q)))
         return np.asarray(out[0].images[0]), used
 
     plain, _ = image([])
@@ -184,9 +184,10 @@ def test_sdxl_single_file_checkpoint_loads_with_its_config(tmp_path):
 def test_a_pickled_controlnet_directory_needs_trust_pickle(tmp_path):
     from service.catalog import ControlNetSpec
     from workers import tiny
+    from workers.families.sd import tiny_sd
     from workers.control import load_controlnet
 
-    tiny.controlnet(tiny.sd().unet, 9).save_pretrained(tmp_path / "canny", safe_serialization=False)
+    tiny.controlnet(tiny_sd().unet, 9).save_pretrained(tmp_path / "canny", safe_serialization=False)
     assert (tmp_path / "canny" / "diffusion_pytorch_model.bin").is_file()
     spec = ControlNetSpec(name="c", kind="canny", source=str(tmp_path / "canny"), base=["sd"])
     with pytest.raises(ValueError, match=r"controlnet c: .* pickled weights only \(canny: .bin files\)"):

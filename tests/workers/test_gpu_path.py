@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from service.catalog import ModelSpec, load_catalog
-from workers.models import COMPILED_BLOCKS, freeze_compiled, load_model
+from workers.families import FAMILIES
+from workers.models import freeze_compiled, load_model
+from workers.pipelines.base import input_image
 from workers.pipelines.registry import PIPELINES
 from workers.progress import Progress
 from workers.runtime import warm_up
@@ -32,9 +34,9 @@ def dynamo():
     torch._dynamo.reset()
 
 
-def run(pipeline, params: dict, image=None):
+def run(pipeline, params: dict):
     with torch.inference_mode():
-        return pipeline.run(params, image, Progress(lambda state: False, pipeline.plan(params)))
+        return pipeline.run(params, Progress(lambda state: False, pipeline.plan(params)))
 
 
 def turbo_params(size=256, seed=3):
@@ -87,7 +89,7 @@ def test_compile_warms_the_buckets_so_no_request_compiles(dynamo):
                      channels_last=True, buckets=[(256, 256)])
     model = load_model(spec)
     assert compiled_blocks(model.pipe.unet) == sum(
-        1 for m in model.pipe.unet.modules() if type(m).__name__ in COMPILED_BLOCKS["UNet2DConditionModel"]) > 0
+        1 for m in model.pipe.unet.modules() if type(m).__name__ in FAMILIES["sdxl"].compile_blocks) > 0
     pipeline = PIPELINES["turbo"](model)
     assert dynamo["stats"]["unique_graphs"] == 0
     warm_up(pipeline, spec, batch_size=2)  # the bucket at batch 1 and 2
@@ -115,8 +117,8 @@ def test_sdxl_with_refiner_and_svd_take_every_option(dynamo, tmp_path):
     frames = run(PIPELINES["svd"](svd), {"width": 128, "height": 64, "num_frames": 4, "steps": 2, "fps": 7,
                                          "motion_bucket_id": 127, "noise_aug_strength": 0.02,
                                          "min_guidance_scale": 1.0, "max_guidance_scale": 3.0,
-                                         "decode_chunk_size": 4, "seed": 1},
-                 Image.new("RGB", (128, 64), (200, 30, 30))).frames
+                                         "decode_chunk_size": 4, "seed": 1,
+                                         "image": input_image(Image.new("RGB", (128, 64), (200, 30, 30)))}).frames
     assert frames.shape == (4, 64, 128, 3)
 
 
@@ -125,11 +127,11 @@ def test_vae_override_from_a_directory(tmp_path):
     from_pretrained (here a tiny VAE with its own weights, saved beside a tiny pipeline)."""
     from diffusers import AutoencoderKL
 
-    from workers import tiny
+    from workers.families.sdxl import SDXL_VAE, tiny_base
 
-    tiny.sdxl_base(seed=3).save_pretrained(tmp_path / "turbo")
+    tiny_base(seed=3).save_pretrained(tmp_path / "turbo")
     torch.manual_seed(42)
-    fixed = AutoencoderKL(**{**tiny.SDXL_VAE, "force_upcast": False})
+    fixed = AutoencoderKL(**{**SDXL_VAE, "force_upcast": False})
     fixed.save_pretrained(tmp_path / "vae-fix")
     (tmp_path / "models.yaml").write_text(
         "models:\n  t: {kind: turbo, source: ./turbo, vae: ./vae-fix, dtype: float32, device: cpu, "

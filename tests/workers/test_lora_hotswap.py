@@ -12,8 +12,8 @@ import torch
 
 from service.catalog import AdapterSpec, tiny_catalog
 from tests.workers.harness import image, job, make_runner, pop_and_run, submit, turbo
-from workers import tiny
-from workers.loras import SLOT_TARGETS
+from workers import tiny_adapters
+from workers.lora_slots import SLOT_TARGETS
 
 TASK, MODEL = "turbo", "tiny-turbo"
 
@@ -30,7 +30,7 @@ def runner(module_server, tmp_path_factory):
               "too-wide": dict(seed=305, rank=16), "conv": dict(seed=306, unet_targets=("conv1",))}
     for name, kw in layers.items():
         path = folder / f"{name}.safetensors"
-        safetensors.torch.save_file(tiny.lora(**kw), str(path))
+        safetensors.torch.save_file(tiny_adapters.lora(**kw), str(path))
         catalog.adapters[name] = AdapterSpec(name=name, kind="lora", source=str(path), base=["sdxl"])
     r = make_runner(module_server.url, tmp_path_factory.mktemp("hotswap-data"), "hotswap-worker", catalog,
                     worker_max_loras=4)  # the slots, not this, bound a compiled model's LoRAs

@@ -16,14 +16,14 @@ from service.catalog import AdapterSpec, tiny_catalog
 from service.jobs import keys
 from service.jobs.states import Stage
 from tests.workers.harness import image, job, make_runner, pop_and_run, same_pixels, submit, turbo
-from workers import metrics, tiny
+from workers import metrics, tiny_adapters
 
 TASK, MODEL = "turbo", "tiny-turbo"
 
 
 def lora_file(folder, name, seed, layout="peft", **kw):
     path = folder / f"{name}.safetensors"
-    safetensors.torch.save_file(tiny.lora(seed, layout, **kw), str(path))
+    safetensors.torch.save_file(tiny_adapters.lora(seed, layout, **kw), str(path))
     return path
 
 
@@ -42,7 +42,7 @@ def files(tmp_path_factory):
     for i in range(5):
         out[f"c{i}"] = lora_file(folder, f"c{i}", 200 + i, rank=2)
     # Made for another architecture: the same layer names, other widths.
-    wrong = {k: v[:, :2].contiguous() if v.dim() == 2 and v.shape[1] > 2 else v for k, v in tiny.lora(103).items()}
+    wrong = {k: v[:, :2].contiguous() if v.dim() == 2 and v.shape[1] > 2 else v for k, v in tiny_adapters.lora(103).items()}
     out["wrong"] = folder / "wrong.safetensors"
     safetensors.torch.save_file(wrong, str(out["wrong"]))
     # Nothing in it matches the model.

@@ -29,6 +29,9 @@ from diffusers.hooks.group_offloading import GroupOffloadingType
 from PIL import Image
 
 from workers import tiny
+from workers.families.sd import tiny_sd
+from workers.families.sdxl import tiny_base, tiny_refiner
+from workers.families.svd import tiny_svd
 from workers.memory import TILE, apply_memory, offload_mode
 
 CPU = torch.device("cpu")
@@ -52,7 +55,7 @@ def frozen(pipe):
 
 
 def sd_image(mode: str):
-    pipe = frozen(tiny.sd())
+    pipe = frozen(tiny_sd())
     apply_memory(pipe, mode, CPU)
     return pipe, call(pipe)
 
@@ -63,8 +66,8 @@ def frozen_controlnet(base):
 
 def sdxl_images(mode: str) -> tuple[dict, dict]:
     """The base + refiner job, then img2img and ControlNet pipelines made with from_pipe on the base."""
-    base = frozen(tiny.sdxl_base())
-    refiner = frozen(tiny.sdxl_refiner(base))
+    base = frozen(tiny_base())
+    refiner = frozen(tiny_refiner(base))
     apply_memory(base, mode, CPU)
     apply_memory(refiner, mode, CPU)
     latents = call(base, denoising_end=0.5, output_type="latent")
@@ -147,11 +150,11 @@ def test_sdxl_refiner_and_from_pipe_same_images(mode, default_sdxl):
 def test_minimal_offloads_a_shared_module_once():
     """The refiner's apply_memory leaves the base's hooks on the shared VAE and text encoder in place and
     offloads only its own UNet; a ControlNet from_pipe brings is offloaded by its pipeline's apply_memory."""
-    base = tiny.sdxl_base()
+    base = tiny_base()
     apply_memory(base, "minimal", CPU)
     leaf = base.vae.decoder.conv_in
     hook = leaf._diffusers_hook.get_hook("group_offloading")
-    refiner = tiny.sdxl_refiner(base)
+    refiner = tiny_refiner(base)
     assert offload_mode(refiner) == "minimal"  # through the shared modules, before its own apply
     apply_memory(refiner, "minimal", CPU)
     assert leaf._diffusers_hook.get_hook("group_offloading") is hook
@@ -164,7 +167,7 @@ def test_minimal_offloads_a_shared_module_once():
 
 
 def test_minimal_tiles_the_vae_above_the_tile_only():
-    pipe = tiny.sdxl_base()
+    pipe = tiny_base()
     assert pipe.vae.tile_sample_min_size == 1024  # the SDXL VAE's own: no tiling at 1024²
     apply_memory(pipe, "minimal", CPU)
     assert pipe.vae.tile_sample_min_size == TILE == 512 and pipe.vae.tile_latent_min_size == 64
@@ -178,7 +181,7 @@ def test_svd_minimal_same_frames_within_slicing_rounding():
     level: the delivered frames are the same bytes but for rare off-by-one pixels, while a layer run with
     wrong weights or dtype moves pixels by 1e-2 and more."""
     def frames(mode):
-        pipe = frozen(tiny.svd())
+        pipe = frozen(tiny_svd())
         apply_memory(pipe, mode, CPU)
         pipe.set_progress_bar_config(disable=True)
         with torch.inference_mode():
@@ -192,15 +195,15 @@ def test_svd_minimal_same_frames_within_slicing_rounding():
 
 
 def test_modes_cannot_be_undone_or_mixed():
-    pipe = tiny.sd()
+    pipe = tiny_sd()
     apply_memory(pipe, "minimal", CPU)
     with pytest.raises(ValueError, match="fresh pipeline"):
         apply_memory(pipe, "default", CPU)
     with pytest.raises(ValueError, match="cannot also"):
         apply_memory(pipe, "balanced", CPU)
     with pytest.raises(ValueError, match="unknown memory mode"):
-        apply_memory(tiny.sd(), "low", CPU)
-    compiled = tiny.sd()
+        apply_memory(tiny_sd(), "low", CPU)
+    compiled = tiny_sd()
     compiled.unet.up_blocks[0].attentions[0].transformer_blocks[0].compile(fullgraph=True, backend="eager")
     with pytest.raises(ValueError, match="compiled modules \\(unet\\)"):  # fullgraph cannot trace the hooks
         apply_memory(compiled, "minimal", CPU)
@@ -214,7 +217,7 @@ def test_a_models_file_memory_mode_through_the_worker_same_images(mode, tmp_path
 
     from service.catalog import Catalog
     from service.settings import Settings
-    from workers.batching import Member
+    from workers.pipelines.base import input_image
     from workers.memory import offload_mode
     from workers.progress import Progress
     from workers.runtime import Runtime
@@ -224,21 +227,20 @@ def test_a_models_file_memory_mode_through_the_worker_same_images(mode, tmp_path
                           controlnets={"c": {"kind": "canny", "source": "tiny", "base": "sd"}})
         return Runtime(Settings(worker_tasks="txt2img,img2img", data_dir=tmp_path), catalog).load()
 
-    control = [{"model": "c", "kind": "canny", "scale": 1.0, "start": 0.0, "end": 1.0, "preprocess": "canny",
-                "image": {"name": "control-0.png"}}]
     edges = Image.effect_mandelbrot((64, 64), (-2, -1.2, 1, 1.2), 60).convert("RGB")
-    jobs = [("txt2img", {}, None), ("txt2img", {"control": control}, None),
-            ("img2img", {"strength": 0.5, "control": control}, edges)]
+    control = [{"model": "c", "kind": "canny", "scale": 1.0, "start": 0.0, "end": 1.0, "preprocess": "canny",
+                "image": input_image(edges, "control-0.png")}]
+    jobs = [("txt2img", {}), ("txt2img", {"control": control}),
+            ("img2img", {"strength": 0.5, "control": control, "image": input_image(edges)})]
 
     def images(rt):
         out = []
-        for task, extra, init in jobs:
+        for task, extra in jobs:
             p = {"prompt": "a cat", "negative_prompt": "", "seed": 1, "num_images": 1, "steps": 2, "width": 64,
                  "height": 64, "guidance_scale": 7.5, "scheduler": "euler", **extra}
-            member = Member("x", p, 0, 0, controls=[edges] if "control" in extra else [])
             pipeline = rt.pipeline(task, "m")
             with torch.inference_mode():
-                result = pipeline.run_batch([(member.run_params(), init)], Progress(lambda s: False, pipeline.plan(p)))
+                result = pipeline.run_batch([p], Progress(lambda s: False, pipeline.plan(p)))
             out.append(np.asarray(result[0].images[0]))
         return out
 

@@ -65,11 +65,12 @@ turbo = "local-turbo"
 def weights(tmp_path_factory) -> dict:
     """Tiny pipelines saved as diffusers directories base/, refiner/, turbo/, svd/ (the in-memory
     originals are kept, to compare the loaded weights with), and a YAML models file in config/."""
-    from workers import tiny
+    from workers.families.sdxl import tiny_base, tiny_refiner
+    from workers.families.svd import tiny_svd
 
     root = tmp_path_factory.mktemp("local-models")
-    base = tiny.sdxl_base(seed=0)
-    pipes = {"base": base, "refiner": tiny.sdxl_refiner(base), "turbo": tiny.sdxl_base(seed=3), "svd": tiny.svd()}
+    base = tiny_base(seed=0)
+    pipes = {"base": base, "refiner": tiny_refiner(base), "turbo": tiny_base(seed=3), "svd": tiny_svd()}
     for name, pipe in pipes.items():
         pipe.save_pretrained(root / name)
     (root / "config").mkdir()
@@ -340,6 +341,7 @@ def test_an_img2img_job_in_bfloat16_never_casts_the_vae(weights, tmp_path, monke
 
     from service.catalog import ModelSpec
     from workers.models import load_model
+    from workers.pipelines.base import input_image
     from workers.pipelines.img2img import Img2Img
     from workers.progress import Progress
 
@@ -355,9 +357,10 @@ def test_an_img2img_job_in_bfloat16_never_casts_the_vae(weights, tmp_path, monke
     to = type(model.pipe.vae).to
     monkeypatch.setattr(type(model.pipe.vae), "to", lambda self, *a, **k: casts.append((a, k)) or to(self, *a, **k))
     params = {"prompt": "p", "steps": 2, "strength": 0.5, "guidance_scale": 0.0, "scheduler": "turbo",
-              "num_images": 1, "seed": 1, "width": 64, "height": 64}
+              "num_images": 1, "seed": 1, "width": 64, "height": 64,
+              "image": input_image(PILImage.new("RGB", (64, 64)))}
     with torch.inference_mode():
-        out = pipeline.run(params, PILImage.new("RGB", (64, 64)), Progress(lambda s: False, pipeline.plan(params)))
+        out = pipeline.run(params, Progress(lambda s: False, pipeline.plan(params)))
     assert len(out.images) == 1 and casts == []
 
 

@@ -14,7 +14,8 @@ from PIL import Image
 
 from tests.workers import original_layout
 from tests.workers.original_layout import original_state_dict, save_configs, save_single_file
-from workers import tiny
+from workers.families.sd import tiny_sd
+from workers.families.sdxl import tiny_base, tiny_refiner
 
 SD_MODULES = ("unet", "vae", "text_encoder")
 SDXL_MODULES = ("unet", "vae", "text_encoder", "text_encoder_2")
@@ -57,7 +58,7 @@ def pixels(pipe, **kwargs):
 
 @pytest.mark.parametrize("text_layout", ["clip", "open_clip"])  # SD 1.x, SD 2.x
 def test_sd_round_trip(tmp_path, text_layout):
-    pipe = tiny.sd()
+    pipe = tiny_sd()
     path, configs = write(pipe, tmp_path, open_clip=text_layout == "open_clip")
     state = safetensors.torch.load_file(str(path))
     assert CHECKPOINT_KEY_NAMES[text_layout] in state  # how diffusers tells the text encoder's layout
@@ -88,7 +89,7 @@ def test_sdxl_round_trip(tmp_path):
 
 
 def test_sdxl_refiner_round_trip(tmp_path):
-    refiner = tiny.sdxl_refiner(tiny.sdxl_base())
+    refiner = tiny_refiner(tiny_base())
     path, configs = write(refiner, tmp_path)
     state = safetensors.torch.load_file(str(path))
     assert CHECKPOINT_KEY_NAMES["open_clip_sdxl_refiner"] in state
@@ -105,7 +106,7 @@ def test_equally_wide_sdxl_text_encoders_are_confused_by_diffusers(tmp_path):
     """Why `original_layout.sdxl_base()` exists: diffusers picks a text encoder's weights by its width, so
     the stock tiny SDXL (both encoders 32 wide) gets CLIP-L's weights in text_encoder_2 too. When this
     fails, diffusers tells the encoders apart by name and `workers.tiny.sdxl_base()` can be used."""
-    pipe = tiny.sdxl_base()
+    pipe = tiny_base()
     loaded = load(StableDiffusionXLPipeline, *write(pipe, tmp_path), add_watermarker=False)
     assert differing(pipe, loaded, ("unet", "vae", "text_encoder")) == []
     clip_l = pipe.text_encoder.state_dict()
@@ -116,7 +117,7 @@ def test_equally_wide_sdxl_text_encoders_are_confused_by_diffusers(tmp_path):
 
 
 def test_a_wrong_or_missing_key_is_caught(tmp_path):
-    pipe = tiny.sd()
+    pipe = tiny_sd()
     state = original_state_dict(pipe)
     # two tensors of the same shape exchanged: loads without a word, so only the comparison can tell
     a, b = ("model.diffusion_model.input_blocks.1.0.in_layers.2.weight",
@@ -143,7 +144,7 @@ def test_a_wrong_or_missing_key_is_caught(tmp_path):
 
 
 def test_unknown_modules_are_refused():
-    pipe = tiny.sd()
+    pipe = tiny_sd()
     pipe.unet.register_buffer("extra", torch.zeros(1))
     with pytest.raises(KeyError, match="extra"):
         original_state_dict(pipe)

@@ -19,12 +19,14 @@ configure_logging(Settings())
 if sys.argv[1] == "quiet":
     from workers import quiet
     quiet.silence_known_noise()
-from workers import tiny
-pipe = tiny.svd()                      # SVD's CLIPImageProcessor, without torchvision
+from workers import tiny_adapters
+from workers.families.sdxl import tiny_base
+from workers.families.svd import tiny_svd
+pipe = tiny_svd()                      # SVD's CLIPImageProcessor, without torchvision
 pipe.to(dtype=torch.bfloat16)          # a cast of every model
-base = tiny.sdxl_base()                # two LoRAs with text-encoder parts, one after the other
-base.load_lora_weights(tiny.lora(1), adapter_name="one")
-base.load_lora_weights(tiny.lora(2), adapter_name="two")
+base = tiny_base()                      # two LoRAs with text-encoder parts, one after the other
+base.load_lora_weights(tiny_adapters.lora(1), adapter_name="one")
+base.load_lora_weights(tiny_adapters.lora(2), adapter_name="two")
 logging.getLogger("diffusers.models.modeling_utils").warning("a warning that means something")
 """
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from PIL import Image
 
 from service.jobs.states import Stage
+from service.tasks import TASKS
 from workers.control import control_key
 from workers.models import make_scheduler
-from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives,
-                                    per_image, prompt_warnings, split)
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, input_image, negatives,
+                                    per_image, pixels, prompt_warnings, split)
 
 
 class Img2Img(TaskPipeline):
@@ -31,47 +32,51 @@ class Img2Img(TaskPipeline):
         return self.model.spec.size
 
     def warmup_params(self, width, height):
-        turbo = self.model.spec.kind == "turbo"
         return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2, "strength": 0.5,
                 "guidance_scale": self.model.spec.defaults()["guidance_scale"],
-                "scheduler": "turbo" if turbo else "euler"}
+                "scheduler": self.model.spec.kind_row.scheduler,
+                "image": input_image(Image.new("RGB", (width, height), (127, 127, 127)))}
 
     def batch_key(self, p):
-        turbo = self.model.spec.kind == "turbo"
+        guided = self.model.spec.kind_row.guidance  # Turbo: no guidance, no negative prompt
         return ("img2img", p["width"], p["height"], p["steps"], p["strength"],
-                None if turbo else p["guidance_scale"], p["scheduler"],
-                False if turbo else bool(p.get("negative_prompt")), control_key(p))
+                p["guidance_scale"] if guided else None, p["scheduler"],
+                bool(p.get("negative_prompt")) if guided else False, control_key(p))
 
-    def run(self, p, image, progress):
-        return self.run_batch([(p, image)], progress)[0]
+    def run(self, p, progress):
+        return self.run_batch([p], progress)[0]
 
     def run_batch(self, items, progress):
-        p = items[0][0]
+        p = items[0]
         pipe, control = self.pipe, {}
         if p.get("control"):
-            pipe = self.model.controls.pipeline("img2img", tuple(c["model"] for c in p["control"]))
+            pipe = self.model.controls.pipeline(TASKS[self.task].mode, tuple(c["model"] for c in p["control"]))
             control = self.model.controls.arguments(items, (p["width"], p["height"]), image_key="control_image")
-        turbo = self.model.spec.kind == "turbo"
-        pipe.scheduler = make_scheduler("turbo" if turbo else p["scheduler"], self.model.scheduler_config)
+        kind = self.model.spec.kind_row
+        guided = kind.guidance
+        pipe.scheduler = make_scheduler(kind.scheduler if kind.own_scheduler else p["scheduler"],
+                                        self.model.scheduler_config)
         # 1. the inputs at the output size
         size = (p["width"], p["height"])
-        items = [(q, image if image.size == size else image.resize(size, Image.Resampling.LANCZOS))
-                 for q, image in items]
+
+        def source(q):
+            image = pixels(q["image"])
+            return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
         if len(items) == 1:
-            image = items[0][1]
-            inputs = dict(prompt=p["prompt"], negative_prompt=(p.get("negative_prompt") or None) if not turbo else None,
-                          image=image, num_images_per_prompt=p["num_images"])
+            inputs = dict(prompt=p["prompt"], negative_prompt=(p.get("negative_prompt") or None) if guided else None,
+                          image=source(p), num_images_per_prompt=p["num_images"])
         else:
-            inputs = dict(prompt=per_image(items, lambda q, _: q["prompt"]),
-                          negative_prompt=negatives(items) if not turbo else None,
-                          image=per_image(items, lambda _, image: image), num_images_per_prompt=1)
+            inputs = dict(prompt=per_image(items, lambda q: q["prompt"]),
+                          negative_prompt=negatives(items) if guided else None,
+                          image=[source(q) for q in items for _ in range(q["num_images"])], num_images_per_prompt=1)
         # 2. denoise from the noised inputs, decode
         progress.begin(Stage.DENOISE)
         images = pipe(
             **inputs, **control, strength=p["strength"], num_inference_steps=p["steps"],
-            guidance_scale=0.0 if turbo else p["guidance_scale"],
+            guidance_scale=p["guidance_scale"] if guided else 0.0,
             generator=batch_generators(items), callback_on_step_end=progress.on_step_end,
         ).images
         return [Output(images=imgs, warnings=prompt_warnings(pipe, prompt=q["prompt"],
                                                              negative_prompt=q.get("negative_prompt")))
-                for imgs, (q, _) in zip(split(images, items), items)]
+                for imgs, q in zip(split(images, items), items)]

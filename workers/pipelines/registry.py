@@ -1,11 +1,8 @@
-"""Task name -> pipeline class. One place per task; no if/elif ladder."""
+"""Task name -> pipeline class: the class each row of the task table names (service/tasks.py)."""
 
 from __future__ import annotations
 
-from workers.pipelines.img2img import Img2Img
-from workers.pipelines.sdxl import SDXL
-from workers.pipelines.svd import SVD
-from workers.pipelines.turbo import Turbo
-from workers.pipelines.txt2img import Txt2Img
+from service.tasks import TASKS, load
+from workers.pipelines.base import TaskPipeline
 
-PIPELINES = {cls.task: cls for cls in (SDXL, Turbo, Img2Img, SVD, Txt2Img)}
+PIPELINES: dict[str, type[TaskPipeline]] = {name: load(task.pipeline) for name, task in TASKS.items()}

@@ -10,6 +10,7 @@ A batch of compatible jobs runs as one call of each, with a prompt, negative pro
 from __future__ import annotations
 
 from service.jobs.states import Stage
+from service.tasks import TASKS
 from workers.control import control_key
 from workers.loras import no_lora_in
 from workers.models import make_scheduler
@@ -42,20 +43,20 @@ class SDXL(TaskPipeline):
         return (self.task, p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
                 p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")), control_key(p))
 
-    def run(self, p, image, progress):
-        return self.run_batch([(p, image)], progress)[0]
+    def run(self, p, progress):
+        return self.run_batch([p], progress)[0]
 
     def _base(self, items) -> tuple[object, dict]:
         """The pipeline the base stage runs (the model's own, or its control pipeline) and its control arguments."""
-        p = items[0][0]
+        p = items[0]
         if not p.get("control"):
             return self.model.pipe, {}
         names = tuple(c["model"] for c in p["control"])
-        pipe = self.model.controls.pipeline("txt2img", names)
+        pipe = self.model.controls.pipeline(TASKS[self.task].mode, names)
         return pipe, self.model.controls.arguments(items, (p["width"], p["height"]))
 
     def run_batch(self, items, progress):
-        p = items[0][0]
+        p = items[0]
         base, control = self._base(items)
         # 1. fresh schedulers (they keep state) and one generator per image
         base.scheduler = make_scheduler(p["scheduler"], self.model.scheduler_config)
@@ -63,11 +64,11 @@ class SDXL(TaskPipeline):
             prompts = dict(prompt=p["prompt"], negative_prompt=p["negative_prompt"] or None,
                            num_images_per_prompt=p["num_images"])
         else:
-            prompts = dict(prompt=per_image(items, lambda q, _: q["prompt"]), negative_prompt=negatives(items),
+            prompts = dict(prompt=per_image(items, lambda q: q["prompt"]), negative_prompt=negatives(items),
                            num_images_per_prompt=1)
         common = dict(**prompts, num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
                       generator=batch_generators(items), callback_on_step_end=progress.on_step_end)
-        warnings = [prompt_warnings(base, prompt=q["prompt"], negative_prompt=q["negative_prompt"]) for q, _ in items]
+        warnings = [prompt_warnings(base, prompt=q["prompt"], negative_prompt=q["negative_prompt"]) for q in items]
         # 2. base
         progress.begin(self.base_stage)
         if not self._use_refiner(p):

@@ -24,7 +24,7 @@ class Turbo(TaskPipeline):
         # Guidance is always off and prompts go in as a list, so size and steps are all that must match.
         return ("turbo", p["width"], p["height"], p["steps"])
 
-    def run(self, p, image, progress):
+    def run(self, p, progress):
         pipe = self.model.pipe
         # 1. a fresh Euler-ancestral scheduler; 2. denoise and decode
         pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
@@ -39,13 +39,13 @@ class Turbo(TaskPipeline):
     def run_batch(self, items, progress):
         if len(items) == 1:
             return super().run_batch(items, progress)
-        pipe, p = self.model.pipe, items[0][0]
+        pipe, p = self.model.pipe, items[0]
         pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
         progress.begin(Stage.DENOISE)
         images = pipe(
-            prompt=per_image(items, lambda q, _: q["prompt"]), width=p["width"], height=p["height"],
+            prompt=per_image(items, lambda q: q["prompt"]), width=p["width"], height=p["height"],
             num_inference_steps=p["steps"], guidance_scale=0.0, num_images_per_prompt=1,
             generator=batch_generators(items), callback_on_step_end=progress.on_step_end,
         ).images
         return [Output(images=imgs, warnings=prompt_warnings(pipe, prompt=q["prompt"]))
-                for imgs, (q, _) in zip(split(images, items), items)]
+                for imgs, q in zip(split(images, items), items)]

@@ -1,18 +1,17 @@
 """Which native task runs a compatible API's request, and on which model.
 
 OpenAI and AUTOMATIC1111 clients name a checkpoint, not a task. Text-to-image on a model runs the task its
-kind is made for: an SDXL model the `sdxl` task (its refiner too, when it has one), a Turbo model `turbo`,
-an SD 1.x/2.x model `txt2img`. Image-to-image is always `img2img`. A request body is then cut to the
+kind is made for (the family table's `text_task`): an SDXL model the `sdxl` task (its refiner too, when it
+has one), a Turbo model `turbo`, an SD 1.x/2.x model `txt2img`. Image-to-image is always `img2img`. A request body is then cut to the
 fields that task's native request has (`fit`): what a client sends that the task has no use for (a
 guidance scale for Turbo, say) is dropped and named, never a 422.
 """
 
 from __future__ import annotations
 
-from service.api.schemas import REQUESTS
+from service.api.requests import REQUESTS
 from service.catalog import Catalog
 
-TEXT_TASK_BY_KIND = {"sdxl": "sdxl", "turbo": "turbo", "sd": "txt2img"}
 # A client that names no model gets the default model of the first of these the models file serves.
 TEXT_TASK_ORDER = ("txt2img", "sdxl", "turbo")
 
@@ -22,7 +21,7 @@ def text_task(catalog: Catalog, model: str) -> str | None:
     spec = catalog.models.get(model)
     if spec is None:
         return None
-    task = TEXT_TASK_BY_KIND.get(spec.kind)
+    task = spec.kind_row.text_task
     return task if task and task in spec.tasks else None
 
 

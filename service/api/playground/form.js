@@ -6,10 +6,14 @@ import { dropZone, readImageUrl } from "./images.js";
 
 // Fields the page does not offer (webhooks need a receiver; retries are for scripts).
 const HIDDEN = new Set(["task", "model", "retries", "webhook", "webhook_events_filter"]);
-const FIRST = ["prompt", "negative_prompt", "image"];
+const FIRST = ["prompt", "negative_prompt"];
 const TEXT = new Set(["prompt", "negative_prompt"]);
-// Kept when the task changes (the same meaning in every task that has them).
-const CARRY = new Set(["prompt", "negative_prompt", "seed", "image"]);
+// Kept when the task changes (the same meaning in every task that has them); input images are too.
+const CARRY = new Set(["prompt", "negative_prompt", "seed"]);
+// An input image, whatever its name (`image`, `mask`): a field of the request type ImageRef
+// (service/api/schemas.py), which GET /models shows with this length limit (base64 of an image).
+export const IMAGE_MAX_LENGTH = 64 * 1024 * 1024;
+const isImage = (spec) => spec.maxLength === IMAGE_MAX_LENGTH;
 
 const el = (tag, attrs = {}, ...children) => {
   const node = document.createElement(tag);
@@ -87,7 +91,7 @@ export class RequestForm {
     // A parameter with one allowed value (Turbo's guidance_scale) is no choice: left out.
     const params = Object.entries(info.parameters)
       .filter(([name, spec]) => !HIDDEN.has(name) && !(spec.minimum !== undefined && spec.minimum === spec.maximum));
-    params.sort(([a], [b]) => rank(a) - rank(b));
+    params.sort(([a, specA], [b, specB]) => rank(a, specA) - rank(b, specB));
     const nodes = [];
     for (const [name, spec] of params) {
       if (name === "loras") nodes.push(this.adapters(model, info));
@@ -104,9 +108,9 @@ export class RequestForm {
     const modelDefault = (model.defaults || {})[name] ?? (name === "num_frames" ? model.max_num_frames : undefined);
     let input;
     let hint = "";
-    if (name === "image") {
+    if (isImage(spec)) {
       const zone = dropZone(id, (z, promise) => this.images.set(z, promise));
-      return this.wrap(name, "Image", zone, "PNG, JPEG or WebP: drop it here or choose a file");
+      return this.wrap(name, label(name), zone, "PNG, JPEG or WebP: drop it here or choose a file");
     }
     if (TEXT.has(name)) {
       input = el("textarea", { id, name, rows: name === "prompt" ? 3 : 2, maxlength: spec.maxLength,
@@ -255,9 +259,9 @@ export class RequestForm {
 
   restore(values, keep) {
     for (const [name, value] of Object.entries(values)) {
-      if (keep && !keep.has(name)) continue;
       const input = this.fields.querySelector(`[data-field="${name}"]`);
       if (!input || value === undefined) continue;
+      if (keep && !keep.has(name) && input.type !== "file") continue;
       if (input.type === "file") {
         const zone = input.closest(".drop");
         this.images.set(zone, value);
@@ -369,7 +373,7 @@ export class RequestForm {
     if (!info) return null;
     const body = { task: job.task, model: job.model };
     for (const [name, value] of Object.entries(job.params || {})) {
-      if (!(name in info.parameters) || HIDDEN.has(name) || name === "image" || value === null) continue;
+      if (!(name in info.parameters) || HIDDEN.has(name) || isImage(info.parameters[name]) || value === null) continue;
       if (name === "loras") body.loras = value.map((l) => (l.name ? { name: l.name, scale: l.scale } : { url: l.url, scale: l.scale }));
       else if (name !== "control") body[name] = value;
     }
@@ -439,9 +443,10 @@ export class RequestForm {
   }
 }
 
-function rank(name) {
+function rank(name, spec) {
   const i = FIRST.indexOf(name);
   if (i >= 0) return i;
+  if (isImage(spec)) return FIRST.length;
   if (name === "seed") return 90;
   if (name === "loras") return 95;
   if (name === "control") return 96;

@@ -6,8 +6,10 @@ from fastapi import APIRouter
 
 from service.api.deps import Caller
 from service.api.errors import json_response
-from service.api.schemas import MAX_LORAS, REQUESTS
-from service.catalog import MAX_CONTROLS, PREPROCESSORS, SCHEDULERS
+from service.api.requests import REQUESTS, takes_image
+from service.api.schemas import MAX_LORAS
+from service.catalog import MAX_CONTROLS, PREPROCESSORS
+from service.families import SCHEDULERS
 from service.jobs.heartbeats import live_workers, serves
 from service.redis import REDIS_DOWN
 from service.tasks import TASKS
@@ -59,7 +61,7 @@ async def models(caller: Caller):
         if task.schedulers:
             info["schedulers"] = list(SCHEDULERS)
         info["limits"] = {"max_pixels": c.settings.max_pixels}
-        if task.takes_image:
+        if takes_image(task.name):
             info["limits"]["max_image_bytes"] = c.settings.max_image_bytes
         if task.adapters:
             info["limits"]["max_loras"] = MAX_LORAS

@@ -48,3 +48,18 @@ def test_nothing_else_is_served(api, path):
 def test_the_page_is_not_in_the_openapi_document(api):
     paths = api.get("/openapi.json").json()["paths"]
     assert "/" not in paths and not any(p.startswith("/playground") for p in paths)
+
+
+def test_the_page_knows_input_images_by_their_type_as_get_models_shows_it(api):
+    """The form offers a drop zone for every field of the ImageRef type, whatever its name: it knows them
+    by the length limit GET /models gives them, which no other field has."""
+    from service.api.requests import IMAGE_FIELDS
+    from service.api.schemas import IMAGE_MAX_LENGTH
+
+    form = (STATIC / "form.js").read_text()
+    assert f"IMAGE_MAX_LENGTH = {IMAGE_MAX_LENGTH // 2**20} * 1024 * 1024" in form
+    assert 'name === "image"' not in form
+    tasks = api.get("/models").json()["tasks"]
+    for task, info in tasks.items():
+        shown = {name for name, spec in info["parameters"].items() if spec.get("maxLength") == IMAGE_MAX_LENGTH}
+        assert shown == {path for path in IMAGE_FIELDS[task] if "." not in path}, task

@@ -2,7 +2,7 @@
 
 A1111 (1.9 and later) names a sampler (`sampler_name`: "Euler a", "DPM++ 2M", ...) and, apart from it, a
 schedule type (`scheduler`: "Automatic", "Karras", ...); older clients send both in one name ("DPM++ 2M
-Karras"). Fresco's schedulers (`service.catalog.SCHEDULERS`) are such pairs already, so `/samplers` and
+Karras"). Fresco's schedulers (`service.families.SCHEDULERS`) are such pairs already, so `/samplers` and
 `/schedulers` list only names that map onto one exactly. A client's default sampler must never cost it a
 422, so any other name runs as the nearest Fresco scheduler, with a warning that says so.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.catalog import SCHEDULERS
+from service.families import SCHEDULERS
 from service.recipe import SAMPLERS, Sampler  # the table, shared with the recipes outputs carry
 
 assert all(s.plain in SCHEDULERS and (s.karras is None or s.karras in SCHEDULERS) for s in SAMPLERS)

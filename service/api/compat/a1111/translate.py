@@ -162,8 +162,9 @@ def plan(catalog: Catalog, mode: str, body, remembered: str | None) -> Plan:
     fields = {"model": model, "prompt": taken.prompt or " ",  # A1111 allows an empty prompt: run it unconditioned
               "negative_prompt": asked.negative_prompt, "width": asked.width, "height": asked.height,
               "loras": taken.loras, "image": asked.image, "strength": asked.strength if mode == "img2img" else None}
-    if catalog.models[model].kind == "turbo":
-        choice, cfg = samplers.Choice("turbo", "Euler a", "Automatic"), 0.0
+    kind = catalog.models[model].kind_row
+    if kind.own_scheduler:  # Turbo: its own sampler, no guidance, 1 to 4 steps
+        choice, cfg = samplers.Choice(kind.scheduler, "Euler a", "Automatic"), 0.0
         fields["steps"] = steps = _turbo(asked, mode, warnings)
     else:
         choice = samplers.choose(asked.sampler_name, asked.schedule)

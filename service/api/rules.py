@@ -1,0 +1,178 @@
+"""The rules of a request that need the catalogue and the settings: one function per task (each row of
+the task table names its own, `service/api/rules:<task>`), and the rules every task with LoRAs,
+ControlNets or a webhook shares. Each completes the job's `params` and adds field errors; what differs
+per model kind (its own scheduler, no guidance, its defaults) comes from the family table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.api.errors import field_error
+from service.api.inputs import DecodedImage
+from service.catalog import Catalog, ModelSpec, adapter_url_problem
+from service.settings import Settings
+from service.webhooks import targets
+
+
+@dataclass
+class Rules:
+    """What a task's rule function gets: the request, its model, the settings, its decoded input images
+    by path (`image`, `control[0].image`), the parameters so far (to complete), and the list of field
+    errors (to add to)."""
+
+    req: Any
+    spec: ModelSpec
+    catalog: Catalog
+    settings: Settings
+    params: dict[str, Any]
+    images: dict[str, DecodedImage] = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)
+
+    def error(self, name: str, message: str) -> None:
+        self.errors.append(field_error(name, message))
+
+    def pixels(self, width: int, height: int) -> None:
+        if width * height > self.settings.max_pixels:
+            self.error("width", f"width × height must be at most {self.settings.max_pixels} pixels")
+
+
+# ---- one per task
+
+
+def sdxl(r: Rules) -> None:
+    r.pixels(r.req.width, r.req.height)
+    if r.req.refiner and not r.spec.refiner:
+        r.error("refiner", f"model {r.spec.name} has no refiner")
+    r.params["refiner"] = bool(r.spec.refiner) if r.req.refiner is None else r.req.refiner
+
+
+def turbo(r: Rules) -> None:
+    r.pixels(r.req.width, r.req.height)
+    r.params["guidance_scale"] = 0.0
+
+
+def txt2img(r: Rules) -> None:
+    """Size and guidance: the request's, else the model's own (GET /models lists them per model)."""
+    defaults = r.spec.defaults()
+    for name in ("width", "height", "guidance_scale"):
+        if r.params.get(name) is None:
+            r.params[name] = defaults[name]
+    r.pixels(r.params["width"], r.params["height"])
+
+
+def img2img(r: Rules) -> None:
+    req, kind = r.req, r.spec.kind_row
+    if int(req.steps * req.strength) < 1:
+        r.error("strength", "steps × strength must be at least 1 (no denoising step would run)")
+    if kind.own_scheduler:
+        if req.scheduler is not None:
+            r.error("scheduler", f"{kind.name} models use their own scheduler")
+        r.params["scheduler"] = kind.scheduler
+    else:
+        r.params["scheduler"] = req.scheduler or kind.scheduler
+    if not kind.guidance:
+        if req.guidance_scale:
+            r.error("guidance_scale", f"{kind.name} models run without guidance (0)")
+        r.params["guidance_scale"] = 0.0
+    elif req.guidance_scale is None:
+        r.params["guidance_scale"] = r.spec.defaults()["guidance_scale"]
+    image = r.images.get("image")
+    if image is not None:
+        width = req.width or image.width // 8 * 8
+        height = req.height or image.height // 8 * 8
+        if width < 64 or height < 64:
+            r.error("image", "must be at least 64 pixels on each side, or give width and height")
+        r.pixels(width, height)
+        r.params["width"], r.params["height"] = width, height
+
+
+def svd(r: Rules) -> None:
+    req = r.req
+    r.pixels(req.width, req.height)
+    if req.min_guidance_scale > req.max_guidance_scale:
+        r.error("min_guidance_scale", "must not exceed max_guidance_scale")
+    max_frames = r.spec.num_frames or 14
+    if req.num_frames is not None and req.num_frames > max_frames:
+        r.error("num_frames", f"must be at most {max_frames} for model {r.spec.name}")
+    r.params["num_frames"] = req.num_frames or max_frames
+
+
+# ---- shared by the tasks whose rows say so
+
+
+def loras(r: Rules) -> None:
+    """`loras`: each a LoRA that fits the model (by name), or an allowed URL; scales default to the
+    adapter's own. The worker adds each one's content digest when it has loaded it."""
+    out, seen = [], set()
+    if r.req.loras and r.spec.memory == "minimal":
+        r.error("loras", f"model {r.spec.name} runs with `memory: minimal` (layer-by-layer offloading), "
+                         f"which takes no LoRAs")
+        r.params["loras"] = []
+        return
+    for i, ref in enumerate(r.req.loras):
+        at = f"loras[{i}]"
+        if (ref.name is None) == (ref.url is None):
+            r.error(at, "give either `name` or `url`")
+            continue
+        if ref.name is not None:
+            adapter = r.catalog.adapters.get(ref.name)
+            if adapter is None:
+                r.error(f"{at}.name", "is no adapter of this server; GET /models lists each model's adapters")
+                continue
+            if adapter.kind != "lora":
+                r.error(f"{at}.name", "is an embedding, not a LoRA: write its token in the prompt")
+                continue
+            if not adapter.fits(r.spec):
+                fits = [m for m in r.catalog.models_for(r.req.task) if adapter.fits(r.catalog.spec(m))]
+                r.error(f"{at}.name", f"does not fit model {r.spec.name}; for {r.req.task} it fits {fits}")
+                continue
+            scale = adapter.default_scale if ref.scale is None else ref.scale
+            key, entry = ref.name, {"name": ref.name, "scale": scale}
+        else:
+            if not r.settings.allow_adapter_urls:
+                r.error(f"{at}.url", "adapter URLs are not enabled on this server; name an adapter GET /models lists")
+                continue
+            problem = adapter_url_problem(ref.url, r.settings.image_url_schemes)
+            if problem:
+                r.error(f"{at}.url", problem)
+                continue
+            key, entry = ref.url, {"url": ref.url, "scale": 1.0 if ref.scale is None else ref.scale}
+        if key in seen:
+            r.error(at, "the same adapter is given twice")
+        seen.add(key)
+        out.append(entry)
+    r.params["loras"] = out
+
+
+def control(r: Rules) -> None:
+    """`control`: each a ControlNet that fits the model, start before end; the preprocessing defaults to
+    what the ControlNet's kind needs. Each entry's `image` is the decoded input (resolve puts it there)."""
+    out = []
+    for i, ref in enumerate(r.req.control):
+        at = f"control[{i}]"
+        net = r.catalog.controlnets.get(ref.model)
+        if net is None:
+            r.error(f"{at}.model", "is no ControlNet of this server; GET /models lists each model's ControlNets")
+        elif not net.fits(r.spec):
+            fits = [m for m in r.catalog.models_for(r.req.task) if net.fits(r.catalog.spec(m))]
+            r.error(f"{at}.model", f"does not fit model {r.spec.name}; for {r.req.task} it fits {fits}")
+        if ref.start >= ref.end:
+            r.error(f"{at}.end", "must be greater than start")
+        if net is None or f"{at}.image" not in r.images:
+            continue
+        out.append({"model": ref.model, "kind": net.kind, "scale": ref.scale, "start": ref.start, "end": ref.end,
+                    "preprocess": ref.preprocess or net.preprocess, "image": None})
+    r.params["control"] = out
+
+
+async def webhook(r: Rules) -> None:
+    """`webhook`: a URL this server may post to (service/webhooks/targets.py); the filter only with it."""
+    if r.req.webhook is None:
+        if "webhook_events_filter" in r.req.model_fields_set:
+            r.error("webhook_events_filter", "applies only with `webhook`")
+        return
+    problem = await targets.problem(r.req.webhook, r.settings)
+    if problem:
+        r.error("webhook", problem)

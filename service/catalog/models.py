@@ -1,0 +1,162 @@
+"""A models-file entry (`models:`): one model, where its weights come from and how to load them.
+
+What differs per kind (its family, tasks, defaults, tiny sources) is the family table's
+(`service/families.py`); an entry only says which kind it is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.families import KIND_NAMES, KINDS, Kind, tasks_for_kind
+
+KindName = Literal[KIND_NAMES]  # type: ignore[valid-type]
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")  # unpickling runs code: loaded only when trusted
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # a single-file checkpoint
+PICKLE_HINT = "pickled weights can run code when loaded"
+
+
+def _listed(names) -> str:
+    """"a", "a and b", "a, b and c"."""
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+class ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: KindName
+    source: str  # hub id, local directory, a single-file checkpoint, or "tiny" ("tiny:pai": the Chinese one)
+    # A single-file checkpoint's diffusers-layout twin (hub id or local directory): its component configs
+    # and tokenizers, which the file does not hold (nothing is fetched for it at run time).
+    config: str | None = None
+    # Load pickled weights (`.bin`, `.ckpt`): unpickling runs code, so only for a source you trust.
+    trust_pickle: bool = False
+    refiner: str | None = None  # sdxl only: hub id, local directory, or "tiny"
+    vae: str | None = None  # a VAE override, e.g. the fp16-fix VAE
+    # Live previews (workers/previews.py): a tiny autoencoder that decodes them (TAESD for sd and svd,
+    # TAESDXL for sdxl and turbo: madebyollin/taesd, madebyollin/taesdxl, or a local directory). None: a
+    # linear latent-to-RGB projection, no extra model.
+    preview_decoder: str | None = None
+    variant: str | None = None  # e.g. "fp16" weights files
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: fp16 on CUDA, fp32 on CPU
+    device: str = "auto"  # auto: cuda when available, else cpu
+    # GPU memory (workers/memory.py): everything resident (default); `balanced`: each module on the GPU
+    # only while it runs (model CPU offload); `minimal`: group offloading layer by layer with CUDA streams,
+    # VAE tiling and slicing, for GPUs of a few GB. Same images, slower.
+    memory: Literal["default", "balanced", "minimal"] = "default"
+    cpu_offload: bool = False  # the older spelling of `memory: balanced` (read into `memory` only)
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    # The native (width, height) of txt2img; default: the model's own (its UNet's sample size, read from
+    # a local directory) or its kind's (512 for SD, 1024 for SDXL). An SD 2.x 768-v model: 768.
+    size: tuple[int, int] | None = None
+    num_frames: int | None = Field(None, ge=1, le=128)  # svd: the frames the model was trained for
+    description: str = ""
+    # The GPU path (workers/models.py, BENCHMARKS.md): each option is off unless the models file turns it on.
+    channels_last: bool = False  # denoiser and VAE convolutions in channels-last memory format
+    fuse_qkv: bool = False  # fused Q/K/V (and K/V) projections in the denoiser's and VAE's attention
+    compile: bool = False  # regional torch.compile of the denoiser's repeated transformer blocks
+    compile_mode: str | None = None  # torch.compile mode, e.g. "max-autotune-no-cudagraphs"
+    compile_backend: str = "inductor"  # "eager"/"aot_eager" trace without generating code (tests)
+    # (width, height) sizes warmed at worker start (with compile: compiled then, so no request pays it;
+    # a request of another size then runs eagerly, never compiling). Empty: each task's default size.
+    buckets: list[tuple[int, int]] = []
+    # With compile: LoRAs hot-swap into `lora_slots` slots of rank `lora_rank` (the highest rank served).
+    # Every slot runs in every job, so each costs compute: keep both as small as the LoRAs allow.
+    lora_rank: int = Field(64, ge=1, le=1024)
+    lora_slots: int = Field(2, ge=1, le=5)
+    # Without compile, LoRAs merge into the denoiser's weights; the layers' own weights are kept aside to be
+    # written back exactly: on the model's device (a switch costs a copy on the GPU, and memory: the
+    # layers LoRAs train, once) or in CPU memory (no GPU memory; a switch copies them over the bus).
+    lora_backup: Literal["device", "cpu"] = "device"
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _square(cls, v):
+        return (v, v) if isinstance(v, int) else v
+
+    @model_validator(mode="after")
+    def _check(self):
+        kind = self.kind_row
+        if self.refiner and not kind.refiner:
+            raise ValueError(f"model {self.name}: only {_listed(k.name for k in KINDS.values() if k.refiner)} "
+                             f"models take a refiner")
+        if kind.frames and self.num_frames is None:
+            name = self.source.rstrip("/").rsplit("/", 1)[-1].lower()
+            self.num_frames = 25 if name.endswith("-xt") or "-xt-" in name else 14
+        if self.cpu_offload and self.memory == "default":
+            self.memory = "balanced"
+        if self.memory == "minimal" and self.compile:
+            raise ValueError(f"model {self.name}: `memory: minimal` offloads layer by layer, which `compile` "
+                             f"cannot trace through; use `memory: balanced` with compile")
+        if self.is_tiny and self.source not in kind.tiny_sources:
+            raise ValueError(f"model {self.name}: tiny sources of kind {self.kind} are {kind.tiny_sources}")
+        if self.single_file:
+            if not kind.single_file:
+                raise ValueError(f"model {self.name}: single-file checkpoints are for "
+                                 f"{_listed(k.name for k in KINDS.values() if k.single_file)} models")
+            if not self.config:
+                raise ValueError(f"model {self.name}: a single-file checkpoint needs `config`, the diffusers-layout "
+                                 f"directory or hub id of its architecture (configs and tokenizers), since "
+                                 f"nothing is fetched at run time")
+            if Path(self.source).suffix.lower() in PICKLE_SUFFIXES and not self.trust_pickle:
+                raise ValueError(f"model {self.name}: {Path(self.source).name} is a pickle ({PICKLE_HINT}); set "
+                                 f"`trust_pickle: true` for it if you trust its publisher, or give a .safetensors file")
+        if self.size is None:
+            self.size = native_size(self) if kind.size else None
+        return self
+
+    @property
+    def kind_row(self) -> Kind:
+        """This model's kind in the family table."""
+        return KINDS[self.kind]
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.source == "tiny" or self.source.startswith("tiny:")
+
+    @property
+    def single_file(self) -> bool:
+        """A checkpoint in one file (A1111 / CompVis layout), loaded with `from_single_file`."""
+        return not self.is_tiny and Path(self.source).suffix.lower() in CHECKPOINT_SUFFIXES
+
+    @property
+    def family(self) -> str:
+        return self.kind_row.family
+
+    @property
+    def tasks(self) -> list[str]:
+        return tasks_for_kind(self.kind)
+
+    def defaults(self) -> dict:
+        """The image defaults of this model: its native size and its kind's guidance."""
+        if self.size is None:
+            return {}
+        return {"width": self.size[0], "height": self.size[1], "guidance_scale": self.kind_row.guidance_scale}
+
+    def facts(self) -> dict:
+        """What `GET /models` may show about the model, by name (each task row picks its own)."""
+        return {"refiner": bool(self.refiner), "max_num_frames": self.num_frames, "defaults": self.defaults(),
+                "family": self.family}
+
+
+def native_size(spec: ModelSpec) -> tuple[int, int]:
+    """A model's native size: its UNet's `sample_size` times its VAE's scale, read from a local diffusers
+    directory (an SD 2.x 768-v model says 96 × 8), else its kind's."""
+    folder = Path(spec.config or spec.source)
+    size = spec.kind_row.size
+    if not spec.is_tiny and folder.is_dir():
+        try:
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            sample = unet["sample_size"]
+            size = (sample if isinstance(sample, int) else sample[0]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            pass
+    return size, size
