@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= local,worker,s3,test
 PYTEST_ARGS ?=
+# The suite runs in this many processes (pytest-xdist); tests that share a stack, and the fault tests, stay
+# together in one (tests/conftest.py). 0: one process, no xdist.
+TEST_PROCESSES ?= 2
+XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist loadgroup)
 
 .PHONY: install run test test-fast clean deploy-tools browser
 
@@ -46,11 +50,11 @@ browser:
 	$(call apt-install,$(BROWSER),command -v chromium >/dev/null)
 
 test: install deploy-tools browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The quick part while you work: everything but the fault, deployment and bench groups (markers).
 test-fast: install
-	$(BIN)/python -m pytest -m "not (faults or deploy or bench)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) -m "not (faults or deploy or bench)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .fresco .pytest_cache *.egg-info

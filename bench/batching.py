@@ -39,7 +39,7 @@ def burst(dep: Deployment, client: httpx.Client, jobs: int, size: int, steps: in
     ids = [client.post("/generate", json=turbo_body(size, steps, seed=1000 + i, prompt=f"a red fox, take {i}"))
            .json()["id"] for i in range(jobs)]
     index = len(dep.workers)
-    dep.spawn_worker({"FRESCO_WORKER_BATCH_SIZE": str(batch), "FRESCO_WORKER_BATCH_WAIT_MS": str(wait_ms)})
+    dep.spawn_worker(env={"FRESCO_WORKER_BATCH_SIZE": str(batch), "FRESCO_WORKER_BATCH_WAIT_MS": str(wait_ms)})
     try:
         done = [client.get(f"/jobs/{i}", params={"wait": 60}).json() for i in ids]
         for job in done:

@@ -122,7 +122,6 @@ def types(received: list[Received]) -> list[str]:
 
 
 def stack_env(secret: str, **extra: str) -> dict[str, str]:
-    """A Stack's settings for webhook tests: this secret, the local receiver allowed, quick retries, and
-    a turbo worker only (the tiny profile)."""
+    """A Stack's settings for webhook tests: this secret, the local receiver allowed, quick retries."""
     return {"FRESCO_WEBHOOK_SECRET": secret, "FRESCO_WEBHOOK_ALLOW_PRIVATE": "true", "FRESCO_WEBHOOK_BACKOFF_S": "0.1",
-            "FRESCO_WORKER_TASKS": "turbo", **extra}
+            **extra}

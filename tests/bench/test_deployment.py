@@ -42,7 +42,7 @@ def test_batching_overhead_and_metrics_in_a_real_deployment(tmp_path, capsys):
         bodies = [{"task": "turbo", "prompt": f"burst {i}", "seed": 900 + i, "width": 256, "height": 256}
                   for i in range(4)]
         ids = [client.post("/generate", json=b).json()["id"] for b in bodies]
-        dep.spawn_worker({"FRESCO_WORKER_BATCH_SIZE": "8"})
+        dep.spawn_worker(env={"FRESCO_WORKER_BATCH_SIZE": "8"})
         dep.wait_worker(0)
         batched = [client.get(f"/jobs/{i}", params={"wait": 60}).json() for i in ids]
         assert [j["status"] for j in batched] == ["succeeded"] * 4

@@ -59,16 +59,17 @@ def s3():
 
 @pytest.fixture(scope="package")
 def s3_stack(s3, tmp_path_factory):
-    """API and one worker (all four tasks, tiny profile) with S3 storage, on a Redis of their own so no
-    other test's worker can take their jobs. Yields (stack, bucket)."""
+    """API and one worker (the tiny SDXL, Turbo and SVD models: the image and video tasks) with S3 storage,
+    on a Redis of their own so no other test's worker can take their jobs. Yields (stack, bucket)."""
     from service.redis import EmbeddedRedis
 
     data = tmp_path_factory.mktemp("s3-stack")
     redis = EmbeddedRedis(data / "redis")
     bucket = s3.new_bucket()
     public = f"http://localhost:{s3.port}"  # what clients follow: another host name than the workers use
-    stack = Stack(redis.url, data, extra_env=s3.env(bucket, FRESCO_S3_PUBLIC_ENDPOINT_URL=public,
-                                                    FRESCO_S3_PRESIGN_EXPIRES_S="600"))
+    stack = Stack(redis.url, data, env=s3.env(bucket, FRESCO_S3_PUBLIC_ENDPOINT_URL=public,
+                                                    FRESCO_S3_PRESIGN_EXPIRES_S="600"),
+                  profile=("tiny-sdxl", "tiny-turbo", "tiny-svd"))
     try:
         stack.wait_ready()
         yield stack, bucket

@@ -17,22 +17,15 @@ import pytest
 import webuiapi
 from PIL import Image
 
-from service.api.auth import digest
-from tests.conftest import Stack
-
-CLIENTS = ("webuiapi", "openwebui", "sillytavern", "librechat", "alice", "bob", "lora", "interrupt")
-KEYS = {name: f"fresco-a1111-{name}-key" for name in CLIENTS}
+from tests.e2e.conftest import KEYS
 INFOTEXT_PARAMS = re.compile(r"^Steps: \d+, Sampler: [^,]+, Schedule type: \w+, CFG scale: [\d.]+, Seed: \d+, "
                              r"Size: \d+x\d+, Model hash: [0-9a-f]{10}, Model: [\w-]+")
 
 
 @pytest.fixture(scope="module")
-def stack(module_server, tmp_path_factory):
-    """A stack on the module's own Redis (no other stack's worker takes its jobs), keys on."""
-    env = {"FRESCO_API_KEYS": ",".join(f"{name}:{digest(key)}" for name, key in KEYS.items()),
-           "FRESCO_RATE_LIMIT_PER_MINUTE": "0"}
-    with Stack(module_server.url, tmp_path_factory.mktemp("a1111-data"), extra_env=env) as s:
-        yield s
+def stack(keyed_stack):
+    """The e2e keyed stack (tests/e2e/conftest.py): keys on, one per client."""
+    return keyed_stack
 
 
 def basic(name: str, user: str = "user") -> dict:

@@ -99,7 +99,7 @@ def family_stack(redis_url, tmp_path_factory):
     model_dirs.save_controlnet(root / "canny")
     (root / "models.yaml").write_text(MODELS_YAML)
     env = {"FRESCO_MODELS_FILE": str(root / "models.yaml"), "FRESCO_WORKER_MODELS": "fam-single,fam-pai"}
-    with Stack(redis_url, tmp_path_factory.mktemp("family-data"), extra_env=env) as s:
+    with Stack(redis_url, tmp_path_factory.mktemp("family-data"), env=env) as s:
         yield s
 
 

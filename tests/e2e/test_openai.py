@@ -14,21 +14,17 @@ import openai
 import pytest
 from PIL import Image
 
-from service.api.auth import digest
-from tests.conftest import Stack, png_data_url
+from tests.conftest import png_data_url
+from tests.e2e.conftest import KEYS
 
-KEY = "sk-fresco-openai-e2e"
-ALIASES = "dall-e-2:tiny-turbo,dall-e-3:tiny-turbo,gpt-image-1:tiny-turbo"
+KEY = KEYS["openai"]
 PROMPT = "a lighthouse on a cliff at dusk"
 
 
 @pytest.fixture(scope="module")
-def openai_stack(module_server, tmp_path_factory):
-    env = {"FRESCO_API_KEYS": f"openai:{digest(KEY)}", "FRESCO_OPENAI_MODEL_ALIASES": ALIASES,
-           "FRESCO_RATE_LIMIT_PER_MINUTE": "0", "FRESCO_FAULT_INJECTION": "true"}
-    # Its own Redis: a worker of another stack (another data directory) must not take its jobs.
-    with Stack(module_server.url, tmp_path_factory.mktemp("openai-data"), extra_env=env) as s:
-        yield s
+def openai_stack(keyed_stack):
+    """The e2e keyed stack (tests/e2e/conftest.py): its key, the aliases, fault injection on."""
+    return keyed_stack
 
 
 @pytest.fixture

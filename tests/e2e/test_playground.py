@@ -58,7 +58,7 @@ def site(browser, module_server, tmp_path_factory):
     """One stack for the module: an API and a worker with the tiny Turbo and SDXL models (they serve
     turbo, sdxl and img2img), steps slowed down."""
     data = tmp_path_factory.mktemp("playground")
-    stack = Stack(module_server.url, data, extra_env={"FRESCO_STEP_DELAY_S": str(STEP_DELAY_S),
+    stack = Stack(module_server.url, data, env={"FRESCO_STEP_DELAY_S": str(STEP_DELAY_S),
                                                       "FRESCO_WORKER_MODELS": "tiny-turbo,tiny-sdxl"})
     try:
         for task in ("turbo", "sdxl", "img2img"):
@@ -319,7 +319,7 @@ def test_narrow_window_and_keyboard(browser, site):
 def test_with_api_keys_the_page_is_public_and_asks_for_the_key(browser, site, module_server):
     """A second API on the same Redis and data directory, with keys on (the module's worker runs its jobs)."""
     entry = f"tester:{hashlib.sha256(API_KEY.encode()).hexdigest()}"
-    with Stack(module_server.url, site.data, extra_env={"FRESCO_API_KEYS": entry}, workers=0) as keyed:
+    with Stack(module_server.url, site.data, env={"FRESCO_API_KEYS": entry}, workers=0) as keyed:
         for path in ("/", "/playground/app.js", "/playground/style.css"):
             assert httpx.get(keyed.url + path).status_code == 200, path
         assert httpx.get(keyed.url + "/models").status_code == 401

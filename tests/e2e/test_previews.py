@@ -23,7 +23,7 @@ from tests.conftest import Stack
 def stack(module_server, tmp_path_factory):
     # Steps paced at 50 ms so a stream opened after the submit sees the job run (tiny steps take ~1 ms).
     with Stack(module_server.url, tmp_path_factory.mktemp("previews-data"),
-               {"FRESCO_STEP_DELAY_S": "0.05", "FRESCO_PREVIEW_EVERY_STEPS": "2"}) as s:
+               {"FRESCO_STEP_DELAY_S": "0.05", "FRESCO_PREVIEW_EVERY_STEPS": "2"}, profile=("tiny-sdxl",)) as s:
         yield s
 
 

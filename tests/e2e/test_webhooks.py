@@ -1,5 +1,5 @@
-"""Webhooks end to end: a real API process (running the dispatcher) and turbo worker on a Redis of this
-module's own, and a real receiver on 127.0.0.1 verifying every signature with `standardwebhooks`."""
+"""Webhooks end to end: a real API process (running the dispatcher) and worker (the e2e keyed stack,
+tests/e2e/conftest.py), and a real receiver on 127.0.0.1 verifying every signature with `standardwebhooks`."""
 
 from __future__ import annotations
 
@@ -8,33 +8,28 @@ import time
 import httpx
 import pytest
 
-from service.webhooks import signing
-from tests.conftest import Stack, wait_status
+from tests.conftest import wait_status
+from tests.e2e.conftest import KEYS, WEBHOOK_SECRET
 from tests.e2e.test_metrics import families, samples
-from tests.webhook_receiver import Receiver, stack_env, types
+from tests.webhook_receiver import Receiver, types
 
-SECRET = signing.new_secret()
 TURBO = {"task": "turbo", "prompt": "a fox", "width": 256, "height": 256}
 
 
 @pytest.fixture(scope="module")
-def hooked(module_server, tmp_path_factory):
-    s = Stack(module_server.url, tmp_path_factory.mktemp("webhooks"), extra_env=stack_env(SECRET))
-    try:
-        yield s.wait_serving("turbo")
-    finally:
-        s.stop()
+def hooked(keyed_stack):
+    return keyed_stack
 
 
 @pytest.fixture
 def client(hooked):
-    with hooked.client() as c:
+    with hooked.client(KEYS["webhooks"]) as c:
         yield c
 
 
 @pytest.fixture
 def receiver():
-    rx = Receiver(SECRET)
+    rx = Receiver(WEBHOOK_SECRET)
     yield rx
     rx.stop()
 

@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, Stack, free_port, wait_status, wait_until_ok
 from tests.faults.redis_server import RedisProcess
+from tests.stack import tiny_models_file
 
 DONE = {"succeeded", "failed", "canceled"}
 FAST = {
@@ -28,6 +29,7 @@ FAST = {
     "FRESCO_JOB_TIMEOUT_S": json.dumps({"sdxl": 600, "turbo": 3, "img2img": 600, "svd": 600}),
 }
 SMALL = {"width": 256, "height": 256}
+PROFILE = ("tiny-turbo", "tiny-sdxl")  # what the fault tests' jobs run on: the workers load nothing else
 
 
 def turbo(prompt="x", **extra):
@@ -48,7 +50,7 @@ def redis_proc(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fstack(redis_proc, tmp_path_factory):
-    with Stack(redis_proc.url, tmp_path_factory.mktemp("fault-data"), extra_env=FAST) as s:
+    with Stack(redis_proc.url, tmp_path_factory.mktemp("fault-data"), env=FAST, profile=PROFILE) as s:
         yield s
 
 
@@ -100,7 +102,11 @@ def test_no_job_stays_running_without_a_live_worker(fstack, fclient, redis_proc)
 
 def test_job_lost_between_pop_and_start_is_put_back(fstack, fclient, redis_proc):
     r = redis_proc.client()
-    fstack.workers[0].send_signal(signal.SIGSTOP)  # no worker takes anything meanwhile
+    # The worker stopped inside a job, so it takes nothing meanwhile: a worker stopped while it waits in
+    # BLPOP would still be handed the next job by Redis.
+    busy = fclient.post("/generate", json=slow_job(100)).json()
+    assert wait_status(fclient, busy["id"], {"running"} | DONE)["status"] == "running"
+    fstack.workers[0].send_signal(signal.SIGSTOP)
     try:
         job = fclient.post("/generate", json=turbo()).json()
         queue = "rq:queue:fresco-turbo-tiny-turbo"
@@ -112,6 +118,7 @@ def test_job_lost_between_pop_and_start_is_put_back(fstack, fclient, redis_proc)
             time.sleep(0.1)
     finally:
         fstack.workers[0].send_signal(signal.SIGCONT)
+    fclient.delete(f"/jobs/{busy['id']}")  # (reaped meanwhile, its worker's heartbeat having lapsed: a 409)
     assert wait_status(fclient, job["id"], DONE)["status"] == "succeeded"
 
 
@@ -154,8 +161,9 @@ def test_sigterm_to_a_busy_worker_finishes_the_job_takes_no_new_one_exits_0(fsta
     assert wait_status(fclient, second["id"], DONE)["status"] == "succeeded"
 
 
-def test_api_drains_in_flight_requests_on_sigterm(redis_proc, tmp_path):
-    s = Stack(redis_proc.url, tmp_path, extra_env=FAST)
+def test_api_drains_in_flight_requests_on_sigterm(fstack, fclient, redis_proc, tmp_path):
+    """A second API on the fault stack's Redis, whose worker runs the job the request waits on."""
+    s = Stack(redis_proc.url, tmp_path, env=FAST, workers=0, profile=PROFILE)
     try:
         s.wait_ready()
         result = {}
@@ -179,7 +187,7 @@ def test_api_drains_in_flight_requests_on_sigterm(redis_proc, tmp_path):
 def test_redis_outage_503_then_recovery_without_restart(fstack, fclient, redis_proc):
     job = fclient.post("/generate", json=turbo(), headers={"Prefer": "wait=30"}).json()
     pids = (fstack.api.pid, fstack.workers[0].pid)
-    slow = fclient.post("/generate", json=slow_job(20)).json()
+    slow = fclient.post("/generate", json=slow_job(12)).json()
     events = []
     reader = threading.Thread(target=lambda: events.extend(_sse_events(fstack.url, slow["id"])))
     reader.start()
@@ -212,7 +220,7 @@ def test_redis_outage_503_then_recovery_without_restart(fstack, fclient, redis_p
 
 def test_redis_kill9_loses_no_queued_job(own_redis, tmp_path):
     redis_proc = own_redis
-    s = Stack(redis_proc.url, tmp_path, extra_env={**FAST, "FRESCO_QUEUE_CAP": '{"turbo": 0}'}, workers=0)
+    s = Stack(redis_proc.url, tmp_path, env={**FAST, "FRESCO_QUEUE_CAP": '{"turbo": 0}'}, workers=0)
     try:
         s.wait_ready(path="/healthz")
         with s.client() as c:
@@ -233,7 +241,7 @@ def test_redis_kill9_loses_no_queued_job(own_redis, tmp_path):
 def test_queue_cap_holds_exactly_under_concurrent_submits(own_redis, tmp_path):
     redis_proc = own_redis
     cap = 20
-    s = Stack(redis_proc.url, tmp_path, extra_env={**FAST, "FRESCO_QUEUE_CAP": json.dumps({"img2img": cap})},
+    s = Stack(redis_proc.url, tmp_path, env={**FAST, "FRESCO_QUEUE_CAP": json.dumps({"img2img": cap})},
               workers=0)
     r = redis_proc.client()
     try:
@@ -284,8 +292,7 @@ def tiny_fs(tmp_path):
 
 
 def test_full_disk_fails_the_job_with_a_reason_and_leaves_no_partial_file(own_redis, tmp_path, tiny_fs):
-    s = Stack(own_redis.url, tmp_path, extra_env={**FAST, "FRESCO_RESULTS_DIR": str(tiny_fs),
-                                                   "FRESCO_WORKER_TASKS": "turbo"})
+    s = Stack(own_redis.url, tmp_path, env={**FAST, "FRESCO_RESULTS_DIR": str(tiny_fs)}, profile=("tiny-turbo",))
     try:
         s.wait_ready(path="/healthz")
         deadline = time.time() + 60
@@ -323,7 +330,8 @@ def test_fresco_up_restarts_a_dead_worker_and_stops_everything(tmp_path):
     port = free_port()
     env = {**os.environ, "FRESCO_DATA_DIR": str(tmp_path), "FRESCO_PORT": str(port),
            "FRESCO_WORKER_METRICS_PORT": str(free_port()), "FRESCO_HEARTBEAT_TTL_S": "3",
-           "FRESCO_HEARTBEAT_INTERVAL_S": "0.5", "FRESCO_TORCH_THREADS": "1"}
+           "FRESCO_HEARTBEAT_INTERVAL_S": "0.5", "FRESCO_TORCH_THREADS": "1",
+           "FRESCO_MODELS_FILE": str(tiny_models_file(tmp_path / "models.yaml", ("tiny-turbo",)))}
     up = subprocess.Popen([sys.executable, "-m", "service.cli", "up", "--grace", "10"], env=env, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

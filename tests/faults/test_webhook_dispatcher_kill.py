@@ -25,7 +25,7 @@ def test_a_killed_dispatcher_loses_no_delivery(own_redis, tmp_path):
     receiver = Receiver(SECRET)
     receiver.answer(200, delay=SLOW_S)
     env = stack_env(SECRET, FRESCO_WEBHOOK_DISPATCHER="false", FRESCO_WEBHOOK_TIMEOUT_S=TIMEOUT_S)
-    s = Stack(redis_proc.url, tmp_path, extra_env=env)
+    s = Stack(redis_proc.url, tmp_path, env=env, profile=("tiny-turbo",))
     r = redis_proc.client()
     try:
         s.wait_serving("turbo")

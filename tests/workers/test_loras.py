@@ -56,8 +56,8 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def runner(module_server, tmp_path_factory, files):
     return make_runner(module_server.url, tmp_path_factory.mktemp("lora-data"), "lora-test-worker",
-                       catalog_with(**files), worker_tasks=["turbo", "img2img", "sdxl"], worker_max_loras=3,
-                       worker_batch_size=4)
+                       catalog_with(**files), worker_tasks=["turbo", "img2img", "sdxl"],
+                       worker_models=[MODEL, "tiny-sdxl"], worker_max_loras=3, worker_batch_size=4)
 
 
 @pytest.fixture

@@ -179,7 +179,7 @@ def test_load_model_from_local_directories(weights):
 
 @pytest.fixture(scope="module")
 def local_stack(redis_url, data_dir, weights):
-    with Stack(redis_url, data_dir, extra_env={"FRESCO_MODELS_FILE": str(weights["models_file"])}) as s:
+    with Stack(redis_url, data_dir, env={"FRESCO_MODELS_FILE": str(weights["models_file"])}) as s:
         yield s
 
 

@@ -19,13 +19,13 @@ configure_logging(Settings())
 if sys.argv[1] == "quiet":
     from workers import quiet
     quiet.silence_known_noise()
+from transformers import CLIPImageProcessor
 from workers import tiny_adapters
 from workers.families.sdxl import tiny_base
-from workers.families.svd import tiny_svd
-pipe = tiny_svd()                      # SVD's CLIPImageProcessor, without torchvision
-pipe.to(dtype=torch.bfloat16)          # a cast of every model
-base = tiny_base()                      # two LoRAs with text-encoder parts, one after the other
-base.load_lora_weights(tiny_adapters.lora(1), adapter_name="one")
+CLIPImageProcessor(crop_size=224, size=224)  # SVD's feature extractor, without torchvision
+base = tiny_base()
+base.vae.to(dtype=torch.bfloat16)            # a cast of a model
+base.load_lora_weights(tiny_adapters.lora(1), adapter_name="one")  # two LoRAs with text-encoder parts
 base.load_lora_weights(tiny_adapters.lora(2), adapter_name="two")
 logging.getLogger("diffusers.models.modeling_utils").warning("a warning that means something")
 """

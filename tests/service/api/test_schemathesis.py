@@ -29,7 +29,7 @@ def api_url(module_server, tmp_path_factory):
     # once; were a worker's heartbeat still live, a 504 after FRESCO_COMPAT_WAIT_S, kept to one second.
     # Its own Redis: on a shared one another stack's worker would run its jobs, into another data directory.
     with Stack(module_server.url, tmp_path_factory.mktemp("schemathesis"), workers=0,
-               extra_env={"FRESCO_COMPAT_WAIT_S": "1"}) as stack:
+               env={"FRESCO_COMPAT_WAIT_S": "1"}) as stack:
         yield stack.url
 
 

@@ -1,0 +1,237 @@
+"""The one launcher of throwaway Fresco deployments, for the tests and the benches (bench/common.py): real
+`fresco api` and `fresco worker` processes sharing one Redis (an embedded one of its own, AOF on, when
+none is given) and one data directory (a temporary one, removed at the end, when none is given).
+
+A stack starts only what its user needs: `profile` cuts the tiny profile to the models named (a models
+file of just those, with the adapters and ControlNets that fit them), so each worker loads only the
+models it will run (loading is most of a worker's start-up) and the API's `/readyz` still means "every
+task is served"; `tasks` and `models` (FRESCO_WORKER_TASKS, FRESCO_WORKER_MODELS) restrict the workers
+instead; `workers=0` is an API alone. Every process logs to a file of its own under the data directory; `read_logs()` shows them
+when something does not start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_ok(url: str, processes: list[subprocess.Popen], timeout: float) -> str:
+    """Poll `url` until it answers 200: "ok"; else why not ("a process exited early", "did not become
+    ready"), as soon as one of `processes` exits or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            return "had a process exit early"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return "ok"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return "did not become ready"
+
+
+def tiny_models_file(path: Path, names) -> Path:
+    """A models file of the tiny profile's models `names` (their own entries and defaults), with the
+    profile's adapters and ControlNets that fit one of them."""
+    import yaml
+
+    from service.catalog import tiny_catalog
+
+    tiny = tiny_catalog()
+    unknown = set(names) - set(tiny.models)
+    if unknown:
+        raise ValueError(f"the tiny profile has no models {sorted(unknown)}")
+    models = [tiny.models[n] for n in names]
+
+    def entry(spec) -> dict:
+        return spec.model_dump(exclude={"name"}, exclude_defaults=True)
+
+    def fitting(section: dict) -> dict:
+        return {name: entry(spec) for name, spec in section.items() if any(spec.fits(m) for m in models)}
+
+    data = {"models": {m.name: entry(m) for m in models},
+            "defaults": {task: name for task, name in tiny.defaults.items() if name in names},
+            "adapters": fitting(tiny.adapters), "controlnets": fitting(tiny.controlnets)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+class Stack:
+    """API process(es) and worker process(es) sharing one Redis and one data directory.
+
+    `env` adds FRESCO_* settings to every process, `api_env` and `worker_env` to the API's and the
+    workers'; `tasks` and `models` (comma-separated) are what each worker serves and loads. Use it as a
+    context manager, or call `stop()`."""
+
+    def __init__(self, redis_url: str | None = None, data_dir: Path | None = None, env: dict | None = None,
+                 workers: int = 1, *, profile: tuple[str, ...] = (), tasks: str | None = None,
+                 models: str | None = None, api_processes: int = 1,
+                 api_env: dict | None = None, worker_env: dict | None = None, log_level: str = "WARNING",
+                 torch_threads: int = 1, keep: bool = False):
+        self.temporary = data_dir is None and not keep
+        self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="fresco-stack-"))
+        self._embedded = None
+        if redis_url is None:
+            from service.redis import EmbeddedRedis
+
+            self._embedded = EmbeddedRedis(self.data_dir / "redis")
+            redis_url = self._embedded.url
+        self.redis_url = redis_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "FRESCO_REDIS_URL": redis_url, "FRESCO_DATA_DIR": str(self.data_dir),
+                    "FRESCO_PORT": str(self.port), "FRESCO_HOST": "127.0.0.1", "FRESCO_LOG_LEVEL": log_level,
+                    "FRESCO_TORCH_THREADS": str(torch_threads), **(env or {})}
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # an API's own, when it runs several processes
+        if profile:
+            self.env["FRESCO_MODELS_FILE"] = str(tiny_models_file(self.data_dir / "models.yaml", profile))
+        for name, value in (("FRESCO_WORKER_TASKS", tasks), ("FRESCO_WORKER_MODELS", models)):
+            if value is not None:
+                self.env[name] = value
+        # Workers serving only some tasks or models never make /readyz answer 200: wait for them instead.
+        self.partial = any(name in {**self.env, **(worker_env or {})}
+                           for name in ("FRESCO_WORKER_TASKS", "FRESCO_WORKER_MODELS"))
+        self.worker_env = dict(worker_env or {})
+        self.logs = self.data_dir / f"logs-{self.port}"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.worker_names: list[str] = []
+        self.worker_metrics_ports: list[int] = []
+        self.others: list[subprocess.Popen] = []  # processes `spawn` started beside the API and workers
+        self.workers: list[subprocess.Popen] = []
+        self.api = self._spawn("api", ["api", "--processes", str(api_processes)], api_env or {})
+        for _ in range(workers):
+            self.spawn_worker()
+
+    # ---- processes
+
+    def _spawn(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")
+        return subprocess.Popen([sys.executable, "-m", "service.cli", *argv], env={**self.env, **env}, cwd=ROOT,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def spawn_worker(self, index: int | None = None, env: dict | None = None) -> subprocess.Popen:
+        """Start a worker: a new one (`index` None), or one in place of worker `index` (after a kill, say),
+        with `env` added to its settings."""
+        new = index is None or index >= len(self.workers)
+        index = len(self.workers) if index is None else index
+        if new:
+            self.worker_metrics_ports.append(free_port())
+            self.worker_names.append("")
+        self.worker_names[index] = f"stack-{self.port}-{index}-{time.monotonic_ns()}"
+        proc = self._spawn(f"worker{index}", ["worker"], {
+            **self.worker_env, "FRESCO_WORKER_METRICS_PORT": str(self.worker_metrics_ports[index]),
+            "FRESCO_WORKER_NAME": self.worker_names[index], **(env or {})})
+        if new:
+            self.workers.append(proc)
+        else:
+            self.workers[index] = proc
+        return proc
+
+    def spawn(self, name: str, command: str, env: dict | None = None) -> subprocess.Popen:
+        """Start another `fresco <command>` process on the stack's settings (`webhooks`, say), stopped with it."""
+        proc = self._spawn(name, [command], env or {})
+        self.others.append(proc)
+        return proc
+
+    def stop_worker(self, index: int) -> None:
+        """SIGTERM worker `index` and wait for it (a busy one finishes its job first)."""
+        _terminate([self.workers[index]], 30)
+
+    # ---- readiness
+
+    def wait_ready(self, timeout: float = 90, path: str | None = None) -> "Stack":
+        """Until the API answers `path`; by default /readyz, or, for an API alone or workers serving only some
+        tasks or models, /healthz and every worker's heartbeat."""
+        whole = path is None and self.workers and not self.partial
+        outcome = wait_until_ok(self.url + (path or ("/readyz" if whole else "/healthz")), [self.api, *self.workers],
+                                timeout)
+        if outcome != "ok":
+            raise RuntimeError(f"the stack {outcome}; logs in {self.logs}:\n" + self.read_logs())
+        if path is None and not whole:
+            for index in range(len(self.workers)):
+                self.wait_worker(index, timeout)
+        return self
+
+    def wait_worker(self, index: int, timeout: float = 120) -> "Stack":
+        """Until worker `index` has loaded its models and published a heartbeat."""
+        from service.jobs import keys
+
+        r = self.redis()
+        deadline = time.monotonic() + timeout
+        while not r.exists(keys.worker(self.worker_names[index])):
+            if self.workers[index].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker {index} did not start:\n{self.read_logs()}")
+            time.sleep(0.05)
+        return self
+
+    def wait_serving(self, task: str, timeout: float = 90) -> "Stack":
+        """Until a live worker serves `task` (workers serving only some tasks never make /readyz answer 200)."""
+        self.wait_ready(timeout, path="/healthz")
+        deadline = time.time() + timeout
+        while task in httpx.get(self.url + "/readyz", timeout=2).json().get("missing_tasks", [task]):
+            if time.time() > deadline or any(p.poll() is not None for p in self.workers):
+                raise RuntimeError(f"no worker serves {task}:\n" + self.read_logs())
+            time.sleep(0.1)
+        return self
+
+    # ---- using it
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        """An HTTP client of the API (`key`: sent as `Authorization: Bearer`)."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers)
+
+    def redis(self):
+        from service.redis import sync_client
+
+        return sync_client(self.redis_url)
+
+    def read_logs(self) -> str:
+        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}" for f in sorted(self.logs.glob("*.log")))
+
+    # ---- the end
+
+    def __enter__(self) -> "Stack":
+        return self.wait_ready()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        _terminate([*self.others, *self.workers, self.api], 20)
+        if self._embedded:
+            self._embedded.shutdown()
+        if self.temporary:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
