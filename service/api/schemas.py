@@ -9,6 +9,7 @@ the strict union tagged by `task` of them. Input images are a type (`ImageRef`),
 
 from __future__ import annotations
 
+import functools
 import types
 import typing
 from typing import Annotated, Any, Literal, Union
@@ -225,18 +226,31 @@ def _submodel(annotation) -> type[BaseModel] | None:
     return None
 
 
+@functools.cache
+def _image_plan(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None], ...]:
+    """`model`'s fields that are input images (None) or hold request models with some (their class), in
+    field order: worked out once per class, so a request's images are found without a walk of its fields."""
+    plan = []
+    for name, info in model.model_fields.items():
+        if any(m is IMAGE_INPUT for m in info.metadata) or _marks_image(info.annotation):
+            plan.append((name, None))
+            continue
+        sub = _submodel(info.annotation)
+        if sub is not None and _image_plan(sub):
+            plan.append((name, sub))
+    return tuple(plan)
+
+
 def image_fields(model: type[BaseModel]) -> tuple[str, ...]:
     """The paths of `model`'s input-image fields, `[]` standing for a list index: ("image",),
     ("control[].image",)."""
     out: list[str] = []
-    for name, info in model.model_fields.items():
-        if any(m is IMAGE_INPUT for m in info.metadata) or _marks_image(info.annotation):
+    for name, sub in _image_plan(model):
+        if sub is None:
             out.append(name)
-            continue
-        sub = _submodel(info.annotation)
-        if sub is not None:
-            many = typing.get_origin(info.annotation) is list or any(
-                typing.get_origin(a) is list for a in typing.get_args(info.annotation))
+        else:
+            many = typing.get_origin(model.model_fields[name].annotation) is list or any(
+                typing.get_origin(a) is list for a in typing.get_args(model.model_fields[name].annotation))
             out += [f"{name}{'[]' if many else ''}.{path}" for path in image_fields(sub)]
     return tuple(out)
 
@@ -244,18 +258,17 @@ def image_fields(model: type[BaseModel]) -> tuple[str, ...]:
 def image_values(req: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
     """Each input image a validated request carries, with its path (`control[1].image`), in field order."""
     out: list[tuple[str, str]] = []
-    for name, info in type(req).model_fields.items():
+    for name, sub in _image_plan(type(req)):
         value = getattr(req, name)
         if value is None:
             continue
-        if any(m is IMAGE_INPUT for m in info.metadata) or _marks_image(info.annotation):
+        if sub is None:
             out.append((prefix + name, value))
         elif isinstance(value, BaseModel):
             out += image_values(value, f"{prefix}{name}.")
-        elif isinstance(value, list):
+        else:
             for i, item in enumerate(value):
-                if isinstance(item, BaseModel):
-                    out += image_values(item, f"{prefix}{name}[{i}].")
+                out += image_values(item, f"{prefix}{name}[{i}].")
     return out
 
 
