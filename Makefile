@@ -60,7 +60,8 @@ clean:
 	rm -rf $(VENV) .fresco .pytest_cache *.egg-info
 
 # Benchmarks (BENCHMARKS.md): run by hand, each prints its figures next to its target. Not tests.
-.PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-gpu
+.PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-gpu \
+	bench-enqueue
 bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews
 
 bench-overhead: install
@@ -80,6 +81,12 @@ bench-adapters: install
 
 bench-previews: install
 	$(BIN)/python bench/previews.py
+
+# `make run`'s enqueue rate under `hey -c 32` (apt-get install hey), against another checkout side by side:
+# `make bench-enqueue AGAINST=/tmp/orig` (e.g. `git worktree add /tmp/orig <commit>`).
+AGAINST ?=
+bench-enqueue: install
+	$(BIN)/python bench/make_run_enqueue.py $(if $(AGAINST),--against $(AGAINST))
 
 # Full-size models on a GPU host; `make bench-gpu GPU_ARGS=--tiny` runs the tiny CPU version.
 GPU_ARGS ?=
