@@ -19,9 +19,9 @@ KNOWN_NOISE: tuple[tuple[str, str, str], ...] = (
      "SVD's CLIPImageProcessor uses its PIL implementation when torchvision is absent (a worker needs no "
      "torchvision); the result is the same 224x224 input to the image encoder."),
     ("transformers.integrations.peft", "LOAD REPORT",
-     "loading a LoRA's text-encoder part when other LoRAs are resident, transformers reports the other "
-     "LoRAs' layers as missing from the new file (a table per load); a file that does not fit the "
-     "model raises instead, and the job fails with a message (workers/loras.py)."),
+     "loading a LoRA's text-encoder part when other LoRAs are resident, transformers 5.17 to 5.24 report the "
+     "other LoRAs' layers as missing from the new file (a table per load; 5.25 no longer does); a file "
+     "that does not fit the model raises instead, and the job fails with a message (workers/loras.py)."),
 )
 # (a warning's message, at its start, why it is harmless here)
 KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import version
+
+from packaging.version import Version
 
 from tests.conftest import ROOT
 
 NOISE = ("should be kept in float32: []", "requires torchvision (not installed)", "LOAD REPORT",
          "Already found a `peft_config`", "Loading weights")
+# transformers 5.25 no longer reports the resident LoRA's layers as missing when another one loads.
+PRINTED = NOISE if Version(version("transformers")) < Version("5.25") else tuple(n for n in NOISE if n != "LOAD REPORT")
 
 LOAD = """
 import logging, sys, torch
@@ -39,6 +44,6 @@ def stderr_of(mode: str) -> str:
 
 def test_known_noise_is_printed_without_the_filters_and_gone_with_them():
     loud, quiet = stderr_of("loud"), stderr_of("quiet")
-    assert all(line in loud for line in NOISE)  # the lines this silences do appear (the test is real)
+    assert all(line in loud for line in PRINTED)  # the lines this silences do appear (the test is real)
     assert not any(line in quiet for line in NOISE)
     assert "a warning that means something" in quiet
