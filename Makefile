@@ -7,9 +7,10 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 EXTRAS ?= local,worker,s3,test
 PYTEST_ARGS ?=
-# The suite runs in this many processes (pytest-xdist); tests that share a stack, and the fault tests, stay
-# together in one (tests/conftest.py). 0: one process, no xdist.
-TEST_PROCESSES ?= 2
+# The suite runs in this many processes (pytest-xdist): much of it waits on the processes it starts, so three
+# keep two cores busy. Tests that share a stack, and the fault tests, stay together in one
+# (tests/scheduling.py). 0: one process, no xdist.
+TEST_PROCESSES ?= 3
 XDIST := $(if $(filter 0,$(TEST_PROCESSES)),,-n $(TEST_PROCESSES) --dist loadgroup)
 
 .PHONY: install run test test-fast clean deploy-tools browser

@@ -1,4 +1,4 @@
-"""How the suite spreads over pytest-xdist processes (`make test`: `-n 2 --dist loadgroup`): in groups, each
+"""How the suite spreads over pytest-xdist processes (`make test`: `-n 3 --dist loadgroup`): in groups, each
 run from start to end by one process.
 
 - The fault tests, one after another: they kill workers and stop Redis, and time what follows.
@@ -66,9 +66,9 @@ def arrange(config, items: list, parts_of) -> None:
 
 def pytest_configure(config) -> None:
     if hasattr(config, "workerinput"):
-        # Two test processes on a small machine: one torch thread each (and each process they start), as
-        # the stacks' workers run (FRESCO_TORCH_THREADS=1). Two threads each would be twice as many
-        # threads as cores, each OpenMP region waiting for a thread the other process holds.
+        # Several test processes on a small machine: one torch thread each (and each process they start),
+        # as the stacks' workers run (FRESCO_TORCH_THREADS=1). Two threads each would be more threads than
+        # cores, each OpenMP region waiting for a thread another process holds.
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     elif config.getoption("dist", "no") == "loadgroup":
         config.fresco_groups = Path(tempfile.mkdtemp(prefix="fresco-xdist-")) / "groups.json"
