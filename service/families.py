@@ -53,11 +53,6 @@ class Kind:
     frames: bool = False  # makes video: the model's `num_frames` (14 or 25 by its name, unless given)
 
     @property
-    def schedulers(self) -> tuple[str, ...]:
-        """The schedulers a request may name for this kind (none when it has its own)."""
-        return () if self.scheduler in OWN_SCHEDULERS else tuple(SCHEDULERS)
-
-    @property
     def own_scheduler(self) -> bool:
         return self.scheduler in OWN_SCHEDULERS
 
@@ -88,11 +83,6 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("svd", "svd", tasks=("svd",), frames=True),
 )}
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
-
-
-def kinds_of(family: str) -> tuple[str, ...]:
-    """The kinds of `family`, in table order."""
-    return tuple(k.name for k in KINDS.values() if k.family == family)
 
 
 def tasks_for_kind(kind: str) -> list[str]:

@@ -5,9 +5,8 @@ none is given) and one data directory (a temporary one, removed at the end, when
 A stack starts only what its user needs: `profile` cuts the tiny profile to the models named (a models
 file of just those, with the adapters and ControlNets that fit them), so each worker loads only the
 models it will run (loading is most of a worker's start-up) and the API's `/readyz` still means "every
-task is served"; `tasks` and `models` (FRESCO_WORKER_TASKS, FRESCO_WORKER_MODELS) restrict the workers
-instead; `workers=0` is an API alone. Every process logs to a file of its own under the data directory; `read_logs()` shows them
-when something does not start.
+task is served"; `tasks` (FRESCO_WORKER_TASKS) restricts the workers instead; `workers=0` is an API alone. Every process logs to a file of its own under the data directory;
+`read_logs()` shows them when something does not start.
 """
 
 from __future__ import annotations
@@ -80,12 +79,12 @@ class Stack:
     """API process(es) and worker process(es) sharing one Redis and one data directory.
 
     `env` adds FRESCO_* settings to every process, `api_env` and `worker_env` to the API's and the
-    workers'; `tasks` and `models` (comma-separated) are what each worker serves and loads. Use it as a
-    context manager, or call `stop()`."""
+    workers'; `profile` the tiny models they know, `tasks` (comma-separated) the ones workers serve. Use
+    it as a context manager, or call `stop()`."""
 
     def __init__(self, redis_url: str | None = None, data_dir: Path | None = None, env: dict | None = None,
                  workers: int = 1, *, profile: tuple[str, ...] = (), tasks: str | None = None,
-                 models: str | None = None, api_processes: int = 1,
+                 api_processes: int = 1,
                  api_env: dict | None = None, worker_env: dict | None = None, log_level: str = "WARNING",
                  torch_threads: int = 1, keep: bool = False):
         self.temporary = data_dir is None and not keep
@@ -105,9 +104,8 @@ class Stack:
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # an API's own, when it runs several processes
         if profile:
             self.env["FRESCO_MODELS_FILE"] = str(tiny_models_file(self.data_dir / "models.yaml", profile))
-        for name, value in (("FRESCO_WORKER_TASKS", tasks), ("FRESCO_WORKER_MODELS", models)):
-            if value is not None:
-                self.env[name] = value
+        if tasks is not None:
+            self.env["FRESCO_WORKER_TASKS"] = tasks
         # Workers serving only some tasks or models never make /readyz answer 200: wait for them instead.
         self.partial = any(name in {**self.env, **(worker_env or {})}
                            for name in ("FRESCO_WORKER_TASKS", "FRESCO_WORKER_MODELS"))
@@ -207,7 +205,8 @@ class Stack:
         return sync_client(self.redis_url)
 
     def read_logs(self) -> str:
-        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}" for f in sorted(self.logs.glob("*.log")))
+        return "\n".join(f"--- {f.name}\n{f.read_text(errors='replace')[-4000:]}"
+                         for f in sorted(self.logs.glob("*.log")))
 
     # ---- the end
 

@@ -5,9 +5,9 @@ A family (service/families.py: the kinds of one architecture) says here, followi
 row's `mode`: txt2img, img2img, img2vid, and ControlNet's `control:<mode>`), the class a refiner loads
 as, the options pipelines are built with, its denoiser (`unet`, or `transformer` for the families whose
 denoiser is one), its text encoders and tokenizers and the key each one's vectors have in an embedding
-file, its latents' channels and the linear factors that preview them, the blocks regional compilation
-compiles, the tiny profile's builder and the full-size architecture the deploy docs size. Loading,
-adapters, ControlNets, previews and execution-device pinning read it; none of them names a family.
+file, the linear factors that preview its latents (a row per latent channel), the blocks regional
+compilation compiles, the tiny profile's builder and the full-size architecture the deploy docs size.
+Loading, adapters, ControlNets, previews and execution-device pinning read it; none names a family.
 """
 
 from __future__ import annotations

@@ -29,9 +29,8 @@ class WorkerFamily:
     options: dict = field(default_factory=dict)  # what every pipeline is built with (no watermark, no checker)
     denoiser: str = "unet"
     text_encoders: tuple[TextEncoder, ...] = ()
-    latent_channels: int = 4
-    # Linear latent -> RGB factors (a row per latent channel) and bias for live previews; None: the first
-    # three channels, halved.
+    # Linear latent -> RGB factors (a row per latent channel: 4 for the SD VAE's latents) and bias for live
+    # previews; None: the first three channels, halved.
     preview_factors: tuple[tuple[tuple[float, ...], ...], tuple[float, ...]] | None = None
     compile_blocks: tuple[str, ...] = ()  # the denoiser's repeated blocks regional compilation compiles
     tiny_denoiser: Callable[[], Any] | None = None  # a fresh tiny denoiser (tiny ControlNets and LoRAs)

@@ -34,7 +34,8 @@ SVD_SCHEDULER = dict(
 
 
 def tiny_svd(seed: int = 2):
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableVideoDiffusionPipeline, UNetSpatioTemporalConditionModel
+    from diffusers import (AutoencoderKL, EulerDiscreteScheduler, StableVideoDiffusionPipeline,
+                           UNetSpatioTemporalConditionModel)
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
     tiny.seeded(seed)

@@ -2,9 +2,9 @@
 
 OpenAI and AUTOMATIC1111 clients name a checkpoint, not a task. Text-to-image on a model runs the task its
 kind is made for (the family table's `text_task`): an SDXL model the `sdxl` task (its refiner too, when it
-has one), a Turbo model `turbo`, an SD 1.x/2.x model `txt2img`. Image-to-image is always `img2img`. A request body is then cut to the
-fields that task's native request has (`fit`): what a client sends that the task has no use for (a
-guidance scale for Turbo, say) is dropped and named, never a 422.
+has one), a Turbo model `turbo`, an SD 1.x/2.x model `txt2img`. Image-to-image is always `img2img`. A
+request body is then cut to the fields that task's native request has (`fit`): what a client sends that
+the task has no use for (a guidance scale for Turbo, say) is dropped and named, never a 422.
 """
 
 from __future__ import annotations
