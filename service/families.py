@@ -89,7 +89,3 @@ def tasks_for_kind(kind: str) -> list[str]:
     """The tasks a model of `kind` serves, in the task table's order."""
     return [t for t in TASK_NAMES if t in KINDS[kind].tasks]
 
-
-def kinds_for_task(task: str) -> tuple[str, ...]:
-    """The kinds whose models serve `task`, in table order."""
-    return tuple(k.name for k in KINDS.values() if task in k.tasks)

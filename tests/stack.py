@@ -5,8 +5,9 @@ none is given) and one data directory (a temporary one, removed at the end, when
 A stack starts only what its user needs: `profile` cuts the tiny profile to the models named (a models
 file of just those, with the adapters and ControlNets that fit them), so each worker loads only the
 models it will run (loading is most of a worker's start-up) and the API's `/readyz` still means "every
-task is served"; `tasks` (FRESCO_WORKER_TASKS) restricts the workers instead; `workers=0` is an API alone. Every process logs to a file of its own under the data directory;
-`read_logs()` shows them when something does not start.
+task is served"; `tasks` (FRESCO_WORKER_TASKS) restricts the workers instead; `workers=0` is an API
+alone. Every process logs to a file of its own under the data directory; `read_logs()` shows them when
+something does not start.
 """
 
 from __future__ import annotations

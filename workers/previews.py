@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workers.families import FAMILIES, WorkerFamily
+from workers.families import WorkerFamily
 
 log = logging.getLogger("fresco.previews")
 
@@ -66,11 +66,6 @@ class Previewer:
 
     family: WorkerFamily
     decoder: torch.nn.Module | None = None  # an AutoencoderTiny, or None: the linear projection
-
-    @classmethod
-    def linear(cls, family: str) -> "Previewer":
-        """The linear previewer of the family named `family`."""
-        return cls(FAMILIES[family])
 
     @property
     def kind(self) -> str:

@@ -227,17 +227,19 @@ def _submodel(annotation) -> type[BaseModel] | None:
 
 
 @functools.cache
-def _image_plan(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None], ...]:
-    """`model`'s fields that are input images (None) or hold request models with some (their class), in
-    field order: worked out once per class, so a request's images are found without a walk of its fields."""
+def _image_plan(model: type[BaseModel]) -> tuple[tuple[str, type[BaseModel] | None, bool], ...]:
+    """`model`'s fields that are input images (None) or hold request models with some (their class, and
+    whether in a list), in field order: worked out once per class, so a request's images are found without
+    a walk of its fields."""
     plan = []
     for name, info in model.model_fields.items():
         if any(m is IMAGE_INPUT for m in info.metadata) or _marks_image(info.annotation):
-            plan.append((name, None))
+            plan.append((name, None, False))
             continue
         sub = _submodel(info.annotation)
         if sub is not None and _image_plan(sub):
-            plan.append((name, sub))
+            many = any(typing.get_origin(a) is list for a in (info.annotation, *typing.get_args(info.annotation)))
+            plan.append((name, sub, many))
     return tuple(plan)
 
 
@@ -245,30 +247,25 @@ def image_fields(model: type[BaseModel]) -> tuple[str, ...]:
     """The paths of `model`'s input-image fields, `[]` standing for a list index: ("image",),
     ("control[].image",)."""
     out: list[str] = []
-    for name, sub in _image_plan(model):
-        if sub is None:
-            out.append(name)
-        else:
-            many = typing.get_origin(model.model_fields[name].annotation) is list or any(
-                typing.get_origin(a) is list for a in typing.get_args(model.model_fields[name].annotation))
-            out += [f"{name}{'[]' if many else ''}.{path}" for path in image_fields(sub)]
+    for name, sub, many in _image_plan(model):
+        out += [name] if sub is None else [f"{name}{'[]' if many else ''}.{path}" for path in image_fields(sub)]
     return tuple(out)
 
 
 def image_values(req: BaseModel, prefix: str = "") -> list[tuple[str, str]]:
     """Each input image a validated request carries, with its path (`control[1].image`), in field order."""
     out: list[tuple[str, str]] = []
-    for name, sub in _image_plan(type(req)):
+    for name, sub, many in _image_plan(type(req)):
         value = getattr(req, name)
         if value is None:
             continue
         if sub is None:
             out.append((prefix + name, value))
-        elif isinstance(value, BaseModel):
-            out += image_values(value, f"{prefix}{name}.")
-        else:
+        elif many:
             for i, item in enumerate(value):
                 out += image_values(item, f"{prefix}{name}[{i}].")
+        else:
+            out += image_values(value, f"{prefix}{name}.")
     return out
 
 

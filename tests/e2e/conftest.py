@@ -20,7 +20,6 @@ KEYS = {name: f"fresco-e2e-{name}-key" for name in (
     "openai", "webhooks")}
 OPENAI_ALIASES = "dall-e-2:tiny-turbo,dall-e-3:tiny-turbo,gpt-image-1:tiny-turbo"
 WEBHOOK_SECRET = signing.new_secret()
-KEYED_GROUP = "keyed-stack"  # the xdist group of the modules that use it
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,8 @@ def files(tmp_path_factory):
     for i in range(5):
         out[f"c{i}"] = lora_file(folder, f"c{i}", 200 + i, rank=2)
     # Made for another architecture: the same layer names, other widths.
-    wrong = {k: v[:, :2].contiguous() if v.dim() == 2 and v.shape[1] > 2 else v for k, v in tiny_adapters.lora(103).items()}
+    wrong = {k: v[:, :2].contiguous() if v.dim() == 2 and v.shape[1] > 2 else v
+             for k, v in tiny_adapters.lora(103).items()}
     out["wrong"] = folder / "wrong.safetensors"
     safetensors.torch.save_file(wrong, str(out["wrong"]))
     # Nothing in it matches the model.

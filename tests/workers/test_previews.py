@@ -37,8 +37,8 @@ def test_the_linear_decoder_maps_latent_channels_to_rgb_by_family():
     # One latent channel lit: the preview's colour is that channel's row of the family's factors.
     latents = torch.zeros(4, 16, 24)
     latents[3] = 1.0
-    sd = np.asarray(decode(Previewer.linear("sd").render(latents)).convert("RGB"), dtype=float)
-    sdxl = np.asarray(decode(Previewer.linear("sdxl").render(latents)).convert("RGB"), dtype=float)
+    sd = np.asarray(decode(Previewer(FAMILIES["sd"]).render(latents)).convert("RGB"), dtype=float)
+    sdxl = np.asarray(decode(Previewer(FAMILIES["sdxl"]).render(latents)).convert("RGB"), dtype=float)
     assert sd.shape == (16, 24, 3) and sdxl.shape == (16, 24, 3)  # one pixel per latent
     expected_sd = (np.array([-0.2120, -0.2616, -0.7177]) + 1) * 127.5
     expected_sdxl = (np.array([-0.3165, -0.2492, -0.2188]) + np.array([0.1084, -0.0175, -0.0011]) + 1) * 127.5
@@ -49,7 +49,7 @@ def test_the_linear_decoder_maps_latent_channels_to_rgb_by_family():
 def test_a_video_preview_shows_the_middle_frame():
     frames = torch.full((5, 4, 8, 8), -3.0)
     frames[2] = 3.0  # the middle frame, bright
-    previewer = Previewer.linear("svd")
+    previewer = Previewer(FAMILIES["svd"])
     assert previewer.render(frames) == previewer.render(frames[2])
 
 
@@ -76,12 +76,12 @@ def test_a_tiny_autoencoder_named_by_the_models_file_decodes_previews(tmp_path):
                     num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1),
                     latent_channels=4).save_pretrained(tmp_path / "taesd")
     previewer = load_previewer(FAMILIES["sdxl"], str(tmp_path / "taesd"), torch.device("cpu"), torch.float32)
-    assert previewer.kind == "taesd" and Previewer.linear("sdxl").kind == "linear"
+    assert previewer.kind == "taesd" and Previewer(FAMILIES["sdxl"]).kind == "linear"
     latents = torch.randn(4, 16, 8)
     image = decode(previewer.render(latents))
     assert image.size == (64, 128)  # the decoder's own size: 8 pixels per latent
     assert decode(previewer.render(torch.randn(4, 64, 32))).size == (128, 256)  # scaled down to ≤ 256
-    assert previewer.render(latents) != Previewer.linear("sdxl").render(latents)
+    assert previewer.render(latents) != Previewer(FAMILIES["sdxl"]).render(latents)
 
 
 # ---------------------------------------------------------------- through a real runner

@@ -32,7 +32,8 @@ def png() -> bytes:
 
 def resolved(image: bool = False) -> Resolved:
     decoded = decode_image(base64.b64encode(png()).decode(), max_bytes=10**6, max_pixels=10**6) if image else None
-    params = {"prompt": "p", "seed": 1, **({"image": {"name": "input.png", "width": 64, "height": 64}} if decoded else {})}
+    image = {"image": {"name": "input.png", "width": 64, "height": 64}} if decoded else {}
+    params = {"prompt": "p", "seed": 1, **image}
     return Resolved(task="img2img" if image else "turbo", model="m", params=params,
                     images={"image": decoded} if decoded else {})
 
