@@ -62,8 +62,8 @@ clean:
 
 # Benchmarks (BENCHMARKS.md): run by hand, each prints its figures next to its target. Not tests.
 .PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-gpu \
-	bench-enqueue
-bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews
+	bench-enqueue bench-duty
+bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-duty
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py
@@ -82,6 +82,9 @@ bench-adapters: install
 
 bench-previews: install
 	$(BIN)/python bench/previews.py
+
+bench-duty: install
+	$(BIN)/python bench/duty.py
 
 # `make run`'s enqueue rate under `hey -c 32` (apt-get install hey), against another checkout side by side:
 # `make bench-enqueue AGAINST=/tmp/orig` (e.g. `git worktree add /tmp/orig <commit>`).

@@ -92,7 +92,9 @@ class Worker:
         from workers.jobs import JobRunner
         from workers.runtime import Runtime
 
-        settings = Settings(redis_url=redis_url, data_dir=data, worker_tasks=[TASK], **overrides)
+        # Each job stored before `run` returns (no finishing stage): its wall time is the whole job's.
+        settings = Settings(redis_url=redis_url, data_dir=data, worker_tasks=[TASK], worker_pending_outputs=0,
+                            **overrides)
         self.redis = sync_client(redis_url)
         self.runner = JobRunner(Runtime(settings, catalog).load(), self.redis, LocalStorage(data / "results"),
                                 settings, name)

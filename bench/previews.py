@@ -56,7 +56,8 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="fresco-bench-previews-"))
     server = EmbeddedRedis(data / "redis")
     redis = sync_client(server.url)
-    settings = Settings(redis_url=server.url, data_dir=data, worker_tasks=["sdxl"], preview_every_steps=2)
+    settings = Settings(redis_url=server.url, data_dir=data, worker_tasks=["sdxl"], preview_every_steps=2,
+                        worker_pending_outputs=0)  # each job ended before `run` returns
     runner = JobRunner(Runtime(settings, tiny_catalog()).load(), redis, LocalStorage(data / "results"), settings,
                        "bench-previews")
     params = {"prompt": "a lighthouse on a cliff at dusk", "negative_prompt": "", "width": args.size,

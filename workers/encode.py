@@ -21,6 +21,7 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -123,10 +124,14 @@ _POOL: ThreadPoolExecutor | None = None
 PARALLEL_MIN_BYTES = 256 * 1024  # below this one thread is as fast
 
 
+_POOL_LOCK = threading.Lock()
+
+
 def _pool() -> ThreadPoolExecutor:
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="fresco-png")
+    with _POOL_LOCK:  # the worker's finishing threads may encode at once
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="fresco-png")
     return _POOL
 
 

@@ -3,7 +3,8 @@
 A job asks for one with a prompt starting `fresco-fault:<name>`:
 - `oom`: CUDA out of memory at the first denoising step (the GPU path, reached on a CPU);
 - `sticky`: a sticky CUDA error (illegal memory access) at the first step;
-- `slow`: each denoising step takes an extra second (to pass a timeout).
+- `slow`: each denoising step takes an extra second (to pass a timeout);
+- `slow-store`: storing the job's files takes an extra 20 seconds (to kill a worker while it stores).
 A full disk needs no hook: the fault tests give the worker a tiny real filesystem.
 """
 
@@ -14,6 +15,7 @@ import time
 import torch
 
 PREFIX = "fresco-fault:"
+SLOW_STORE_S = 20.0
 STICKY_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure",
                   "CUBLAS_STATUS_EXECUTION_FAILED", "cudaErrorLaunchFailure", "misaligned address")
 
@@ -32,6 +34,11 @@ def at_step(fault: str | None, step: int) -> None:
         raise RuntimeError("CUDA error: an illegal memory access was encountered (fault injection)")
     if fault == "slow":
         time.sleep(1.0)
+
+
+def before_store(fault: str | None) -> None:
+    if fault == "slow-store":
+        time.sleep(SLOW_STORE_S)
 
 
 def is_sticky_cuda_error(exc: BaseException) -> bool:

@@ -3,10 +3,11 @@ three steps, each a method of `JobRunner`:
 
 1. start: queued -> running on this worker (protocol.start), plus the compatible jobs it batches
    with (workers/batching.py);
-2. execute: the task pipeline (workers/pipelines/), reporting progress at each step and stopping
-   when canceled, then encode and store (workers/results.py);
-3. end: each job's final transition (protocol.end), once. Whatever went wrong maps to how the
-   job ends through one table (`failure_for`).
+2. infer: the task pipeline (workers/pipelines/), reporting progress at each step and stopping when
+   canceled; then, on a finishing thread while this one takes the next job (workers/finishing.py),
+   finish: encode and store (workers/results.py);
+3. end: each job's final transition (protocol.end), once. Whatever went wrong, in either stage, maps
+   to how the job ends through one table (`failure_for`).
 
 A job canceled mid-batch ends `canceled` at that step, at once, as it would alone; the batch runs on
 for the others (their images do not depend on it) and its output is dropped; when every job of the
@@ -19,6 +20,8 @@ import gc
 import io
 import logging
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -34,6 +37,7 @@ from service.storage import Storage
 from workers import faults, metrics, results
 from workers.batching import Batching, Member
 from workers.errors import JobFailed
+from workers.finishing import Finisher
 from workers.pipelines.base import TaskPipeline
 from workers.progress import JobCanceled, Progress
 from workers.recipe import Recipes
@@ -42,6 +46,9 @@ from workers.runtime import Runtime
 log = logging.getLogger("fresco.jobs")
 END_RETRY_S = 300.0  # how long a finished job's outcome waits for Redis to come back
 RESTART_EXIT_CODE = 3  # a worker that must be restarted (sticky GPU error) exits with this
+CHAIN_S = 30.0  # how long a worker runs jobs it takes itself before it goes back to RQ's loop
+NEXT_WINDOW = 4  # queue entries looked at for the next job (some may have been canceled)
+EXIT_DRAIN_S = 60.0  # how long a worker that exits waits for the jobs on its finishing stage to end
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,17 @@ def until_redis_answers(write, what: str) -> None:
             pause = min(pause * 2, 5.0)
 
 
+def set_timeout(seconds: int) -> None:
+    """RQ's death penalty (SIGALRM, armed for the job RQ handed over, raising JobTimeoutException) set to
+    go off in `seconds` (0: not at all): a job the worker takes itself (`JobRunner._run_chain`) gets its
+    own timeout, and none runs while the worker waits for room or looks for the next job. Nothing
+    outside an RQ job (no handler installed: the tests' in-process runner)."""
+    handler = signal.getsignal(signal.SIGALRM)
+    if threading.current_thread() is threading.main_thread() and handler not in (signal.SIG_DFL, signal.SIG_IGN,
+                                                                                   None):
+        signal.alarm(max(0, int(seconds)))
+
+
 @dataclass
 class Batch:
     """The jobs of one pipeline call (one, unless batching found compatible ones)."""
@@ -115,10 +133,21 @@ class JobRunner:
         self.runtime, self.redis, self.storage, self.settings, self.name = runtime, redis, storage, settings, name
         self.batching = Batching(redis, name, settings.worker_batch_size, settings.worker_batch_wait_ms / 1000,
                                  settings.fault_injection)
-        self.encoder = results.Encoder(settings.png_level)
+        self.encoder = results.Encoder(settings.png_level, threads=1 if settings.worker_pending_outputs else None)
         # What each result file carries (workers/recipe.py); the models' sources described from now on.
         self.recipes = Recipes(runtime).start() if settings.output_metadata else None
-        self.current_jobs: list[str] = []  # shown in the worker's heartbeat
+        self.finisher = Finisher(settings.worker_pending_outputs)
+        self.running: list[str] = []  # the jobs of the pipeline call in progress
+        self.stopping = threading.Event()  # set on a stop request (SIGTERM): take no job after the one in hand
+
+    @property
+    def current_jobs(self) -> list[str]:
+        """The jobs this worker holds, in either stage (shown in its heartbeat)."""
+        return self.running + self.finisher.holding()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every job handed to the finishing stage has ended."""
+        return self.finisher.drain(timeout)
 
     def serve(self) -> "JobRunner":
         """Make this the runner `run_job` uses in this process."""
@@ -129,7 +158,9 @@ class JobRunner:
     # ---- 1. start ----
 
     def run(self, payload: dict) -> dict:
+        """The job RQ handed over; then, with the finishing stage on, the jobs this worker takes itself."""
         job_id, task, model = payload["id"], payload["task"], payload["model"]
+        self.finisher.wait_for_room()  # before the job starts: never with an inferred batch in hand
         loaded = protocol.load_input(self.redis, job_id)
         if loaded is None:
             log.warning("job %s is gone (expired or deleted); skipped", job_id)
@@ -142,37 +173,84 @@ class JobRunner:
         if not protocol.start(job_id, task, worker=self.name, progress=first, at=started).run(self.redis):
             return {"status": "skipped"}  # canceled while queued
         leader = Member(job_id, params, created, started, watched=watched)
+        self._run_batch(self._batch(task, model, pipeline, leader, first), plan, first)
+        status = leader.status if leader.ended else "finishing"
+        if self.finisher.pending:
+            set_timeout(0)  # its inference is over: the rest is the finishing stage's
+            self._run_chain()
+        return {"status": status}
+
+    def _batch(self, task: str, model: str, pipeline: TaskPipeline | None, leader: Member, first: dict) -> Batch:
+        """The leader, and the compatible jobs it batches with (workers/batching.py)."""
         batch = Batch(task, model, pipeline, [leader])
         if pipeline is not None:
             batch.members += self.batching.gather(task, model, pipeline, leader, first)
-        self._run_batch(batch, plan, first)
-        return {"status": leader.status}
+        return batch
+
+    def _run_chain(self) -> None:
+        """With the finishing stage on, the next waiting jobs, taken off their queues by this worker itself
+        (as batching takes them: protocol.claim), each as soon as the last one's inference ends, for up to
+        CHAIN_S: RQ's loop costs about 8 ms of Redis bookkeeping a job, which the device would wait
+        through. Its queues in RQ's order (runtime.queues), so the next job is the one RQ would give; a
+        stop request (SIGTERM) ends the chain after the job in hand. Each job has its own timeout, over
+        its inference (`set_timeout`)."""
+        deadline = time.monotonic() + CHAIN_S
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            self.finisher.wait_for_room()
+            taken = self._take_next()
+            if taken is None:
+                return
+            self._run_batch(*taken)
+            set_timeout(0)
+
+    def _take_next(self) -> tuple[Batch, list, dict] | None:
+        """The first job waiting on this worker's queues, started on this worker: its batch, plan and
+        first progress; None when none waits."""
+        for task, model in self.runtime.queues():
+            pipeline = self.runtime.pipeline(task, model)
+            for job_id, params in protocol.peek(self.redis, task, model, NEXT_WINDOW):
+                plan = pipeline.plan(params)
+                first = progress(plan[0][0], total_steps=plan[0][1])
+                set_timeout(self.settings.job_timeout_s[task])  # before it is claimed: its own timeout
+                now = protocol.now()
+                for job in protocol.claim(task, model, [job_id], worker=self.name, progress=first,
+                                          at=now).run(self.redis):
+                    leader = Member(job.id, job.params, job.created, now, claimed=True)
+                    return self._batch(task, model, pipeline, leader, first), plan, first
+        return None
 
     def _run_batch(self, batch: Batch, plan, first: dict) -> None:
-        """Execute, then end every job of the batch: canceled, failed (through the table) or, in
-        `_execute`, succeeded."""
+        """Infer here, then finish on the finishing stage; every job of the batch ends canceled, failed
+        (through the table) or, in `_finish`, succeeded."""
         task, members = batch.task, batch.members
         for m in members:
             metrics.JOB_PHASE_SECONDS.labels(task, "queue_wait").observe(max(0.0, m.started - m.created))
         metrics.BATCH_SIZE.labels(task).observe(sum(m.params.get("num_images", 1) for m in members))
         metrics.BUSY.set(1)
-        self.current_jobs = [m.id for m in members]
+        self.running = [m.id for m in members]
         progress_ = Progress(lambda state: self.report(batch, state, progress_), plan, published=first)
+        try:
+            inference_s = self._guarded(batch, progress_, self._infer)
+            if inference_s is not None:
+                self.finisher.submit([m.id for m in batch.active], lambda: self._guarded(
+                    batch, progress_, lambda b, p: self._finish(b, p, inference_s)))
+        finally:
+            self.running = []
+            metrics.BUSY.set(0)
+
+    def _guarded(self, batch: Batch, progress_: Progress, stage):
+        """`stage(batch, progress_)`'s value; or, when it raised, every job of the batch still running
+        ended through the table (canceled, or failed), and None."""
         failure = None
         try:
-            if batch.pipeline is None:
-                raise JobFailed(ErrorCode.INVALID_INPUT, f"this worker does not serve model {batch.model} for {task}")
-            self._execute(batch, progress_)
+            return stage(batch, progress_)
         except JobCanceled:
             for m in batch.active:
                 self._cancel(batch, m, progress_.state())
         except Exception as exc:
-            failure = failure_for(exc, task, self.settings)
+            failure = failure_for(exc, batch.task, self.settings)
             if failure is UNEXPECTED or failure.restart:
-                log.exception("job %s (%s) failed", members[0].id, task)
-        finally:
-            self.current_jobs = []
-            metrics.BUSY.set(0)
+                log.exception("job %s (%s) failed", batch.members[0].id, batch.task)
         if failure is not None:
             self._fail(batch, progress_.state(), failure)
             # Outside the except block, so the traceback's frames (and the tensors they hold) are gone:
@@ -181,11 +259,15 @@ class JobRunner:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        return None
 
-    # ---- 2. execute ----
+    # ---- 2. infer, then finish ----
 
-    def _execute(self, batch: Batch, progress_: Progress) -> None:
+    def _infer(self, batch: Batch, progress_: Progress) -> float:
+        """Decode the inputs, make the LoRAs active, run the pipeline: the seconds the call took."""
         task, members = batch.task, batch.members
+        if batch.pipeline is None:
+            raise JobFailed(ErrorCode.INVALID_INPUT, f"this worker does not serve model {batch.model} for {task}")
         if len(members) == 1:
             fault = faults.requested(members[0].params, self.settings.fault_injection)
             if fault:
@@ -205,11 +287,17 @@ class JobRunner:
         with torch.inference_mode():
             outputs = batch.pipeline.run_batch([m.run_params() for m in members], progress_)
         inference_s = time.perf_counter() - t0
+        metrics.BUSY_SECONDS.inc(inference_s)
         for m, output in zip(members, outputs):
             m.output, m.pixels = output, {}
             m.timings["inference_s"] = round(inference_s, 4)
         if len(members) > 1:
             log.info("batch of %d %s jobs done in %.3fs", len(members), task, inference_s)
+        return inference_s
+
+    def _finish(self, batch: Batch, progress_: Progress, inference_s: float) -> None:
+        """Encode and store each running job's outputs; each job ends as soon as its files are stored."""
+        task = batch.task
         # 3. encode (canceled mid-batch: their outputs are dropped)
         progress_.post(Stage.ENCODE)
         live = batch.active
@@ -220,6 +308,7 @@ class JobRunner:
             if m.ended:
                 continue
             try:
+                faults.before_store(faults.requested(m.params, self.settings.fault_injection))
                 store_s = results.store(self.storage, m.id, files)
             except OSError as exc:  # a full disk, a lost mount: the write left nothing behind
                 message = f"storing the result failed: {exc.strerror or type(exc).__name__}"
@@ -326,8 +415,10 @@ class JobRunner:
             self._exit_for_restart()
 
     def _exit_for_restart(self) -> None:
-        """A sticky CUDA error poisons this process's context: leave, so the supervisor starts anew."""
+        """A sticky CUDA error poisons this process's context: leave, so the supervisor starts anew
+        (the jobs on the finishing stage end first, if they can within a minute)."""
         log.critical("sticky GPU error: worker %s exits for a restart", self.name)
+        self.finisher.drain(EXIT_DRAIN_S)
         try:
             heartbeats.forget(self.redis, self.name)
         finally:

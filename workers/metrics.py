@@ -20,7 +20,10 @@ JOBS_FINISHED = Counter(
 MODEL_LOAD_SECONDS = Gauge(
     "fresco_model_load_seconds", "Seconds the model took to load at worker start.", ["model"], registry=REGISTRY)
 MODEL_LOADS = Counter("fresco_model_loads_total", "Models loaded by this worker.", ["model"], registry=REGISTRY)
-BUSY = Gauge("fresco_worker_busy", "1 while the worker runs a job.", registry=REGISTRY)
+BUSY = Gauge("fresco_worker_busy", "1 while the worker runs a pipeline call.", registry=REGISTRY)
+BUSY_SECONDS = Counter(
+    "fresco_worker_busy_seconds_total", "Seconds the worker's pipeline calls ran: its rate is the device's duty "
+    "(1 when a pipeline always runs).", registry=REGISTRY)
 BATCH_SIZE = Histogram(
     "fresco_batch_images", "Images per pipeline call: 1 unbatched, more when compatible jobs ran together.",
     ["task"], buckets=(1, 2, 4, 8, 16, 32, 64), registry=REGISTRY)

@@ -5,6 +5,7 @@ stored, and described for the job's `result`."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,12 +46,15 @@ def encode(output: Output, params: dict, png_level: int = -1, threads: int | Non
 
 
 class Encoder:
-    """Encodes the outputs of a batch: one job on the calling thread (the PNG encoder uses its own
-    threads for a large image), several jobs on a small pool (zlib, libjpeg and libwebp release the GIL)."""
+    """Encodes the outputs of a batch: one job on the calling thread, several jobs on a small pool (zlib,
+    libjpeg and libwebp release the GIL). `threads`: how many threads one large PNG may use (None: the
+    encoder's choice; 1 on the finishing stage, whose encoding runs beside the next job's inference and
+    must leave it the cores)."""
 
-    def __init__(self, png_level: int = -1):
-        self.png_level = png_level
+    def __init__(self, png_level: int = -1, threads: int | None = None):
+        self.png_level, self.threads = png_level, threads
         self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     def encode_all(self, jobs: list[tuple[Output, dict, Recipe | None]]) -> list[tuple[Files, dict, float]]:
         """Each job's files and result, with the seconds its encoding took. A job: (output, params, recipe)."""
@@ -63,10 +67,11 @@ class Encoder:
 
         images = sum(len(job[0].images) for job in jobs)
         if len(jobs) <= 1 or images <= 1:
-            return [one(job, None) for job in jobs]
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
-                                            thread_name_prefix="fresco-encode")
+            return [one(job, self.threads) for job in jobs]
+        with self._lock:  # several finishing threads may get here first at once
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),
+                                                thread_name_prefix="fresco-encode")
         return list(self._pool.map(lambda job: one(job, 1), jobs))
 
 

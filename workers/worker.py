@@ -1,7 +1,8 @@
 """The GPU worker process: an RQ SimpleWorker (never a forking one) with resident models.
 
 `main` is the start-up, in order: settings and logs, Redis, the models (workers/runtime.py, loaded
-and warmed once), the job runner RQ calls (workers/jobs.py), metrics, a heartbeat thread that keeps
+and warmed once), the job runner RQ calls (workers/jobs.py) and its finishing stage
+(workers/finishing.py), metrics, a heartbeat thread that keeps
 the worker visible during jobs too, and the RQ loop on one queue per task and model it has loaded,
 so it never takes a job it cannot run. Process tuning (workers/tuning.py) happens before torch is
 imported, in `service/cli/serve.py`.
@@ -33,9 +34,16 @@ log = logging.getLogger("fresco.worker")
 class FrescoWorker(SimpleWorker):
     """Runs each job in this process, where the models already are."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, runner: JobRunner | None = None, **kwargs):
         kwargs.setdefault("serializer", JSONSerializer)
         super().__init__(*args, **kwargs)
+        self.runner = runner
+
+    def request_stop(self, signum, frame):
+        """A warm shutdown (SIGTERM, Ctrl-C): the runner takes no job itself after the one in hand either."""
+        if self.runner is not None:
+            self.runner.stopping.set()
+        super().request_stop(signum, frame)
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         """RQ's worker heartbeat (three commands, sent before and after every job) in one round trip."""
@@ -102,14 +110,17 @@ def main(settings: Settings) -> int:
     connection = sync_client(url, socket_timeout=None)
     queues = [Queue(keys.queue_name(t, m), connection=connection, serializer=JSONSerializer)
               for t, m in runtime.queues()]
-    worker = FrescoWorker(queues, connection=connection, name=name)
+    worker = FrescoWorker(queues, connection=connection, name=name, runner=runner)
     log.info("worker %s serving %s (metrics on :%s)", name, runtime.serves, settings.worker_metrics_port or "off")
     try:
         # RQ logs four lines at INFO per job; Fresco logs its own one (job id, task, outcome, time).
         level = settings.log_level.upper()
         worker.work(with_scheduler=False, logging_level="WARNING" if level == "INFO" else level)
     finally:
-        heartbeat.stop()
-        if embedded:
-            embedded.close()
+        try:
+            runner.finisher.close()  # the jobs on the finishing stage end before the worker says it is gone
+        finally:
+            heartbeat.stop()
+            if embedded:
+                embedded.close()
     return 0

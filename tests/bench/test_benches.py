@@ -105,3 +105,16 @@ def test_lora_hotswap_bench_tiny():
         no_compile=False, device="cpu"))
     assert row["compile"] and row["recompiles"] == 0
     assert row["none_s"] > 0 and row["resident_s"] > 0 and 0 < row["switch_s"] < 30
+
+
+def test_duty_bench_tiny():
+    """bench/duty.py: a backlog with the finishing stage on, through the S3 server with slow uploads (off
+    is the in-process runner of tests/workers)."""
+    from bench import duty
+
+    lines = []
+    figures = duty.run("turbo", jobs=6, rounds=1, storages=["s3"], put_delay_ms=50, size=256, steps=1, warmup=1,
+                       modes=(2,), out=lines.append)
+    (on,) = figures["phases"]["s3-on"]
+    assert 0 < on["duty"] <= 1.02 and on["jobs_per_s"] > 0 and on["store_s"] >= 0.05
+    assert any("| s3 | on |" in line for line in lines)

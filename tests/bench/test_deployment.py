@@ -12,6 +12,7 @@ import io
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,6 +54,9 @@ def test_batching_overhead_and_metrics_in_a_real_deployment(tmp_path, capsys):
         worker_metrics = httpx.get(f"http://127.0.0.1:{dep.worker_metrics_ports[0]}/metrics").text
         assert value(worker_metrics, "fresco_batch_images_sum", task="turbo") == 8  # one call of 4, four of 1
         assert value(worker_metrics, "fresco_batch_images_count", task="turbo") == 5
+        calls = [batched[0], *alone]  # the seconds its pipeline calls ran: the batch's one call, then four
+        assert value(worker_metrics, "fresco_worker_busy_seconds_total") == pytest.approx(
+            sum(j["timings"]["inference_s"] for j in calls), abs=0.01)
         r = dep.redis()
         assert r.keys(keys.rq_job("*")) == [] and r.llen(keys.rq_queue("turbo", "tiny-turbo")) == 0
         # 2. the overhead bench

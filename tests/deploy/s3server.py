@@ -2,12 +2,14 @@
 
 It speaks S3 over HTTP like MinIO or AWS does, so boto3 in the test process and in API and worker
 processes talk to it exactly as they would to a real store. (It does not enforce presigned-URL
-expiry or signatures on GET: tests check those URLs' parameters instead.)
+expiry or signatures on GET: tests check those URLs' parameters instead.) `put_delay_s` makes each
+upload that much slower, to stand for a real object store's latency (bench/duty.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 
 import boto3
@@ -18,12 +20,34 @@ from tests.conftest import free_port
 ACCESS_KEY, SECRET_KEY, REGION = "fresco-test-key", "fresco-test-secret", "us-east-1"
 
 
+def delayed_puts(app, seconds: float):
+    """A WSGI app that answers each PUT (an upload) `seconds` later than `app` does."""
+
+    def delayed(environ, start_response):
+        if environ.get("REQUEST_METHOD") == "PUT":
+            time.sleep(seconds)
+        return app(environ, start_response)
+
+    return delayed
+
+
 class S3Server:
-    def __init__(self):
+    def __init__(self, put_delay_s: float = 0.0):
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
         from moto.server import ThreadedMotoServer
+        from werkzeug.serving import make_server
+
+        class Server(ThreadedMotoServer):
+            def _server_entry(self) -> None:  # moto's own, with the app wrapped
+                app = DomainDispatcherApplication(create_backend_app)
+                self._server = make_server(self._ip_address, self._port, delayed_puts(app, put_delay_s), True,
+                                           request_handler=MotoRequestHandler)
+                self._server_ready_event.set()
+                self._server.serve_forever()
 
         self.port = free_port()
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server = (Server if put_delay_s else ThreadedMotoServer)(ip_address="127.0.0.1", port=self.port,
+                                                                     verbose=False)
         self.server.start()
         self.endpoint = f"http://127.0.0.1:{self.port}"
 

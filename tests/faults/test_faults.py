@@ -89,6 +89,26 @@ def test_worker_kill9_with_retry_runs_again_on_a_new_worker(fstack, fclient):
     assert ended["status"] == "succeeded", ended
 
 
+def test_worker_kill9_while_it_stores_one_job_and_runs_the_next_ends_both(fstack, fclient):
+    """Job N on the finishing stage (its files being stored), job N+1 running: both are the dead worker's,
+    and the reaper ends both, `failed` with worker_lost (with a retry each would run again, as any job)."""
+    stored = fclient.post("/generate", json=turbo("fresco-fault:slow-store")).json()
+    running = fclient.post("/generate", json=slow_job(6)).json()
+    deadline = time.monotonic() + 30
+    while True:
+        views = [fclient.get(f"/jobs/{j['id']}").json() for j in (stored, running)]
+        if views[0]["progress"]["stage"] == "store" and views[1]["status"] == "running":
+            break
+        assert time.monotonic() < deadline and not DONE & {v["status"] for v in views}, views
+        time.sleep(0.05)
+    assert views[1]["progress"]["stage"] == "base"  # SDXL's first denoising stage: inference, not storing
+    fstack.workers[0].send_signal(signal.SIGKILL)
+    fstack.workers[0].wait()
+    for job in (stored, running):
+        ended = wait_status(fclient, job["id"], DONE, timeout=30)
+        assert ended["status"] == "failed" and ended["error"]["code"] == "worker_lost", ended
+
+
 def test_no_job_stays_running_without_a_live_worker(fstack, fclient, redis_proc):
     # A job marked running on a worker that never existed (a crash before any heartbeat).
     r = redis_proc.client()
@@ -129,6 +149,17 @@ def test_timeout_fails_the_job_and_the_worker_goes_on(fstack, fclient):
     assert ended["status"] == "failed" and ended["error"]["code"] == "timeout", ended
     after = fclient.post("/generate", json=turbo(), headers={"Prefer": "wait=30"}).json()
     assert after["status"] == "succeeded" and fstack.workers[0].pid == pid and fstack.workers[0].poll() is None
+
+
+def test_jobs_the_worker_takes_itself_each_get_their_own_timeout(fstack, fclient):
+    """The worker takes waiting jobs off the queue itself while the last one is stored (workers/jobs.py,
+    `_run_chain`): each gets its task's timeout (3 s here) from its own start, not what is left of the first's."""
+    pid = fstack.workers[0].pid
+    jobs = [fclient.post("/generate", json=turbo("fresco-fault:slow", steps=steps)).json() for steps in (2, 2, 4)]
+    ends = [wait_status(fclient, j["id"], DONE, timeout=40) for j in jobs]
+    assert [e["status"] for e in ends] == ["succeeded", "succeeded", "failed"], ends
+    assert ends[2]["error"]["code"] == "timeout"
+    assert fstack.workers[0].pid == pid and fstack.workers[0].poll() is None
 
 
 def test_gpu_oom_fails_the_job_and_the_same_worker_serves_the_next(fstack, fclient):

@@ -28,16 +28,19 @@ def submit(redis, task: str, model: str, params: dict, *, retries: int = 0, time
 
 
 def pop_and_run(runner, redis, task: str, model: str) -> dict | None:
-    """One turn of RQ's worker loop, without RQ's process machinery (signals, alarms)."""
+    """One turn of RQ's worker loop, without RQ's process machinery (signals, alarms), then a wait for
+    the finishing stage: the job's status once it has ended."""
     raw = redis.lpop(keys.rq_queue(task, model))
     if raw is None:
         return None
     job_id = raw.decode()
-    job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
+    rq_job = Job.fetch(job_id, connection=redis, serializer=JSONSerializer)
     try:
-        return runner.run(job.args[0])
+        outcome = runner.run(rq_job.args[0])
     finally:
         redis.delete(keys.rq_job(job_id))
+    assert runner.drain(60), "the finishing stage did not end its jobs within a minute"
+    return {"status": job(redis, job_id)["status"]} if outcome["status"] == "finishing" else outcome
 
 
 def job(redis, job_id: str) -> dict:
@@ -59,7 +62,10 @@ def same_pixels(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def settings(redis_url: str, tmp_path, **overrides) -> Settings:
-    return Settings(**{"redis_url": redis_url, "data_dir": tmp_path, "worker_tasks": ["turbo"], **overrides})
+    """A worker's settings; each job stored before `pop_and_run` returns, unless `worker_pending_outputs` is
+    given (then the runner also takes the next waiting jobs itself: tests/workers/test_finishing.py)."""
+    return Settings(**{"redis_url": redis_url, "data_dir": tmp_path, "worker_tasks": ["turbo"],
+                       "worker_pending_outputs": 0, **overrides})
 
 
 def make_runner(redis_url: str, data, name: str, catalog, **overrides):

@@ -12,7 +12,7 @@ ones it gets alone, up to float rounding: batched kernels may round differently 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any, Hashable, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from workers.progress import Progress
 
 @dataclass
 class Output:
-    images: list[Any] = field(default_factory=list)  # PIL images, one per seed
+    images: Sequence[Any] = field(default_factory=list)  # PIL images, one per seed (pipelines: HostImages)
     frames: Any = None  # video: uint8 array (frames, height, width, 3)
     warnings: list[str] = field(default_factory=list)
 

@@ -16,6 +16,7 @@ from workers.control import control_key
 from workers.models import make_scheduler
 from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, input_image, negatives,
                                     per_image, pixels, prompt_warnings, split)
+from workers.pipelines.host_images import host_images
 
 
 class Img2Img(TaskPipeline):
@@ -72,11 +73,11 @@ class Img2Img(TaskPipeline):
                           image=[source(q) for q in items for _ in range(q["num_images"])], num_images_per_prompt=1)
         # 2. denoise from the noised inputs, decode
         progress.begin(Stage.DENOISE)
-        images = pipe(
+        images = host_images(pipe(
             **inputs, **control, strength=p["strength"], num_inference_steps=p["steps"],
             guidance_scale=p["guidance_scale"] if guided else 0.0,
-            generator=batch_generators(items), callback_on_step_end=progress.on_step_end,
-        ).images
+            generator=batch_generators(items), callback_on_step_end=progress.on_step_end, output_type="pt",
+        ).images)
         return [Output(images=imgs, warnings=prompt_warnings(pipe, prompt=q["prompt"],
                                                              negative_prompt=q.get("negative_prompt")))
                 for imgs, q in zip(split(images, items), items)]

@@ -16,6 +16,7 @@ from workers.loras import no_lora_in
 from workers.models import make_scheduler
 from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives,
                                     per_image, prompt_warnings, split)
+from workers.pipelines.host_images import host_images
 
 
 class SDXL(TaskPipeline):
@@ -72,7 +73,8 @@ class SDXL(TaskPipeline):
         # 2. base
         progress.begin(self.base_stage)
         if not self._use_refiner(p):
-            images = base(**common, **control, width=p["width"], height=p["height"]).images
+            images = host_images(base(**common, **control, width=p["width"], height=p["height"],
+                                      output_type="pt").images)
         else:
             switch = float(p["refiner_switch"])  # a numpy float would be ignored silently
             latents = base(**common, **control, width=p["width"], height=p["height"], denoising_end=switch,
@@ -82,6 +84,6 @@ class SDXL(TaskPipeline):
             refiner.scheduler = make_scheduler(p["scheduler"], self.model.refiner_scheduler_config)
             progress.begin(Stage.REFINER)
             with no_lora_in(refiner.text_encoder_2):  # shared with the base; the refiner gets no base LoRA
-                images = refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
-                                 negative_aesthetic_score=2.5).images
+                images = host_images(refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
+                                             negative_aesthetic_score=2.5, output_type="pt").images)
         return [Output(images=imgs, warnings=w) for imgs, w in zip(split(images, items), warnings)]

@@ -6,6 +6,7 @@ from service.jobs.states import Stage
 from workers.models import make_scheduler
 from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, generators,
                                     per_image, prompt_warnings, split)
+from workers.pipelines.host_images import host_images
 
 
 class Turbo(TaskPipeline):
@@ -29,11 +30,12 @@ class Turbo(TaskPipeline):
         # 1. a fresh Euler-ancestral scheduler; 2. denoise and decode
         pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
         progress.begin(Stage.DENOISE)
-        images = pipe(
+        images = host_images(pipe(
             prompt=p["prompt"], width=p["width"], height=p["height"], num_inference_steps=p["steps"],
             guidance_scale=0.0, num_images_per_prompt=p["num_images"],
             generator=generators(p["seed"], p["num_images"]), callback_on_step_end=progress.on_step_end,
-        ).images
+            output_type="pt",
+        ).images)
         return Output(images=images, warnings=prompt_warnings(pipe, prompt=p["prompt"]))
 
     def run_batch(self, items, progress):
@@ -42,10 +44,10 @@ class Turbo(TaskPipeline):
         pipe, p = self.model.pipe, items[0]
         pipe.scheduler = make_scheduler("turbo", self.model.scheduler_config)
         progress.begin(Stage.DENOISE)
-        images = pipe(
+        images = host_images(pipe(
             prompt=per_image(items, lambda q: q["prompt"]), width=p["width"], height=p["height"],
             num_inference_steps=p["steps"], guidance_scale=0.0, num_images_per_prompt=1,
-            generator=batch_generators(items), callback_on_step_end=progress.on_step_end,
-        ).images
+            generator=batch_generators(items), callback_on_step_end=progress.on_step_end, output_type="pt",
+        ).images)
         return [Output(images=imgs, warnings=prompt_warnings(pipe, prompt=q["prompt"]))
                 for imgs, q in zip(split(images, items), items)]
