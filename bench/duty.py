@@ -11,8 +11,9 @@ made `--put-delay-ms` slower to stand for a real object store's latency.
 
 Per phase: duty = the worker's `fresco_worker_busy_seconds_total` over the backlog's wall time (first
 job's start to last job's end), jobs/s, and per job the pipeline, encode and store times and the rest
-(wall / jobs - pipeline: what the device waited for). Phases alternate on/off `--rounds` times; the
-table gives each phase's median round and the on/off ratios.
+(wall / jobs - pipeline: what the device waited for), and the worker's minor page faults (fresh memory
+the kernel zero-fills). Phases alternate on/off `--rounds` times; the table gives each phase's median
+round and the on/off ratios.
 
     .venv/bin/python bench/duty.py [--task turbo|sdxl] [--jobs 200] [--rounds 1] [--storage local s3]
                                    [--put-delay-ms 50] [--size 512] [--steps 1] [--json out.json]
@@ -52,6 +53,11 @@ def body(task: str, size: int, steps: int, seed: int) -> dict:
     return {"task": task, "prompt": "a red fox in the snow", "width": size, "height": size, "steps": steps,
             "seed": seed, "refiner": False}
 SENDERS = 4  # connections queueing the backlog
+
+
+def minor_faults(pid: int) -> int:
+    """The process's minor page faults so far (/proc/<pid>/stat: fresh memory the kernel zero-fills)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
 
 
 def busy_seconds(port: int) -> float:
@@ -127,10 +133,11 @@ def phase(dep: Deployment, task: str, jobs: int, pending: int, storage: str, siz
         warm = queue(dep.port, [body(task, size, steps, seed=i) for i in range(warmup)])
         wait_all(dep, warm, timeout=600)  # warmed up, and nothing of it left in the busy seconds
         time.sleep(0.2)
-        before = busy_seconds(port)
+        before, faults_before = busy_seconds(port), minor_faults(worker.pid)
         ids = queue(dep.port, [body(task, size, steps, seed=1000 + i) for i in range(jobs)])
         records = wait_all(dep, ids, timeout=60 + jobs * (60 if task == "sdxl" else 5))
         busy = busy_seconds(port) - before
+        faults = minor_faults(worker.pid) - faults_before
     finally:
         dep.stop_worker(index)
     failed = [h for h in records if h["status"] != "succeeded"]
@@ -141,7 +148,7 @@ def phase(dep: Deployment, task: str, jobs: int, pending: int, storage: str, siz
     per_job = {key: statistics.fmean(t[key] for t in timings) for key in ("inference_s", "encode_s", "store_s")}
     return {"storage": storage, "pending": pending, "jobs": jobs, "wall_s": wall, "busy_s": busy,
             "duty": busy / wall, "jobs_per_s": jobs / wall, **per_job,
-            "waited_s": wall / jobs - busy / jobs}
+            "waited_s": wall / jobs - busy / jobs, "faults_per_job": faults / jobs}
 
 
 def run(task: str, jobs: int, rounds: int, storages: list[str], put_delay_ms: float, size: int, steps: int,
@@ -175,12 +182,13 @@ def run(task: str, jobs: int, rounds: int, storages: list[str], put_delay_ms: fl
     out(f"{jobs} {'tiny ' if models_file is None else ''}{name} {size}² {steps}-step jobs queued at once, one worker, "
         f"{threads}"
         f"{f', S3 uploads +{put_delay_ms:g} ms' if 's3' in storages else ''}")
-    out("| storage | overlap | duty | jobs/s | pipeline ms/job | encode ms | store ms | device idle ms/job |")
-    out("|---|---|---|---|---|---|---|---|")
+    out("| storage | overlap | duty | jobs/s | pipeline ms/job | encode ms | store ms | device idle ms/job | "
+        "page faults/job |")
+    out("|---|---|---|---|---|---|---|---|---|")
     for (storage, pending), row in sorted(median.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
         out(f"| {storage} | {'on' if pending else 'off'} | {row['duty']:.1%} | {row['jobs_per_s']:.2f} | "
             f"{row['inference_s'] * 1000:.1f} | {row['encode_s'] * 1000:.1f} | {row['store_s'] * 1000:.1f} | "
-            f"{row['waited_s'] * 1000:.1f} |")
+            f"{row['waited_s'] * 1000:.1f} | {row['faults_per_job']:.0f} |")
     ratios = {}
     for storage in storages if set(modes) == {2, 0} else ():
         on, off = median[(storage, 2)], median[(storage, 0)]

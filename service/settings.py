@@ -142,9 +142,9 @@ class Settings(BaseSettings):
     worker_batch_wait_ms: float = Field(0.0, ge=0, le=10_000)
     png_level: int = Field(-1, ge=-1, le=9)
     worker_warmup: bool = False
-    # Finished pipeline calls whose outputs are encoded and stored on finishing threads while the next job
-    # runs (workers/finishing.py): at most this many held at once (memory: their images). 0: each job is
-    # encoded and stored before the worker takes the next.
+    # Under a backlog, finished pipeline calls are encoded and stored on finishing threads while the next
+    # waiting job runs (workers/finishing.py): at most this many held at once (memory: their images). 0: each
+    # job is encoded and stored before the worker takes the next.
     worker_pending_outputs: int = Field(2, ge=0, le=16)
 
     @field_validator("worker_tasks", mode="before")

@@ -1,15 +1,18 @@
 """The worker's second stage: a finished inference's encode, store and end, while the next one runs.
 
-The worker's main thread (RQ's loop) claims a job, decodes its inputs and runs the pipeline; then it
-hands the batch's tail (`finish`: encode, store, each job's end) to a `Finisher` and goes back to RQ for
-the next job at once, so the device is not idle while PNGs are encoded, files are written to a slow
-object store and the ends are published. Order of effects stays right: a job is `succeeded` only
-after its files are stored, by the same call that stored them.
+The worker's main thread (RQ's loop) claims a job, decodes its inputs and runs the pipeline; then, when
+another job is waiting, it hands the batch's tail (`finish`: encode, store, each job's end) to a
+`Finisher` and runs that job at once (workers/jobs.py `JobRunner._run_chain`), so the device is not
+idle while PNGs are encoded, files are written to a slow object store and the ends are published. (When
+none is waiting, the main thread finishes the batch itself: a job alone is as fast as without this
+stage.) Order of effects stays right: a job is `succeeded` only after its files are stored, by the same
+call that stored them.
 
-At most `pending` batches' outputs are held here, waiting or being finished (`FRESCO_WORKER_PENDING_OUTPUTS`):
-the main thread waits for room (`wait_for_room`) before it takes the next job, never with an inferred
-batch in hand. As many threads as `pending` finish them, each call on one thread from start to end. With
-`pending` 0 each `finish` runs on the caller's thread before `submit` returns: the serial worker.
+At most `pending` batches are held here, waiting or being finished (`FRESCO_WORKER_PENDING_OUTPUTS`): the
+main thread waits for room (`wait_for_room`) before it takes the next job, so `submit` never waits and
+at most `pending` + 1 batches' outputs are in memory. As many threads as `pending` finish them, each
+call on one thread from start to end. With `pending` 0 each `finish` runs on the caller's thread before
+`submit` returns.
 
 The jobs held here are `running` on this worker in Redis, and shown in its heartbeat (`holding`): a
 worker killed with jobs in either stage has them all reaped (failed `worker_lost`, or requeued), as

@@ -4,8 +4,8 @@ three steps, each a method of `JobRunner`:
 1. start: queued -> running on this worker (protocol.start), plus the compatible jobs it batches
    with (workers/batching.py);
 2. infer: the task pipeline (workers/pipelines/), reporting progress at each step and stopping when
-   canceled; then, on a finishing thread while this one takes the next job (workers/finishing.py),
-   finish: encode and store (workers/results.py);
+   canceled; then finish: encode and store (workers/results.py), on a finishing thread while this one
+   runs the next waiting job (workers/finishing.py), or here when none waits;
 3. end: each job's final transition (protocol.end), once. Whatever went wrong, in either stage, maps
    to how the job ends through one table (`failure_for`).
 
@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from PIL import Image
@@ -113,6 +114,14 @@ def set_timeout(seconds: int) -> None:
 
 
 @dataclass
+class Tail:
+    """A batch whose inference is done: its running jobs, and what is left to do for them."""
+
+    jobs: list[str]
+    finish: Callable[[], None]
+
+
+@dataclass
 class Batch:
     """The jobs of one pipeline call (one, unless batching found compatible ones)."""
 
@@ -133,17 +142,18 @@ class JobRunner:
         self.runtime, self.redis, self.storage, self.settings, self.name = runtime, redis, storage, settings, name
         self.batching = Batching(redis, name, settings.worker_batch_size, settings.worker_batch_wait_ms / 1000,
                                  settings.fault_injection)
-        self.encoder = results.Encoder(settings.png_level, threads=1 if settings.worker_pending_outputs else None)
+        self.encoder = results.Encoder(settings.png_level)
         # What each result file carries (workers/recipe.py); the models' sources described from now on.
         self.recipes = Recipes(runtime).start() if settings.output_metadata else None
         self.finisher = Finisher(settings.worker_pending_outputs)
         self.running: list[str] = []  # the jobs of the pipeline call in progress
+        self.in_hand: list[str] = []  # the jobs of the last call, inferred, not yet handed to be finished
         self.stopping = threading.Event()  # set on a stop request (SIGTERM): take no job after the one in hand
 
     @property
     def current_jobs(self) -> list[str]:
         """The jobs this worker holds, in either stage (shown in its heartbeat)."""
-        return self.running + self.finisher.holding()
+        return self.running + self.in_hand + self.finisher.holding()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every job handed to the finishing stage has ended."""
@@ -160,7 +170,6 @@ class JobRunner:
     def run(self, payload: dict) -> dict:
         """The job RQ handed over; then, with the finishing stage on, the jobs this worker takes itself."""
         job_id, task, model = payload["id"], payload["task"], payload["model"]
-        self.finisher.wait_for_room()  # before the job starts: never with an inferred batch in hand
         loaded = protocol.load_input(self.redis, job_id)
         if loaded is None:
             log.warning("job %s is gone (expired or deleted); skipped", job_id)
@@ -173,12 +182,8 @@ class JobRunner:
         if not protocol.start(job_id, task, worker=self.name, progress=first, at=started).run(self.redis):
             return {"status": "skipped"}  # canceled while queued
         leader = Member(job_id, params, created, started, watched=watched)
-        self._run_batch(self._batch(task, model, pipeline, leader, first), plan, first)
-        status = leader.status if leader.ended else "finishing"
-        if self.finisher.pending:
-            set_timeout(0)  # its inference is over: the rest is the finishing stage's
-            self._run_chain()
-        return {"status": status}
+        self._run_chain(self._run_batch(self._batch(task, model, pipeline, leader, first), plan, first))
+        return {"status": leader.status if leader.ended else "finishing"}
 
     def _batch(self, task: str, model: str, pipeline: TaskPipeline | None, leader: Member, first: dict) -> Batch:
         """The leader, and the compatible jobs it batches with (workers/batching.py)."""
@@ -187,21 +192,36 @@ class JobRunner:
             batch.members += self.batching.gather(task, model, pipeline, leader, first)
         return batch
 
-    def _run_chain(self) -> None:
-        """With the finishing stage on, the next waiting jobs, taken off their queues by this worker itself
-        (as batching takes them: protocol.claim), each as soon as the last one's inference ends, for up to
-        CHAIN_S: RQ's loop costs about 8 ms of Redis bookkeeping a job, which the device would wait
-        through. Its queues in RQ's order (runtime.queues), so the next job is the one RQ would give; a
-        stop request (SIGTERM) ends the chain after the job in hand. Each job has its own timeout, over
-        its inference (`set_timeout`)."""
+    def _run_chain(self, tail: Tail | None) -> None:
+        """Finish `tail` (a batch whose inference is done). With the finishing stage on and a job waiting,
+        that job is taken off its queue by this worker itself (as batching takes them: protocol.claim) and
+        run while the finishing stage finishes `tail`; and so on, for up to CHAIN_S: RQ's loop costs about
+        8 ms of Redis bookkeeping a job, which the device would wait through. Its queues in RQ's order
+        (runtime.queues), so the next job is the one RQ would give; each job with its own timeout, over
+        its inference (`set_timeout`). When none waits (or a stop was asked for: SIGTERM), this thread
+        finishes the last batch itself, at once, with every core: a job alone is as fast as without the
+        stage."""
         deadline = time.monotonic() + CHAIN_S
-        while time.monotonic() < deadline and not self.stopping.is_set():
-            self.finisher.wait_for_room()
-            taken = self._take_next()
+        while tail is not None:
+            set_timeout(0)  # its inference is over: the rest is not under its timeout
+            taken = None
+            if self.finisher.pending and time.monotonic() < deadline and not self.stopping.is_set():
+                self.finisher.wait_for_room()  # before the next job starts, so `submit` never waits
+                try:
+                    taken = self._take_next()
+                except REDIS_DOWN:  # finish this batch, then back to RQ's loop, which waits for Redis
+                    log.warning("looking for the next job: Redis unreachable")
+                except Exception:  # never a reason to leave `tail` unfinished
+                    log.exception("looking for the next job failed")
             if taken is None:
+                try:
+                    tail.finish()
+                finally:
+                    self.in_hand = []
                 return
-            self._run_batch(*taken)
-            set_timeout(0)
+            self.finisher.submit(tail.jobs, tail.finish)
+            self.in_hand = []
+            tail = self._run_batch(*taken)
 
     def _take_next(self) -> tuple[Batch, list, dict] | None:
         """The first job waiting on this worker's queues, started on this worker: its batch, plan and
@@ -219,9 +239,9 @@ class JobRunner:
                     return self._batch(task, model, pipeline, leader, first), plan, first
         return None
 
-    def _run_batch(self, batch: Batch, plan, first: dict) -> None:
-        """Infer here, then finish on the finishing stage; every job of the batch ends canceled, failed
-        (through the table) or, in `_finish`, succeeded."""
+    def _run_batch(self, batch: Batch, plan, first: dict) -> Tail | None:
+        """Infer; what is left to do for the batch (`Tail`: encode, store, each job's end, in `_finish`), or
+        None when every job of it has ended already (canceled, or failed through the table)."""
         task, members = batch.task, batch.members
         for m in members:
             metrics.JOB_PHASE_SECONDS.labels(task, "queue_wait").observe(max(0.0, m.started - m.created))
@@ -231,12 +251,14 @@ class JobRunner:
         progress_ = Progress(lambda state: self.report(batch, state, progress_), plan, published=first)
         try:
             inference_s = self._guarded(batch, progress_, self._infer)
-            if inference_s is not None:
-                self.finisher.submit([m.id for m in batch.active], lambda: self._guarded(
-                    batch, progress_, lambda b, p: self._finish(b, p, inference_s)))
         finally:
             self.running = []
             metrics.BUSY.set(0)
+        if inference_s is None:
+            return None
+        self.in_hand = [m.id for m in batch.active]
+        return Tail(self.in_hand, lambda: self._guarded(batch, progress_,
+                                                        lambda b, p: self._finish(b, p, inference_s)))
 
     def _guarded(self, batch: Batch, progress_: Progress, stage):
         """`stage(batch, progress_)`'s value; or, when it raised, every job of the batch still running
@@ -301,7 +323,10 @@ class JobRunner:
         # 3. encode (canceled mid-batch: their outputs are dropped)
         progress_.post(Stage.ENCODE)
         live = batch.active
-        encoded = self.encoder.encode_all([(m.output, m.params, self._recipe(batch, m)) for m in live])
+        # One thread while the next job's inference runs beside this stage (it keeps the cores); all when idle.
+        beside = self.finisher.pending and self.running
+        encoded = self.encoder.encode_all([(m.output, m.params, self._recipe(batch, m)) for m in live],
+                                          threads=1 if beside else None)
         # 4. store, and each job ends as soon as its files are stored
         progress_.post(Stage.STORE)
         for m, (files, result, encode_s) in zip(live, encoded):

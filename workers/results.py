@@ -47,17 +47,19 @@ def encode(output: Output, params: dict, png_level: int = -1, threads: int | Non
 
 class Encoder:
     """Encodes the outputs of a batch: one job on the calling thread, several jobs on a small pool (zlib,
-    libjpeg and libwebp release the GIL). `threads`: how many threads one large PNG may use (None: the
-    encoder's choice; 1 on the finishing stage, whose encoding runs beside the next job's inference and
-    must leave it the cores)."""
+    libjpeg and libwebp release the GIL)."""
 
-    def __init__(self, png_level: int = -1, threads: int | None = None):
-        self.png_level, self.threads = png_level, threads
+    def __init__(self, png_level: int = -1):
+        self.png_level = png_level
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
 
-    def encode_all(self, jobs: list[tuple[Output, dict, Recipe | None]]) -> list[tuple[Files, dict, float]]:
-        """Each job's files and result, with the seconds its encoding took. A job: (output, params, recipe)."""
+    def encode_all(self, jobs: list[tuple[Output, dict, Recipe | None]],
+                   threads: int | None = None) -> list[tuple[Files, dict, float]]:
+        """Each job's files and result, with the seconds its encoding took. A job: (output, params, recipe).
+        `threads`: how many threads one large PNG may use (None: the encoder's choice; 1: every job on this
+        thread, one thread each, as the worker's finishing stage encodes while the next job's inference
+        runs, which must keep its cores)."""
 
         def one(job: tuple[Output, dict, Recipe | None], threads: int | None):
             output, params, recipe = job
@@ -66,8 +68,8 @@ class Encoder:
             return files, result, time.perf_counter() - t
 
         images = sum(len(job[0].images) for job in jobs)
-        if len(jobs) <= 1 or images <= 1:
-            return [one(job, self.threads) for job in jobs]
+        if len(jobs) <= 1 or images <= 1 or threads == 1:
+            return [one(job, threads) for job in jobs]
         with self._lock:  # several finishing threads may get here first at once
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)),

@@ -66,8 +66,21 @@ def fclient(fstack):
 
 
 def test_worker_kill9_mid_job_fails_worker_lost_within_30s(fstack, fclient):
+    """A job mid-inference, and the job before it on the finishing stage (its files being stored while
+    the next one runs): both are the dead worker's, and the reaper ends both, `failed` with worker_lost."""
+    # behind a 1-second job, so that both wait when the worker looks for its next job
+    blocker = fclient.post("/generate", json=turbo("fresco-fault:slow", steps=1)).json()
+    stored = fclient.post("/generate", json=turbo("fresco-fault:slow-store")).json()
     job = fclient.post("/generate", json=slow_job(100)).json()
-    assert wait_status(fclient, job["id"], {"running"} | DONE)["status"] == "running"
+    assert wait_status(fclient, blocker["id"], DONE)["status"] == "succeeded"
+    deadline = time.monotonic() + 30
+    while True:
+        views = [fclient.get(f"/jobs/{j['id']}").json() for j in (stored, job)]
+        if views[0]["progress"]["stage"] == "store" and views[1]["status"] == "running":
+            break
+        assert time.monotonic() < deadline and not DONE & {v["status"] for v in views}, views
+        time.sleep(0.05)
+    assert views[1]["progress"]["stage"] == "base"  # SDXL's first denoising stage: inference, not storing
     fstack.workers[0].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     ended = wait_status(fclient, job["id"], DONE, timeout=40)
@@ -75,6 +88,8 @@ def test_worker_kill9_mid_job_fails_worker_lost_within_30s(fstack, fclient):
     assert ended["status"] == "failed" and ended["error"]["code"] == "worker_lost", ended
     assert took < 30
     print(f"kill -9 -> failed/worker_lost in {took:.1f}s")
+    ended = wait_status(fclient, stored["id"], DONE, timeout=30)
+    assert ended["status"] == "failed" and ended["error"]["code"] == "worker_lost", ended
 
 
 def test_worker_kill9_with_retry_runs_again_on_a_new_worker(fstack, fclient):
@@ -87,26 +102,6 @@ def test_worker_kill9_with_retry_runs_again_on_a_new_worker(fstack, fclient):
     fstack.spawn_worker(0)
     ended = wait_status(fclient, job["id"], DONE, timeout=60)
     assert ended["status"] == "succeeded", ended
-
-
-def test_worker_kill9_while_it_stores_one_job_and_runs_the_next_ends_both(fstack, fclient):
-    """Job N on the finishing stage (its files being stored), job N+1 running: both are the dead worker's,
-    and the reaper ends both, `failed` with worker_lost (with a retry each would run again, as any job)."""
-    stored = fclient.post("/generate", json=turbo("fresco-fault:slow-store")).json()
-    running = fclient.post("/generate", json=slow_job(6)).json()
-    deadline = time.monotonic() + 30
-    while True:
-        views = [fclient.get(f"/jobs/{j['id']}").json() for j in (stored, running)]
-        if views[0]["progress"]["stage"] == "store" and views[1]["status"] == "running":
-            break
-        assert time.monotonic() < deadline and not DONE & {v["status"] for v in views}, views
-        time.sleep(0.05)
-    assert views[1]["progress"]["stage"] == "base"  # SDXL's first denoising stage: inference, not storing
-    fstack.workers[0].send_signal(signal.SIGKILL)
-    fstack.workers[0].wait()
-    for job in (stored, running):
-        ended = wait_status(fclient, job["id"], DONE, timeout=30)
-        assert ended["status"] == "failed" and ended["error"]["code"] == "worker_lost", ended
 
 
 def test_no_job_stays_running_without_a_live_worker(fstack, fclient, redis_proc):

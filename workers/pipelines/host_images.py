@@ -7,10 +7,9 @@ device) and hand them to `host_images`:
   copy on the current stream, whose end an event marks. The pipeline call returns while the copy runs,
   the worker takes the next job and its kernels queue behind the copy at once; only the thread that
   encodes the images (workers/finishing.py) waits for the event, when it first reads a pixel;
-- elsewhere the float tensor is kept as it is and made uint8 when first read, on the encoding thread.
-
-Either way the pixels are the ones `output_type="pil"` gives: diffusers' `numpy_to_pil` rounds
-`x * 255` in float32 half to even, as `torch.round` does.
+- elsewhere the float tensor is kept as it is and made uint8 when first read, on the encoding thread,
+  by diffusers' own arithmetic in numpy (`x * 255` in float32, rounded half to even): the pixels
+  `output_type="pil"` gives. (On CUDA `torch.round` rounds half to even as well.)
 """
 
 from __future__ import annotations
@@ -43,9 +42,11 @@ class HostImages(Sequence):
         if self._ready is not None:
             self._ready.synchronize()  # the copy has landed (a no-op once it has)
         image = self._pixels[index]
-        if image.dtype != torch.uint8:
-            image = (image.detach().float().cpu() * 255).round().to(torch.uint8).permute(1, 2, 0)
-        return image.numpy()
+        if image.dtype == torch.uint8:
+            return image.numpy()
+        # diffusers' own arithmetic (pt_to_numpy, numpy_to_pil), in numpy: no torch op on this thread, whose
+        # OpenMP team would compete with the main thread's for the cores
+        return (image.detach().cpu().permute(1, 2, 0).float().numpy() * 255).round().astype(np.uint8)
 
 
 def host_images(decoded: torch.Tensor) -> HostImages:
