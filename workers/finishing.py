@@ -11,8 +11,8 @@ call that stored them.
 At most `pending` batches are held here, waiting or being finished (`FRESCO_WORKER_PENDING_OUTPUTS`): the
 main thread waits for room (`wait_for_room`) before it takes the next job, so `submit` never waits and
 at most `pending` + 1 batches' outputs are in memory. As many threads as `pending` finish them, each
-call on one thread from start to end. With `pending` 0 each `finish` runs on the caller's thread before
-`submit` returns.
+call on one thread from start to end. With `pending` 0 there is no stage: the worker finishes each batch
+itself before it takes the next job.
 
 The jobs held here are `running` on this worker in Redis, and shown in its heartbeat (`holding`): a
 worker killed with jobs in either stage has them all reaped (failed `worker_lost`, or requeued), as
@@ -45,16 +45,13 @@ class Finisher:
             return [job for jobs in self._held.values() for job in jobs]
 
     def wait_for_room(self) -> None:
-        """Return once fewer than `pending` batches are held (at once with `pending` 0)."""
+        """Return once fewer than `pending` batches are held."""
         with self._changed:
-            self._changed.wait_for(lambda: len(self._held) < max(1, self.pending))
+            self._changed.wait_for(lambda: len(self._held) < self.pending)
 
     def submit(self, jobs: list[str], finish: Callable[[], None]) -> None:
         """Finish `jobs` by calling `finish` (which ends each of them, however it goes) on a finishing
-        thread, or here with `pending` 0."""
-        if not self.pending:
-            finish()
-            return
+        thread. The caller made room first (`wait_for_room`)."""
         with self._changed:
             self._calls += 1
             self._held[self._calls] = list(jobs)

@@ -155,10 +155,6 @@ class JobRunner:
         """The jobs this worker holds, in either stage (shown in its heartbeat)."""
         return self.running + self.in_hand + self.finisher.holding()
 
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every job handed to the finishing stage has ended."""
-        return self.finisher.drain(timeout)
-
     def serve(self) -> "JobRunner":
         """Make this the runner `run_job` uses in this process."""
         global _RUNNER
@@ -324,9 +320,8 @@ class JobRunner:
         progress_.post(Stage.ENCODE)
         live = batch.active
         # One thread while the next job's inference runs beside this stage (it keeps the cores); all when idle.
-        beside = self.finisher.pending and self.running
         encoded = self.encoder.encode_all([(m.output, m.params, self._recipe(batch, m)) for m in live],
-                                          threads=1 if beside else None)
+                                          threads=1 if self.running else None)
         # 4. store, and each job ends as soon as its files are stored
         progress_.post(Stage.STORE)
         for m, (files, result, encode_s) in zip(live, encoded):

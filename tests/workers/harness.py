@@ -39,7 +39,7 @@ def pop_and_run(runner, redis, task: str, model: str) -> dict | None:
         outcome = runner.run(rq_job.args[0])
     finally:
         redis.delete(keys.rq_job(job_id))
-    assert runner.drain(60), "the finishing stage did not end its jobs within a minute"
+    assert runner.finisher.drain(60), "the finishing stage did not end its jobs within a minute"
     return {"status": job(redis, job_id)["status"]} if outcome["status"] == "finishing" else outcome
 
 

@@ -57,12 +57,6 @@ def test_a_pipeline_gives_the_image_diffusers_gives(runner_plain):
 # ---- the stage
 
 
-def test_with_no_pending_outputs_each_finish_runs_before_submit_returns():
-    finisher, done = Finisher(0), []
-    finisher.submit(["a"], lambda: done.append(threading.current_thread()))
-    assert done == [threading.current_thread()] and finisher.holding() == []
-
-
 def test_submit_returns_at_once_and_room_is_made_only_when_a_batch_ends():
     finisher = Finisher(2)
     gates = {name: threading.Event() for name in "ab"}
