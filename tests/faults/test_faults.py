@@ -318,7 +318,9 @@ def tiny_fs(tmp_path):
 
 
 def test_full_disk_fails_the_job_with_a_reason_and_leaves_no_partial_file(own_redis, tmp_path, tiny_fs):
-    s = Stack(own_redis.url, tmp_path, env={**FAST, "FRESCO_RESULTS_DIR": str(tiny_fs)}, profile=("tiny-turbo",))
+    # A 1024² job takes seconds on a loaded CPU: this test is about the disk, not FAST's 3 s turbo timeout.
+    env = {**FAST, "FRESCO_RESULTS_DIR": str(tiny_fs), "FRESCO_JOB_TIMEOUT_S": json.dumps({"turbo": 120})}
+    s = Stack(own_redis.url, tmp_path, env=env, profile=("tiny-turbo",))
     try:
         s.wait_ready(path="/healthz")
         deadline = time.time() + 60
