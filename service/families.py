@@ -73,10 +73,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 # In the order the models file's docs and GET /models show kinds.
 KINDS: dict[str, Kind] = {k.name: k for k in (
     # SD 1.x and 2.x, PAI-Diffusion's Chinese models included (a BERT tokenizer, `tiny:pai`).
-    Kind("sd", "sd", tasks=("img2img", "txt2img"), size=512, guidance_scale=7.5, text_task="txt2img",
+    Kind("sd", "sd", tasks=("img2img", "txt2img", "train"), size=512, guidance_scale=7.5, text_task="txt2img",
          tiny_sources=("tiny", "tiny:pai"), single_file=True),
     # SDXL base (with its refiner for the `sdxl` task; without it for txt2img).
-    Kind("sdxl", "sdxl", tasks=("sdxl", "img2img", "txt2img"), size=1024, guidance_scale=5.0, text_task="sdxl",
+    Kind("sdxl", "sdxl", tasks=("sdxl", "img2img", "txt2img", "train"), size=1024, guidance_scale=5.0, text_task="sdxl",
          refiner=True, single_file=True),
     Kind("turbo", "sdxl", tasks=("turbo", "img2img"), size=512, guidance_scale=0.0, guidance=False,
          scheduler="turbo", text_task="turbo", single_file=True),

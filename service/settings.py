@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     adapter_url_timeout_s: float = Field(300.0, gt=0, le=3600)
     adapter_cache_bytes: int = Field(20 * 1024**3, ge=0)  # the worker's disk cache of fetched adapters (LRU)
     adapter_cache_dir: Path | None = None  # default: <data_dir>/adapters
+    # Training (POST /train): the adapters one API key may keep, and the most bytes of one dataset (its
+    # images, decoded; a JSON body may be a third larger, as base64).
+    max_adapters_per_key: int = Field(50, ge=1)
+    max_train_bytes: int = Field(200 * 1024 * 1024, ge=1024)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long a finished job and its view are kept
     # API keys, as SHA-256 digests: "alice:<hex>,bob:<hex>" or a JSON object (`fresco hash-key` makes one).
     api_keys: Annotated[dict[str, str], NoDecode] = {}

@@ -28,7 +28,9 @@ class Task:
     priority: int  # a worker serving several tasks takes the lowest first (short jobs before long ones)
     timeout_s: int  # default of FRESCO_JOB_TIMEOUT_S for the task
     queue_cap: int  # default of FRESCO_QUEUE_CAP for the task
-    output: str = "images"  # "images" or "video"
+    output: str = "images"  # "images", "video", or "adapter" (a training job: its images are validation ones)
+    route: str = "/generate"  # the route its requests come through (the union of POST /generate's tasks)
+    resident: bool = True  # its pipeline runs on the worker's resident models (False: it loads its own per job)
     schedulers: bool = False  # the request may name a scheduler (GET /models lists them)
     adapters: bool = False  # the request may name LoRAs (`loras`); embeddings work in its prompt
     control: bool = False  # the request may bring ControlNets (`control`)
@@ -55,8 +57,13 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     # Any SD 1.x/2.x or SDXL checkpoint (an SDXL model runs without its refiner); defaults per model.
     Task("txt2img", **_parts("txt2img", "Txt2ImgRequest", "Txt2Img"), mode="txt2img", priority=2, timeout_s=600,
          queue_cap=1000, schedulers=True, adapters=True, control=True, model_facts=("family", "defaults")),
+    # Training a LoRA or an embedding on an SD or SDXL model (POST /train): a long job, last in line; it
+    # loads its own trainable copy of the model per job and may resume from a checkpoint (2 retries).
+    Task("train", **_parts("train", "TrainRequest", "Train"), mode="train", priority=9, timeout_s=6 * 3600,
+         queue_cap=100, output="adapter", route="/train", resident=False, model_facts=("family", "defaults")),
 )}
 TASK_NAMES: tuple[str, ...] = tuple(TASKS)
+GENERATE_TASKS: tuple[str, ...] = tuple(name for name, task in TASKS.items() if task.route == "/generate")
 
 
 def load(path: str) -> Any:

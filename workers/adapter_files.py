@@ -4,6 +4,7 @@ the content digest a job reports.
 - A named adapter (service/catalog/addons.py `adapters:`): a local .safetensors file, a directory holding one
   (or `weight_name`), a hub id (`weight_name`, default `pytorch_lora_weights.safetensors`, fetched by
   huggingface_hub into its own cache), or `tiny` (built offline, workers/tiny_adapters.py).
+- A trained adapter (service/adapter_registry.py), by digest: read from storage into the same disk cache.
 - A URL (FRESCO_ALLOW_ADAPTER_URLS): fetched once through the same guard as input images
   (service/fetch.py: public addresses only, every redirect checked, a size and a time cap) into a disk
   cache keyed by content digest, with a byte budget and least-recently-used eviction. A later job with
@@ -26,6 +27,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from service import adapter_registry
 from service.catalog import PICKLE_SUFFIXES, AdapterSpec, adapter_url_problem
 from service.fetch import FetchRejected, fetch_public_url
 from service.settings import Settings
@@ -35,6 +37,7 @@ from workers.errors import invalid_input
 log = logging.getLogger("fresco.adapters")
 HUB_DEFAULT_WEIGHT = "pytorch_lora_weights.safetensors"
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+STORED = "fresco-storage:"  # the cache index's key of a trained adapter's file: this, then its digest
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,7 @@ class AdapterFiles:
         self.cache = UrlCache(settings.adapter_cache_path, settings.adapter_cache_bytes)
         self._digests: dict[tuple, str] = {}  # (path, size, mtime) -> digest
         self._tiny: dict[str, AdapterFile] = {}
+        self._storage = None  # where trained adapters are (built on first use)
 
     def named(self, spec: AdapterSpec) -> AdapterFile:
         if spec.is_tiny:
@@ -242,6 +246,33 @@ class AdapterFiles:
         # Once downloaded, huggingface_hub answers from its cache (offline too, with HF_HUB_OFFLINE=1).
         return Path(hf_hub_download(spec.source, spec.weight_name or HUB_DEFAULT_WEIGHT,
                                     local_files_only=not download))
+
+    def stored(self, digest: str, label: str, keep: set[str] = frozenset()) -> AdapterFile:
+        """A trained adapter's file (service/adapter_registry.py), by its digest: from the disk cache when
+        read before, else from storage (checked against the digest) into the cache."""
+        key = STORED + digest
+        path = self.cache.lookup(key)
+        if path is not None:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                data = None
+            if data is not None:
+                metrics.ADAPTER_CACHE.labels("disk", "hit").inc()
+                return AdapterFile(digest, label, data=data)
+        metrics.ADAPTER_CACHE.labels("disk", "miss").inc()
+        if self._storage is None:
+            from service.storage import storage_from_settings
+
+            self._storage = storage_from_settings(self.settings)
+        try:
+            data = self._storage.get(*adapter_registry.location(digest))
+        except (FileNotFoundError, KeyError):
+            raise invalid_input(f"{label} is gone from storage (deleted meanwhile)") from None
+        if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+            raise invalid_input(f"{label}: the stored file does not match its digest")
+        self.cache.store(key, data, keep)
+        return AdapterFile(digest, label, data=data)
 
     def url(self, url: str, label: str, keep: set[str] = frozenset()) -> AdapterFile:
         """The file at `url`: from the disk cache when it was fetched before, else fetched (guarded)."""

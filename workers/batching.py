@@ -42,6 +42,7 @@ class Member:
     timings: dict = field(default_factory=dict)
     watched: bool = False  # someone watches its live previews (as its last progress report said)
     previewed_at: int | None = None  # the denoising step of its last preview
+    previewed_image: Any = None  # a training job's validation image last sent as its preview
 
     def run_params(self) -> dict:
         """The parameters the pipeline runs with: `params`, each input-image entry with its decoded image
@@ -50,9 +51,11 @@ class Member:
 
 
 def lora_key(params: dict) -> tuple:
-    """Which LoRAs at which scales: one set is active in the model per call, so jobs batch only with
-    jobs of the same, whatever the task (the pipelines' `batch_key` says the rest)."""
-    return tuple((e.get("name") or e.get("url"), e["scale"]) for e in params.get("loras") or ())
+    """Which adapters: LoRAs at which scales (one set is active in the model per call) and the API key's
+    own embeddings, so jobs batch only with jobs of the same, whatever the task (the pipelines' `batch_key`
+    says the rest). A trained adapter by its digest: two keys may each have one of the same name."""
+    loras = tuple((e.get("digest") or e.get("name") or e.get("url"), e["scale"]) for e in params.get("loras") or ())
+    return loras + tuple(e["digest"] for e in params.get("embeddings") or ())
 
 
 class Batching:

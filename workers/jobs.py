@@ -35,7 +35,8 @@ from service.jobs.states import CANCELED_BY_REQUEST, ErrorCode, JobStatus, Stage
 from service.redis import REDIS_DOWN
 from service.settings import Settings
 from service.storage import Storage
-from workers import faults, metrics, results
+from service.tasks import TASKS
+from workers import faults, metrics, previews, results, trained
 from workers.batching import Batching, Member
 from workers.errors import JobFailed
 from workers.finishing import Finisher
@@ -245,6 +246,7 @@ class JobRunner:
         metrics.BUSY.set(1)
         self.running = [m.id for m in members]
         progress_ = Progress(lambda state: self.report(batch, state, progress_), plan, published=first)
+        progress_.job_id = members[0].id
         try:
             inference_s = self._guarded(batch, progress_, self._infer)
         finally:
@@ -302,7 +304,7 @@ class JobRunner:
                 m.params, m.params_changed = {**m.params, "loras": used}, True
         # 2. inference: one pipeline call for the whole batch
         t0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(batch.pipeline.inference):  # a training pipeline runs with gradients
             outputs = batch.pipeline.run_batch([m.run_params() for m in members], progress_)
         inference_s = time.perf_counter() - t0
         metrics.BUSY_SECONDS.inc(inference_s)
@@ -327,12 +329,19 @@ class JobRunner:
         for m, (files, result, encode_s) in zip(live, encoded):
             if m.ended:
                 continue
+            registered = None
             try:
                 faults.before_store(faults.requested(m.params, self.settings.fault_injection))
                 store_s = results.store(self.storage, m.id, files)
+                if m.output.adapter is not None:  # a training job's adapter: stored, then registered for its key
+                    registered = trained.register(self.redis, self.storage, self.settings, m.id, m.output.adapter)
+                    result["adapter"] = registered.shown
             except OSError as exc:  # a full disk, a lost mount: the write left nothing behind
                 message = f"storing the result failed: {exc.strerror or type(exc).__name__}"
                 self._end(batch, m, JobStatus.FAILED, progress_.state(), error=job_error(ErrorCode.INTERNAL, message))
+                continue
+            except JobFailed as exc:  # the adapter could not be registered (its name taken meanwhile, ...)
+                self._end(batch, m, JobStatus.FAILED, progress_.state(), error=job_error(exc.code, exc.message))
                 continue
             for phase, seconds in (("inference", inference_s), ("encode", encode_s), ("store", store_s)):
                 metrics.JOB_PHASE_SECONDS.labels(task, phase).observe(seconds)
@@ -341,11 +350,16 @@ class JobRunner:
                          "total_s": round(protocol.now() - m.created, 4)}
             self._end(batch, m, JobStatus.SUCCEEDED, progress_.finished(), result=result, timings=m.timings,
                       warnings=m.output.warnings)
-            log.info("job %s (%s) succeeded in %.3fs", m.id, task, m.timings["total_s"])
+            if registered is not None and m.status != JobStatus.SUCCEEDED:
+                registered.undo(self.redis, self.storage)  # it ended otherwise meanwhile: nothing stays registered
+            log.info("job %s (%s) %s in %.3fs", m.id, task, m.status, m.timings["total_s"])
 
     def _recipe(self, batch: Batch, member: Member):
-        """What the job's files carry: its recipe, or None with FRESCO_OUTPUT_METADATA off."""
-        return self.recipes.for_job(batch.task, batch.model, member.params) if self.recipes else None
+        """What the job's files carry: its recipe, or None with FRESCO_OUTPUT_METADATA off (or for a training
+        job's validation images: no recipe remakes them)."""
+        if self.recipes is None or TASKS[batch.task].output == "adapter":
+            return None
+        return self.recipes.for_job(batch.task, batch.model, member.params)
 
     def _input(self, member: Member, name: str) -> Image.Image:
         """One of the job's input images, from storage."""
@@ -378,8 +392,11 @@ class JobRunner:
         """The live previews due at this step: for each running job someone watches, its first image's
         (or video's middle frame's) latents rendered, at the first step it is watched and then every
         `preview_every_steps` steps (workers/previews.py)."""
+        if progress_.image is not None:
+            return self._image_previews(batch, progress_)
         latents, pipe = progress_.latents, progress_.pipe
-        previewer = batch.pipeline.model.previewer if batch.pipeline is not None else None
+        model = batch.pipeline.model if batch.pipeline is not None else None
+        previewer = model.previewer if model is not None else None
         if latents is None or previewer is None or not self.settings.previews:
             return {}
         every, step = self.settings.preview_every_steps, progress_.denoised
@@ -397,6 +414,21 @@ class JobRunner:
                 log.exception("live preview of job %s failed; the job goes on", m.id)
         return out
 
+    def _image_previews(self, batch: Batch, progress_: Progress) -> dict[str, str]:
+        """A training job's live preview: its latest validation image, sent when it is new and then every
+        `preview_every_steps` steps while someone watches (a preview is kept a short while only)."""
+        image, step = progress_.image, progress_.step
+        out = {}
+        for m in batch.active:
+            if not m.watched or not self.settings.previews:
+                continue
+            if m.previewed_image is image and m.previewed_at is not None and \
+                    step - m.previewed_at < self.settings.preview_every_steps:
+                continue
+            m.previewed_image, m.previewed_at = image, step
+            out[m.id] = previews.to_data_url(previews.fit(image))
+        return out
+
     # ---- 3. end ----
 
     def _end(self, batch: Batch, member: Member, status: JobStatus, final: dict, **fields) -> None:
@@ -407,6 +439,8 @@ class JobRunner:
         member.ended, member.status = True, status
         if member.params_changed:
             fields["params"] = member.params
+        if TASKS[batch.task].output == "adapter":  # however a training job ends, its checkpoint goes
+            trained.forget_checkpoint(self.storage, member.id)
         call = protocol.end(member.id, batch.task, status, ttl=self.settings.job_ttl_s, progress=final, **fields)
 
         def write():

@@ -26,7 +26,7 @@ from service.catalog import AdapterSpec, Catalog
 from service.jobs.states import Stage
 from workers import metrics
 from workers.adapter_files import AdapterFile, AdapterFiles
-from workers.embeddings import load_embeddings
+from workers.embeddings import load_embeddings, load_vectors, unload_vectors
 from workers.errors import invalid_input
 from workers.lora_merge import MergedLoras
 from workers.lora_slots import LoraSlots
@@ -54,6 +54,7 @@ class Loras:
         self.resident: OrderedDict[str, Resident] = OrderedDict()  # digest -> Resident, least recently used first
         self.active_text: dict[str, tuple] = {}  # text encoder -> the (names, weights) set in it
         self.denoiser: MergedLoras | LoraSlots = MergedLoras(model)  # LoraSlots after prepare_slots
+        self.job_embeddings: dict[str, str] = {}  # token -> digest: an API key's embeddings loaded for a job
 
     @property
     def slots(self) -> list[str]:
@@ -67,6 +68,24 @@ class Loras:
 
     def load_embeddings(self, specs: list[AdapterSpec]) -> None:
         load_embeddings(self.model, self.files, specs)
+
+    def use_embeddings(self, entries: list[dict]) -> None:
+        """A job's own embeddings (those its API key trained whose token its prompt holds: params'
+        `embeddings`) loaded, and every one an earlier job loaded that this job does not name unloaded:
+        a key's token means its vectors only in that key's jobs."""
+        wanted = {e["token"]: e["digest"] for e in entries}
+        for token, digest in list(self.job_embeddings.items()):
+            if wanted.get(token) != digest:
+                unload_vectors(self.model, token)
+                del self.job_embeddings[token]
+        for e in entries:
+            if e["token"] not in self.job_embeddings:
+                label = f"embedding {e['name']}"
+                try:
+                    load_vectors(self.model, self.files.stored(e["digest"], label).state_dict(), e["token"], label)
+                except ValueError as exc:
+                    raise invalid_input(str(exc)) from None
+                self.job_embeddings[e["token"]] = e["digest"]
 
     # ---- a job's LoRAs
 
@@ -99,12 +118,16 @@ class Loras:
 
     def _known(self, entry: dict) -> str | None:
         """The digest of `entry` when known without reading or fetching anything."""
+        if entry.get("owned"):  # an API key's trained LoRA: the API resolved its digest
+            return entry["digest"]
         if "url" in entry:
             path = self.files.cache.lookup(entry["url"])
             return None if path is None else "sha256:" + path.stem
         return self.files.known_digest(self.catalog.adapters[entry["name"]])
 
     def _file(self, i: int, entry: dict, keep: set[str]) -> AdapterFile:
+        if entry.get("owned"):
+            return self.files.stored(entry["digest"], f"LoRA {entry['name']}", keep)
         if "url" in entry:
             return self.files.url(entry["url"], f"the LoRA at loras[{i}].url", keep)
         spec = self.catalog.adapters.get(entry["name"])

@@ -44,6 +44,12 @@ def preview_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+def fit(image: Image.Image) -> Image.Image:
+    """`image` at most MAX_SIDE on its longest side (a training job's validation image as its preview)."""
+    size = preview_size(image.width, image.height)
+    return image if size == image.size else image.resize(size, Image.BILINEAR)
+
+
 def to_data_url(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, "WEBP", quality=WEBP_QUALITY, method=0)

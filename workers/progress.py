@@ -36,6 +36,9 @@ class Progress:
         self.step_hook: Callable[[int], None] | None = None  # fault injection in tests
         self.latents = None  # the latents of the step being reported (a tensor), else None
         self.pipe = None  # the pipeline whose step is being reported
+        self.job_id: str | None = None  # the (first) job it reports for: a training job's files are its
+        self.image = None  # a training job's latest validation image (PIL), its live preview
+        self.extra: dict = {}  # a training job's `loss` and `resumed_from`, in every state it reports
 
     def _send(self) -> None:
         expected = self._denoise_total + len(POST_STAGES)
@@ -50,7 +53,16 @@ class Progress:
         return self._denoised
 
     def state(self) -> dict:
-        return progress(self.stage, self.step, self.total_steps, round(self._fraction, 4))
+        return progress(self.stage, self.step, self.total_steps, round(self._fraction, 4), **self.extra)
+
+    def trained(self, step: int, total: int, loss: float) -> None:
+        """A training job's optimizer step `step` of `total` is done, with `loss`: report it (and raise
+        JobCanceled when the job was canceled). The fraction counts the steps (saving is the last 1%)."""
+        self.stage, self.step, self.total_steps = Stage.TRAINING, step, total
+        self.extra["loss"] = round(float(loss), 6)
+        self._fraction = max(self._fraction, min(0.99, 0.99 * step / max(1, total)))
+        if self._report(self.state()):
+            raise JobCanceled()
 
     def preparing(self, stage: Stage) -> None:
         """Say the job is in a stage before its denoising (loading adapters); the fraction stays."""

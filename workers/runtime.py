@@ -1,5 +1,6 @@
 """The resident models and task pipelines of one worker process: loaded once at start, warmed up,
-then used by every job (workers/jobs.py). Nothing is loaded per job."""
+then used by every job (workers/jobs.py). Nothing is loaded per job, but for a task whose row says it
+is not resident (`train`: each job loads its own trainable copy of its model)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,9 @@ class Runtime:
     def load(self) -> "Runtime":
         files = AdapterFiles(self.settings)
         for task, name in self.plan():  # first: load each model once
-            if name not in self.models:
+            if not TASKS[task].resident:  # a training job loads its own copy of the model, per job
+                self.pipelines[(task, name)] = PIPELINES[task](self.catalog.spec(name), self.settings)
+            elif name not in self.models:
                 takes_loras = self._takes_loras(name)
                 model = self.models[name] = load_model(self.catalog.spec(name), loras=takes_loras)
                 metrics.MODEL_LOAD_SECONDS.labels(name).set(model.load_s)
@@ -60,7 +63,8 @@ class Runtime:
         served = self.plan()
         load_controls(self.catalog, self.models, served)  # after the LoRA slots: control pipelines share them
         for task, name in served:
-            self.pipelines[(task, name)] = PIPELINES[task](self.models[name])
+            if TASKS[task].resident:
+                self.pipelines[(task, name)] = PIPELINES[task](self.models[name])
         if self.settings.worker_batch_size > 1:
             # A batch decodes (and img2img encodes) one image at a time: the VAE works at full image
             # resolution, so a whole batch at once only adds memory (and, on a CPU, cache misses:
@@ -84,6 +88,8 @@ class Runtime:
         compilation, autotuning or lazy initialisation. Models with `compile` always warm up."""
         compiled = False
         for (task, name), pipeline in self.pipelines.items():
+            if not TASKS[task].resident:
+                continue
             spec = self.catalog.spec(name)
             if self.settings.worker_warmup or spec.compile:
                 seconds = warm_up(pipeline, spec, self.settings.worker_batch_size)

@@ -16,7 +16,7 @@ from service.api.deps import Context
 from service.api.errors import install_error_handlers
 from service.api.events import EventHub
 from service.api.metrics import ApiMetrics
-from service.api.routes import generate, health, jobs, models, playground, results
+from service.api.routes import generate, health, jobs, models, playground, results, train
 from service.api.requests import generate_adapter
 from service.catalog import Catalog, load_catalog
 from service.jobs.reaper import Reaper
@@ -40,6 +40,9 @@ def _openapi_with_request_schema(app: FastAPI):
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         components.update(body.pop("$defs", {}))
         components["GenerateRequest"] = body
+        train_body = train.train_adapter.json_schema(ref_template="#/components/schemas/{model}")
+        components.update(train_body.pop("$defs", {}))
+        components["TrainRequest"] = train_body
         app.openapi_schema = schema
         return schema
 
@@ -85,7 +88,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     app = FastAPI(title="Fresco", version="0.1.0", lifespan=lifespan,
                   description="HTTP inference service for SDXL, SDXL Turbo, img2img and Stable Video Diffusion.")
     install_error_handlers(app)
-    for module in (generate, jobs, results, models, health, openai_images, a1111, playground):
+    for module in (generate, train, jobs, results, models, health, openai_images, a1111, playground):
         app.include_router(module.router)
     metrics.instrument(app)
     app.openapi = _openapi_with_request_schema(app)

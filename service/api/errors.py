@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.redis import REDIS_DOWN
-from service.tasks import TASK_NAMES
+from service.tasks import GENERATE_TASKS
 
 log = logging.getLogger("fresco.api")
 RETRY_AFTER_S = 5  # what a 503 asks a client to wait, unless it knows better (a full queue: longer)
@@ -88,8 +88,8 @@ def field_error(field: str, message: str) -> dict[str, str]:
     return {"field": field, "message": message}
 
 
-_TASK_TAGS = frozenset(TASK_NAMES)
-_TASK_CHOICES = ", ".join(f"'{t}'" for t in TASK_NAMES)
+_TASK_TAGS = frozenset(GENERATE_TASKS)
+_TASK_CHOICES = ", ".join(f"'{t}'" for t in GENERATE_TASKS)
 _SAFE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 

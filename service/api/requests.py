@@ -1,5 +1,6 @@
 """The request body of `POST /generate`: the strict union, tagged by `task`, of the request class each
-row of the task table names (service/tasks.py), in the table's order."""
+row of the task table names (service/tasks.py) for that route, in the table's order; `POST /train`'s
+body is its row's class alone."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from typing import Annotated, Any, Union
 from pydantic import BaseModel, Field, TypeAdapter
 
 from service.api.schemas import image_fields
-from service.tasks import TASKS, load
+from service.tasks import GENERATE_TASKS, TASKS, load
 
 # Task name -> its request class (each class's `task` Literal is its name).
 REQUESTS: dict[str, type[BaseModel]] = {name: load(task.request) for name, task in TASKS.items()}
-GenerateRequest = Annotated[Union[tuple(REQUESTS.values())], Field(discriminator="task")]  # type: ignore[valid-type]
+# POST /generate's tasks (a training job comes through POST /train).
+GenerateRequest = Annotated[Union[tuple(REQUESTS[t] for t in GENERATE_TASKS)],  # type: ignore[valid-type]
+                            Field(discriminator="task")]
 generate_adapter: TypeAdapter[Any] = TypeAdapter(GenerateRequest)
 # Task name -> the paths of its input-image fields ("image", "control[].image").
 IMAGE_FIELDS: dict[str, tuple[str, ...]] = {name: image_fields(cls) for name, cls in REQUESTS.items()}

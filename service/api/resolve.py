@@ -47,7 +47,8 @@ class Resolved:
         return [(input_name(path, image.format), image.data) for path, image in self.images.items()]
 
 
-async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
+async def resolve(req, catalog: Catalog, settings: Settings, owned: dict[str, dict] | None = None) -> Resolved:
+    """`owned`: the adapters the caller's API key trained, by name (service/adapter_registry.py)."""
     task = req.task
     row = TASKS[task]
     model = req.model or catalog.default_for(task)
@@ -57,7 +58,7 @@ async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
     found = image_values(req)
     params = req.model_dump(exclude=NOT_PARAMS | {path for path, _ in found if "." not in path})
     params["seed"] = req.seed if req.seed is not None else secrets.randbelow(2**32)
-    rules = Rules(req, catalog.spec(model), catalog, settings, params)
+    rules = Rules(req, catalog.spec(model), catalog, settings, params, owned=owned or {})
     for path, ref in found:
         try:
             rules.images[path] = await read_image(ref, settings)
@@ -66,6 +67,7 @@ async def resolve(req, catalog: Catalog, settings: Settings) -> Resolved:
     RULES[task](rules)
     if row.adapters:
         shared.loras(rules)
+        shared.embeddings(rules)
     if row.control:
         shared.control(rules)
     await shared.webhook(rules)

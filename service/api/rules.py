@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from service import adapter_registry
 from service.api.errors import field_error
 from service.api.inputs import DecodedImage
 from service.catalog import Catalog, ModelSpec, adapter_url_problem
@@ -19,8 +20,8 @@ from service.webhooks import targets
 @dataclass
 class Rules:
     """What a task's rule function gets: the request, its model, the settings, its decoded input images
-    by path (`image`, `control[0].image`), the parameters so far (to complete), and the list of field
-    errors (to add to)."""
+    by path (`image`, `control[0].image`), the parameters so far (to complete), the list of field
+    errors (to add to), and the adapters the caller's API key trained, by name (service/adapter_registry.py)."""
 
     req: Any
     spec: ModelSpec
@@ -29,6 +30,7 @@ class Rules:
     params: dict[str, Any]
     images: dict[str, DecodedImage] = field(default_factory=dict)
     errors: list[dict] = field(default_factory=list)
+    owned: dict[str, dict] = field(default_factory=dict)
 
     def error(self, name: str, message: str) -> None:
         self.errors.append(field_error(name, message))
@@ -99,6 +101,36 @@ def svd(r: Rules) -> None:
     r.params["num_frames"] = req.num_frames or max_frames
 
 
+LEARNING_RATES = {"lora": 1e-4, "embedding": 5e-4, "lora+embedding": 1e-4}
+
+
+def train(r: Rules) -> None:
+    """A training job's defaults (the model's native side, the method's learning rate, the trigger from the
+    name), and what only the catalogue knows: a server adapter's name is not to be shadowed. Whether the
+    name is free for the key, and the key under its limit, are the route's to check (they need Redis)."""
+    req, p = r.req, r.params
+    embedding = req.method != "lora"
+    if r.catalog.adapters.get(req.name) is not None:
+        r.error("name", "is the name of one of this server's adapters; choose another")
+    if req.init_token is not None and not embedding:
+        r.error("init_token", "applies to the methods `embedding` and `lora+embedding` (a new token)")
+    p["resolution"] = req.resolution or min(1024, max(256, (r.spec.defaults().get("width") or 512) // 64 * 64))
+    p["learning_rate"] = req.learning_rate or LEARNING_RATES[req.method]
+    p["alpha"] = req.alpha or float(req.rank)
+    trigger = req.trigger or (f"<{req.name}>" if embedding else req.name)
+    p["trigger"] = trigger
+    if embedding:
+        p["token"] = trigger
+        if any(trigger in a.token for a in r.catalog.adapters.values()):
+            r.error("trigger", "is the token of one of this server's embeddings; choose another")
+    first = next((item.caption for item in req.images if item.caption), "")
+    p["validation"] = {**req.validation.model_dump(),
+                       "prompt": req.validation.prompt or (f"{trigger}, {first}" if first else trigger)}
+    size = sum(len(image.data) for image in r.images.values())
+    if size > r.settings.max_train_bytes:
+        r.error("images", f"the images come to {size} bytes; at most {r.settings.max_train_bytes} per dataset")
+
+
 # ---- shared by the tasks whose rows say so
 
 
@@ -116,7 +148,18 @@ def loras(r: Rules) -> None:
         if (ref.name is None) == (ref.url is None):
             r.error(at, "give either `name` or `url`")
             continue
-        if ref.name is not None:
+        if ref.name is not None and ref.name not in r.catalog.adapters and ref.name in r.owned:
+            mine = r.owned[ref.name]  # one the caller's key trained: by its file's digest
+            if mine["kind"] != "lora":
+                r.error(f"{at}.name", "is an embedding, not a LoRA: write its token in the prompt")
+                continue
+            if not adapter_registry.fits(mine, r.spec):
+                r.error(f"{at}.name", f"was trained on a {mine['family']} model; model {r.spec.name} is "
+                                      f"{r.spec.family}")
+                continue
+            scale = 1.0 if ref.scale is None else ref.scale
+            key, entry = mine["digest"], {"name": ref.name, "scale": scale, "digest": mine["digest"], "owned": True}
+        elif ref.name is not None:
             adapter = r.catalog.adapters.get(ref.name)
             if adapter is None:
                 r.error(f"{at}.name", "is no adapter of this server; GET /models lists each model's adapters")
@@ -144,6 +187,22 @@ def loras(r: Rules) -> None:
         seen.add(key)
         out.append(entry)
     r.params["loras"] = out
+
+
+def embeddings(r: Rules) -> None:
+    """The embeddings the caller's key trained whose token the prompt (or negative prompt) holds: the
+    worker loads them for this job (by their files' digests). Server embeddings are always loaded."""
+    text = " ".join(filter(None, (getattr(r.req, "prompt", None), getattr(r.req, "negative_prompt", None))))
+    used = [{"name": name, "token": rec["token"], "digest": rec["embedding_digest"]}
+            for name, rec in sorted(r.owned.items())
+            if rec.get("token") and rec.get("embedding_digest") and rec["token"] in text]
+    for entry in used:
+        rec = r.owned[entry["name"]]
+        if not adapter_registry.fits(rec, r.spec):
+            r.error("prompt", f"names the token {rec['token']} of embedding {entry['name']}, trained on a "
+                              f"{rec['family']} model; model {r.spec.name} is {r.spec.family}")
+    if used:
+        r.params["embeddings"] = used
 
 
 def control(r: Rules) -> None:

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from service.catalog import CONTROL_SCALE, LORA_SCALE, MAX_CONTROLS, PREPROCESSORS
@@ -206,6 +206,70 @@ class Txt2ImgRequest(_Request):
     output_format: ImageFormat = "png"
 
 
+ADAPTER_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+MAX_TRAIN_IMAGES = 200
+TRAIN_METHODS = ("lora", "embedding", "lora+embedding")
+# An embedding's token: one word, no spaces (`<name>`, `<小奶猫>`); the worker checks how its tokenizers split it.
+Token = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$"), AfterValidator(_clean_text)]
+Caption = Annotated[str, Field(max_length=2000), AfterValidator(_clean_text)]
+
+
+class TrainImage(BaseModel):
+    """One training image and its caption (what the image shows, without the trigger: it is added)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    image: ImageRef
+    caption: Caption = ""
+
+
+class Validation(BaseModel):
+    """Images made while training, with the adapter as it is: every `every` steps (0: at the end only)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    prompt: Prompt | None = None  # default: the trigger (or token) and the first caption
+    every: int = Field(0, ge=0, le=20000)
+    num_images: int = Field(1, ge=1, le=4)
+
+
+def _bare_images(value):
+    """`images` may hold bare image inputs: each becomes `{"image": ...}` with no caption."""
+    if isinstance(value, list):
+        return [{"image": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class TrainRequest(_Request):
+    """Train a LoRA, an embedding (textual inversion) or both on an SD or SDXL model (POST /train). The
+    adapter is registered for the API key that trained it once the job succeeds."""
+
+    task: Literal["train"] = "train"
+    name: Annotated[str, Field(pattern=ADAPTER_NAME)]
+    replace: bool = False
+    method: Literal[TRAIN_METHODS] = "lora"  # type: ignore[valid-type]
+    images: Annotated[list[TrainImage], Field(min_length=1, max_length=MAX_TRAIN_IMAGES),
+                      BeforeValidator(_bare_images)]
+    trigger: Token | None = None  # LoRA: words before every caption (default: `name`); embedding: the token
+    init_token: Token | None = None  # embedding: the word its vectors start from
+    steps: int = Field(500, ge=1, le=20000)
+    learning_rate: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)  # 1e-4 LoRA, 5e-4 embedding
+    rank: int = Field(16, ge=1, le=128)
+    alpha: float | None = Field(None, gt=0, le=1024, allow_inf_nan=False)  # default: rank
+    resolution: int | None = Field(None, ge=256, le=1024, multiple_of=64)  # default: the model's native side
+    batch_size: int = Field(1, ge=1, le=16)
+    gradient_accumulation: int = Field(1, ge=1, le=64)
+    train_text_encoder: bool = False
+    caption_dropout: float = Field(0.05, ge=0, le=1, allow_inf_nan=False)
+    buckets: bool = True
+    min_snr_gamma: float | None = Field(None, gt=0, le=20, allow_inf_nan=False)
+    noise_offset: float = Field(0.0, ge=0, le=1, allow_inf_nan=False)
+    checkpoint_every: int = Field(100, ge=0, le=20000)  # 0: no checkpoints (a lost worker starts over)
+    validation: Validation = Validation()
+    # A training job whose worker dies resumes from its last checkpoint, at most this many times.
+    retries: int = Field(2, ge=0, le=2)
+
+
 def _marks_image(annotation) -> bool:
     """Whether `annotation` is an ImageRef, or an optional one."""
     if typing.get_origin(annotation) is Annotated:
@@ -277,6 +341,8 @@ class Progress(BaseModel):
     step: int
     total_steps: int
     fraction: float
+    loss: float | None = None  # a training job: its last step's loss
+    resumed_from: int | None = None  # a training job resumed after its worker was lost: the checkpoint's step
 
 
 class ImageResult(BaseModel):
@@ -297,9 +363,24 @@ class VideoResult(BaseModel):
     seed: int
 
 
+class AdapterResult(BaseModel):
+    """What a training job made: the adapter registered for its API key."""
+
+    name: str
+    kind: Literal["lora", "embedding"]
+    model: str
+    family: str
+    trigger: str | None = None  # a LoRA's trigger words
+    token: str | None = None  # an embedding's token (a lora+embedding adapter has both)
+    digest: str
+    size_bytes: int
+    url: str
+
+
 class Result(BaseModel):
     images: list[ImageResult] | None = None
     video: VideoResult | None = None
+    adapter: AdapterResult | None = None
 
 
 class JobError(BaseModel):

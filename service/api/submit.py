@@ -14,6 +14,7 @@ import uuid
 
 from pydantic import ValidationError
 
+from service import adapter_registry
 from service.api.deps import Context
 from service.api.errors import Unavailable, ValidationFailed, dedupe, validation_fields
 from service.api.resolve import Resolved, resolve
@@ -22,6 +23,7 @@ from service.jobs import protocol
 from service.redis import REDIS_DOWN
 from service.settings import Settings
 from service.storage import Storage
+from service.tasks import TASKS
 
 QUEUE_FULL_RETRY_AFTER_S = 10
 
@@ -47,14 +49,26 @@ async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved
     return job_id
 
 
-async def validate_request(c: Context, data) -> Resolved:
-    """`data` (a native request body, parsed JSON) validated and resolved; nothing is written yet.
+async def validate_request(c: Context, data, owner: str | None = None, adapter=generate_adapter) -> Resolved:
+    """`data` (a native request body, parsed JSON) validated (by `adapter`: POST /generate's union, or a
+    task's own request class) and resolved for the API key `owner`; nothing is written yet.
     ValidationFailed (422, naming each field) when it is invalid."""
     try:
-        req = generate_adapter.validate_python(data)
+        req = adapter.validate_python(data)
     except ValidationError as exc:
         raise ValidationFailed(dedupe(validation_fields(exc))) from None
-    return await resolve(req, c.catalog, c.settings)
+    return await resolve(req, c.catalog, c.settings, await owned_adapters(c, req, owner))
+
+
+async def owned_adapters(c: Context, req, owner: str | None) -> dict[str, dict]:
+    """The adapters `owner` trained, when the request may use one: a task that takes adapters (by name in
+    `loras`, or by token in the prompt). One Redis read."""
+    if not TASKS[req.task].adapters:
+        return {}
+    try:
+        return await adapter_registry.records(c.redis, owner)
+    except REDIS_DOWN:
+        raise Unavailable("the job queue is unreachable; retry later") from None
 
 
 async def enqueue(c: Context, resolved: Resolved, owner: str | None,
@@ -67,4 +81,4 @@ async def enqueue(c: Context, resolved: Resolved, owner: str | None,
 
 async def submit_request(c: Context, data, owner: str | None, idem: protocol.Idempotency | None = None) -> str:
     """Validate, resolve and enqueue `data`: the job's id."""
-    return await enqueue(c, await validate_request(c, data), owner, idem)
+    return await enqueue(c, await validate_request(c, data, owner), owner, idem)

@@ -124,7 +124,7 @@ def tiny_catalog() -> Catalog:
             "tiny-pai": {"kind": "sd", "source": "tiny:pai",
                          "description": note + " (PAI-Diffusion style: Chinese prompts, BERT tokenizer)"},
         },
-        defaults={"txt2img": "tiny-sd"},
+        defaults={"txt2img": "tiny-sd", "train": "tiny-sd"},
         # Built offline from fixed seeds (workers/tiny_adapters.py ADAPTERS), so the tour shows the feature.
         adapters={
             "tiny-style": {"kind": "lora", "source": "tiny", "base": "sdxl", "trigger": ["tiny style"],

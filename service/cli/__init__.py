@@ -20,7 +20,7 @@ from service.cli.serve import cmd_api, cmd_worker
 from service.cli.tools import cmd_convert, cmd_hash_key, cmd_webhook_secret, cmd_webhooks
 from service.cli.up import cmd_up
 from service.settings import Settings
-from service.tasks import TASK_NAMES
+from service.tasks import GENERATE_TASKS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     api.add_argument("--access-log", action="store_true")
     sub.add_parser("worker", help="run one GPU worker alone")
     gen = sub.add_parser("generate", help="submit a job, follow its progress, save its results")
-    gen.add_argument("task", choices=TASK_NAMES)
+    gen.add_argument("task", choices=GENERATE_TASKS)
     gen.add_argument("--prompt")
     gen.add_argument("--image", help="input image file (img2img, svd)")
     gen.add_argument("--model")

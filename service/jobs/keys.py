@@ -16,6 +16,9 @@
                                   key name: the one shared slot when API keys are off
     fresco:a1111:runs[:<key name>]  sorted set: the key's AUTOMATIC1111 calls in flight, by when each expires
     fresco:a1111:run:<run id>     hash: one AUTOMATIC1111 call (fields in A1111_RUN_FIELDS, `job:<i>` its jobs)
+    fresco:adapters[:<key name>]  hash: the adapters an API key trained, name -> record (JSON); no key name:
+                                  the one shared registry when API keys are off (service/adapter_registry.py)
+    fresco:adapter-refs           hash: adapter file digest -> how many registry records name it
     rq:queue:fresco-<task>-<model>  list: RQ's queue of one task and model (job ids)
     rq:queues                     set: RQ's registry of queue keys
     rq:job:<id>                   hash: RQ's job (JSON-serialized call of RQ_ENTRY_POINT)
@@ -119,6 +122,14 @@ def a1111_runs(owner: str | None) -> str:
 
 def a1111_run(run_id: str) -> str:
     return f"{PREFIX}a1111:run:{run_id}"
+
+
+def adapters(owner: str | None) -> str:
+    """`owner`: the API key's name; None (keys off): the one shared registry."""
+    return f"{PREFIX}adapters" + ("" if owner is None else f":{owner}")
+
+
+ADAPTER_REFS = f"{PREFIX}adapter-refs"
 
 
 def queue_name(task: str, model: str) -> str:

@@ -22,7 +22,8 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 class Stage(StrEnum):
     """What `progress.stage` says: queued, adapters (while the job's LoRAs are fetched and loaded, when
     they are not resident yet), the denoising stages of the task's pipeline (base and refiner for SDXL,
-    denoise for the others), then decode, encode, store, and done."""
+    denoise for the others), then decode, encode, store, and done. A training job: preparing (its
+    dataset's latents and captions), training (its optimizer steps), saving (the adapter), then done."""
 
     QUEUED = "queued"
     ADAPTERS = "adapters"
@@ -32,6 +33,9 @@ class Stage(StrEnum):
     DECODE = "decode"
     ENCODE = "encode"
     STORE = "store"
+    PREPARING = "preparing"
+    TRAINING = "training"
+    SAVING = "saving"
     DONE = "done"
 
 
@@ -63,8 +67,9 @@ class WebhookEvent(StrEnum):
     COMPLETED = "completed"
 
 
-def progress(stage: Stage, step: int = 0, total_steps: int = 0, fraction: float = 0.0) -> dict:
-    return {"stage": stage, "step": step, "total_steps": total_steps, "fraction": fraction}
+def progress(stage: Stage, step: int = 0, total_steps: int = 0, fraction: float = 0.0, **extra) -> dict:
+    """`extra`: a training job's `loss` (of its last step) and `resumed_from` (the checkpoint's step)."""
+    return {"stage": stage, "step": step, "total_steps": total_steps, "fraction": fraction, **extra}
 
 
 def queued_progress() -> dict:

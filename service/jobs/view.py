@@ -10,6 +10,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
 from service.jobs.states import queued_progress
+from service.storage.names import ADAPTERS, adapter_file
 
 
 def iso(ts: float | str | None) -> str | None:
@@ -59,10 +60,21 @@ def to_view(h: dict[str, str], base_url: str, sign: Callable[[str, str], str] = 
             item["url"] = url(item.pop("name"))
         if result.get("video"):
             result["video"]["url"] = url(result["video"].pop("name"))
+        adapter = result.get("adapter")
+        if adapter:  # a trained adapter's file: in the adapters folder, by its digest
+            file = adapter_file(adapter["digest"])
+            adapter["url"] = f"{base_url}/results/{ADAPTERS}/{file}{sign(ADAPTERS, file)}"
     params = _json(h, "params", {})
+
+    def shown(image: dict) -> dict:
+        return {"url": url(image["name"]), "width": image.get("width"), "height": image.get("height")}
+
     image = params.get("image")
     if isinstance(image, dict) and "name" in image:
-        params["image"] = {"url": url(image["name"]), "width": image.get("width"), "height": image.get("height")}
+        params["image"] = shown(image)
+    for item in params.get("images") or []:  # a training job's dataset
+        if isinstance(item, dict) and isinstance(item.get("image"), dict) and "name" in item["image"]:
+            item["image"] = shown(item["image"])
     position = int(h.get("_queue_position", -1))
     return {
         "id": job_id,

@@ -65,6 +65,9 @@ class LocalStorage:
                 continue
         return out
 
+    def delete(self, job_id: str, name: str) -> None:
+        self._path(job_id, name).unlink(missing_ok=True)
+
     def delete_job(self, job_id: str) -> None:
         if not valid_job_id(job_id):
             return

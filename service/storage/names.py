@@ -1,7 +1,9 @@
 """What results and inputs are called: valid job ids and file names, and content types, in one place.
 
 A job's files live under `<job id>/<name>` (a folder locally, a key prefix in S3). A job id is a
-UUID and a name a plain file name, so nothing can climb out of a job's folder.
+UUID and a name a plain file name, so nothing can climb out of a job's folder. Trained adapters live
+under `adapters/<sha256 hex>.safetensors` (service/adapter_registry.py): no job id, so the expiry of
+job folders never touches them.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import re
 
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+ADAPTERS = "adapters"  # the folder of trained adapters' files
+_ADAPTER_FILE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 
 # Output formats (the requests' `output_format`) -> file extension and content type.
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "mp4": "mp4", "gif": "gif"}
@@ -27,8 +31,16 @@ def valid_job_id(job_id: str) -> bool:
 
 
 def valid_key(job_id: str, name: str) -> bool:
-    """A job id is a UUID and a name a plain file name: nothing can climb out of the store."""
+    """A job id is a UUID and a name a plain file name (or the adapters folder and a digest's file):
+    nothing can climb out of the store."""
+    if job_id == ADAPTERS:
+        return bool(_ADAPTER_FILE.fullmatch(name))
     return valid_job_id(job_id) and bool(_NAME.fullmatch(name)) and ".." not in name
+
+
+def adapter_file(digest: str) -> str:
+    """The file a trained adapter of content digest `sha256:<hex>` is stored as, in ADAPTERS."""
+    return digest.removeprefix("sha256:") + ".safetensors"
 
 
 def image_name(index: int, fmt: str) -> str:

@@ -103,6 +103,9 @@ class S3Storage:
         """Nothing: the bucket's lifecycle rule expires objects (see deploy/README.md)."""
         return []
 
+    def delete(self, job_id: str, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.key(job_id, name))
+
     def delete_job(self, job_id: str) -> None:
         if not valid_job_id(job_id):  # a UUID, nothing else: never a prefix wider than one job
             return

@@ -13,13 +13,14 @@ from service.api.resolve import RULES
 from service.catalog import ModelSpec, tiny_catalog
 from service.families import FAMILIES, KINDS, tasks_for_kind
 from service.settings import Settings
-from service.tasks import TASK_NAMES, TASKS, by_priority, load
+from service.tasks import GENERATE_TASKS, TASK_NAMES, TASKS, by_priority, load
 from tests.conftest import ROOT
 
 
 def test_the_table_lists_the_contracts_tasks_in_order():
-    assert TASK_NAMES == ("sdxl", "turbo", "img2img", "svd", "txt2img")  # v1, then v1.1's
-    assert by_priority(TASK_NAMES) == ["turbo", "img2img", "txt2img", "sdxl", "svd"]  # short jobs first
+    assert TASK_NAMES == ("sdxl", "turbo", "img2img", "svd", "txt2img", "train")  # v1, then v1.1's, v1.2's
+    assert by_priority(TASK_NAMES) == ["turbo", "img2img", "txt2img", "sdxl", "svd", "train"]  # short jobs first
+    assert GENERATE_TASKS == TASK_NAMES[:-1]  # a training job comes through POST /train
     assert len({t.priority for t in TASKS.values()}) == len(TASKS)
 
 
@@ -33,7 +34,8 @@ def test_every_task_has_a_request_schema_that_matches_its_row(task):
     assert ("loras" in fields) == TASKS[task].adapters
     assert ("control" in fields) == TASKS[task].control == ("control[].image" in IMAGE_FIELDS[task])
     assert ("image" in fields) == takes_image(task) == ("image" in IMAGE_FIELDS[task])
-    assert fields["output_format"].default == ("mp4" if TASKS[task].output == "video" else "png")
+    if TASKS[task].output != "adapter":  # a training job's validation images are PNGs
+        assert fields["output_format"].default == ("mp4" if TASKS[task].output == "video" else "png")
     assert list(REQUESTS) == list(TASK_NAMES)
 
 
@@ -97,12 +99,12 @@ def test_the_request_union_and_the_cli_offer_every_task(capsys):
     from service.cli import main
 
     tags = generate_adapter.json_schema()["discriminator"]["mapping"]
-    assert sorted(tags) == sorted(TASK_NAMES)
+    assert sorted(tags) == sorted(GENERATE_TASKS)
     with pytest.raises(SystemExit):
         main(["generate", "not-a-task"])
     error = capsys.readouterr().err
     assert "invalid choice: 'not-a-task'" in error
-    assert "(choose from " + ", ".join(f"'{t}'" for t in TASK_NAMES) + ")" in error
+    assert "(choose from " + ", ".join(f"'{t}'" for t in GENERATE_TASKS) + ")" in error
 
 
 def test_get_models_lists_every_task(api):
@@ -111,6 +113,6 @@ def test_get_models_lists_every_task(api):
     for name, task in TASKS.items():
         info = body["tasks"][name]
         assert ("schedulers" in info) == task.schedulers
-        assert ("max_image_bytes" in info["limits"]) == takes_image(name)
+        assert ("max_image_bytes" in info["limits"]) == (takes_image(name) or task.output == "adapter")
         for entry in info["models"]:
             assert set(task.model_facts) <= set(entry)

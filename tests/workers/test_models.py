@@ -93,7 +93,7 @@ def test_yaml_relative_paths_resolve_against_the_models_file(weights, tmp_path, 
     svd = catalog.spec("local-svd")
     assert (svd.source, svd.num_frames) == (str(root / "svd"), 4)
     assert catalog.defaults == {"img2img": "local-sdxl", "sdxl": "local-sdxl", "turbo": "local-turbo",
-                                "svd": "local-svd", "txt2img": "local-sdxl"}
+                                "svd": "local-svd", "txt2img": "local-sdxl", "train": "local-sdxl"}
     assert catalog.models_for("img2img") == ["local-sdxl", "local-turbo"]
 
 

@@ -85,7 +85,8 @@ FAMILY = WorkerFamily(
     name="sd",
     pipelines={"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
                "control:txt2img": "StableDiffusionControlNetPipeline",
-               "control:img2img": "StableDiffusionControlNetImg2ImgPipeline"},
+               "control:img2img": "StableDiffusionControlNetImg2ImgPipeline",
+               "train": "StableDiffusionPipeline"},  # a training job's copy, and its validation images
     loads_as="txt2img",
     tiny=_tiny,
     full_size=_full_size,

@@ -26,6 +26,7 @@ class Output:
     images: Sequence[Any] = field(default_factory=list)  # PIL images, one per seed (pipelines: HostImages)
     frames: Any = None  # video: uint8 array (frames, height, width, 3)
     warnings: list[str] = field(default_factory=list)
+    adapter: dict | None = None  # a training job's product: {"record", "files" by digest, "replace", "losses"}
 
 
 class TaskPipeline:
@@ -41,8 +42,9 @@ class TaskPipeline:
     included (`input_image`); `default_size()` the size warmed when the models file names no buckets."""
 
     task: str = ""
+    inference: bool = True  # runs under torch.inference_mode (a training pipeline: False)
 
-    def __init__(self, model: LoadedModel):
+    def __init__(self, model: LoadedModel | None):
         self.model = model
 
     def plan(self, params: dict) -> list[tuple[Stage, int]]:
@@ -63,8 +65,9 @@ class TaskPipeline:
     def use_adapters(self, params: dict, progress: Progress | None = None) -> list[dict]:
         """Make the job's LoRAs (`params["loras"]`, none: LoRA off) active in the model, loading those not
         resident; the entries with their content digests. Every job of a batch has the same (workers/batching.py)."""
-        if self.model.loras is None:
+        if self.model is None or self.model.loras is None:
             return []
+        self.model.loras.use_embeddings(params.get("embeddings") or [])
         return self.model.loras.use(params.get("loras") or [], progress)
 
     def run_batch(self, items: list[dict], progress: Progress) -> list[Output]:

@@ -37,7 +37,7 @@ async def run_to_end(c: Context, bodies: list[dict], owner: str | None,
                      on_submit=None) -> list[dict]:
     """Submit each native body (in order), wait for all to end; their terminal records, in order.
     `on_submit(job_id)`, if given, is called as each job is enqueued (A1111's progress follows it)."""
-    resolved = [await validate_request(c, body) for body in bodies]
+    resolved = [await validate_request(c, body, owner) for body in bodies]
     await require_workers(c, resolved)
     job_ids = []
     for job in resolved:

@@ -57,7 +57,9 @@ export class RequestForm {
     this.info = form.querySelector("#model-info");
     this.formError = form.querySelector("#form-error");
     this.images = new WeakMap(); // drop zone -> {dataUrl} | Promise
-    this.task.replaceChildren(...Object.keys(models.tasks).map((t) => el("option", { value: t, text: t })));
+    // The tasks POST /generate takes (a training job has its own route and panel).
+    const generate = Object.keys(models.tasks).filter((t) => models.tasks[t].route === "/generate");
+    this.task.replaceChildren(...generate.map((t) => el("option", { value: t, text: t })));
     if ("turbo" in models.tasks) this.task.value = "turbo"; // the quickest to try
     this.task.addEventListener("change", () => this.render({ keep: CARRY }));
     this.model.addEventListener("change", () => this.render({ keep: null, sameTask: true }));

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from typing import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 
@@ -75,14 +76,16 @@ def prefer_wait(request: Request) -> int | None:
     return min(int(match.group(1)), MAX_WAIT_S) if match else None
 
 
+# What a route that enqueues a job answers (POST /generate, POST /train).
+JOB_RESPONSES = {200: {"model": JobView, "description": "the job ended within `Prefer: wait=N`"},
+                 **{status: {"model": ErrorBody} for status in (400, 401, 409, 413, 415, 422, 429, 503)}}
+
+
 @router.post(
     "/generate",
     status_code=202,
     response_model=JobView,
-    responses={200: {"model": JobView, "description": "the job ended within `Prefer: wait=N`"},
-               400: {"model": ErrorBody}, 401: {"model": ErrorBody}, 409: {"model": ErrorBody},
-               413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody},
-               429: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    responses=JOB_RESPONSES,
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/GenerateRequest"}}}}},
 )
@@ -93,9 +96,17 @@ async def generate(request: Request, c: Ctx):
     data = await read_json(request, c.settings.max_body_bytes)
     owner = c.auth.owner(request)
     await c.auth.rate_limit(owner)
+    return await accept(request, c, owner, data, lambda idem: submit_request(c, data, owner, idem))
+
+
+async def accept(request: Request, c, owner: str | None, data,
+                 submit: Callable[[Idempotency | None], Awaitable[str]]):
+    """Enqueue through `submit(idempotency)`, honouring an Idempotency-Key (the same key and body: the same
+    job; `data` is the body its digest is of) and `Prefer: wait=N`; the answer: 202 (or 200 when the job
+    ended within the wait) with the JobView and its Location."""
     key = request.headers.get("idempotency-key")
     if key is None:
-        job_id = await submit_request(c, data, owner)
+        job_id = await submit(None)
     else:
         idempotency.check_header(key)
         rkey, digest = idempotency.redis_key(owner, key), idempotency.body_digest(data)
@@ -105,8 +116,7 @@ async def generate(request: Request, c: Ctx):
             raise Unavailable("the job queue is unreachable; retry later") from None
         if job_id is None:
             try:
-                idem = Idempotency(rkey, f"{digest}:", c.settings.idempotency_ttl_s)
-                job_id = await submit_request(c, data, owner, idem)
+                job_id = await submit(Idempotency(rkey, f"{digest}:", c.settings.idempotency_ttl_s))
             except BaseException:
                 with contextlib.suppress(Exception):
                     await idempotency.release(c.redis, rkey, digest)

@@ -7,7 +7,8 @@ from fastapi import APIRouter
 from service.api.deps import Caller
 from service.api.errors import json_response
 from service.api.requests import REQUESTS, takes_image
-from service.api.schemas import MAX_LORAS
+from service import adapter_registry
+from service.api.schemas import MAX_LORAS, MAX_TRAIN_IMAGES, TRAIN_METHODS
 from service.catalog import MAX_CONTROLS, PREPROCESSORS
 from service.families import SCHEDULERS
 from service.jobs.heartbeats import live_workers, serves
@@ -41,6 +42,10 @@ async def models(caller: Caller):
     except REDIS_DOWN:
         workers = []
     loaded = {pair for w in workers for pair in w.get("serves", [])}
+    try:  # the adapters the caller's key trained, listed under the models they fit
+        owned = await adapter_registry.records(c.redis, caller.owner)
+    except REDIS_DOWN:
+        owned = {}
     tasks = {}
     for task in TASKS.values():
         entries = []
@@ -52,11 +57,13 @@ async def models(caller: Caller):
                      **{fact: facts[fact] for fact in task.model_facts}}
             if task.adapters:
                 # LoRAs for `loras`, embeddings for the prompt: those that fit this model.
-                entry["adapters"] = [a.listing() for a in c.catalog.adapters_for(name)]
+                entry["adapters"] = [a.listing() for a in c.catalog.adapters_for(name)] + [
+                    adapter_registry.model_listing(rec) for _, rec in sorted(owned.items())
+                    if adapter_registry.fits(rec, spec)]
             if task.control:
                 entry["controlnets"] = [n.listing() for n in c.catalog.controlnets_for(name)]
             entries.append(entry)
-        info = {"default_model": c.catalog.default_for(task.name), "models": entries,
+        info = {"route": task.route, "default_model": c.catalog.default_for(task.name), "models": entries,
                 "parameters": _parameters(REQUESTS[task.name])}
         if task.schedulers:
             info["schedulers"] = list(SCHEDULERS)
@@ -66,6 +73,11 @@ async def models(caller: Caller):
         if task.adapters:
             info["limits"]["max_loras"] = MAX_LORAS
             info["limits"]["adapter_urls"] = c.settings.allow_adapter_urls
+        if task.output == "adapter":
+            info["limits"].update(max_images=MAX_TRAIN_IMAGES, max_image_bytes=c.settings.max_image_bytes,
+                                  max_train_bytes=c.settings.max_train_bytes,
+                                  max_adapters_per_key=c.settings.max_adapters_per_key)
+            info["methods"] = list(TRAIN_METHODS)
         if task.control:
             info["limits"]["max_controls"] = MAX_CONTROLS
             info["preprocessors"] = list(PREPROCESSORS)

@@ -273,13 +273,14 @@ def test_rate_limit_allows_a_burst_then_says_how_long_to_wait(redis):
 LUA_STRING = re.compile(r"'([^']*)'")
 REDIS_COMMANDS = {"HGET", "HSET", "HGETALL", "HMGET", "HDEL", "HINCRBY", "ZADD", "ZREM", "ZCARD", "ZRANK",
                   "ZRANGEBYSCORE", "ZREMRANGEBYSCORE", "EXPIRE", "PUBLISH", "RPUSH", "LREM", "LPOS", "SADD", "SET",
-                  "DEL", "EXISTS", "GET"}
+                  "DEL", "EXISTS", "GET", "HLEN"}
 SCRIPT_WORDS = {
     "EX", "PX", "-inf", "LIMIT",  # command arguments
     "ok", "full", "canceled", "running", "ended", "requeued", "failed",  # replies, decoded in protocol.py only
     "_queue_position",  # view.lua's extra field
     "1", "0", "",  # the cancel flag's value; no retries left; the "no event" marker
     "worker_name",  # RQ's job hash field (with 'status')
+    "taken", "limit", "digests",  # the adapter registry's replies, and its records' field of file digests
 }
 
 
@@ -297,7 +298,7 @@ def assert_spells_no_key(path, allowed: set[str], *, needs_keys: bool = True) ->
 
 def test_lua_scripts_spell_no_key_and_only_known_fields():
     scripts = sorted(protocol.SCRIPTS.glob("*.lua"))
-    assert len(scripts) == 9
+    assert len(scripts) == 11
     for path in scripts:
         assert_spells_no_key(path, keys.JOB_FIELDS)
     # The webhook outbox, run inside the transitions: job fields and the delivery's.
