@@ -27,7 +27,7 @@ def encode(output: Output, params: dict, png_level: int = -1, threads: int | Non
            recipe: Recipe | None = None) -> tuple[Files, dict]:
     """The files of one job's output and its `result` (names, not URLs: the API makes those). With a
     `recipe`, each file carries it (image i with its own seed)."""
-    fmt = params["output_format"]
+    fmt = params.get("output_format", "png")  # a training job's validation images: PNG
     content_type = CONTENT_TYPES[fmt]
     if output.frames is not None:
         frames = output.frames

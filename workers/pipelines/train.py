@@ -49,7 +49,7 @@ class Train(TaskPipeline):
         return [(Stage.TRAINING, params["steps"])]
 
     def config(self, params: dict):
-        from workers.training.config import TrainConfig
+        from workers.training import TrainConfig
 
         v = params["validation"]
         return TrainConfig(
@@ -73,8 +73,8 @@ class Train(TaskPipeline):
         return load_model(spec)
 
     def run(self, params: dict, progress: Progress) -> Output:
-        from workers.training.config import check
-        from workers.training.trainer import train
+        from workers.training import check, train
+        from workers.training.checkpoint import load as load_checkpoint
 
         job_id = progress.job_id
         config = self.config(params)
@@ -82,11 +82,13 @@ class Train(TaskPipeline):
         resume = self._checkpoint(job_id)
         model = self.load()
         try:
-            check(config, model.pipe)
+            check(config, model.pipe, model.family)
+            if resume is not None:  # the job says it resumed, and from where, from now on
+                progress.extra["resumed_from"] = load_checkpoint(resume, config)["step"]
         except ValueError as exc:
             raise invalid_input(str(exc)) from None
         examples = [(pixels(item["image"]), item.get("caption", "")) for item in params["images"]]
-        hooks = _Hooks(self, progress, job_id)
+        hooks = _hooks(self, progress, job_id)
         started = time.perf_counter()
         trained = train(model.pipe, model.family, examples, config, hooks, resume=resume,
                         metadata=self._metadata(params))
@@ -125,25 +127,23 @@ class Train(TaskPipeline):
         return {"record": record, "files": files, "replace": params["replace"], "losses": trained.losses}
 
 
-class _Hooks:
+def _hooks(pipeline: Train, progress: Progress, job_id: str):
     """The trainer's callbacks -> the job's progress, checkpoints and live previews."""
+    from workers.training import Hooks
 
-    def __init__(self, pipeline: Train, progress: Progress, job_id: str):
-        self.pipeline, self.progress, self.job_id = pipeline, progress, job_id
+    class JobHooks(Hooks):
+        def stage(self, name: str) -> None:
+            progress.preparing(Stage(name))
 
-    def stage(self, name: str) -> None:
-        self.progress.preparing(Stage(name))
+        def step(self, step: int, total: int, loss: float) -> None:
+            progress.trained(step, total, loss)  # raises JobCanceled when the job was canceled
 
-    def step(self, step: int, total: int, loss: float) -> None:
-        self.progress.trained(step, total, loss)  # raises JobCanceled when the job was canceled
+        def checkpoint(self, step: int, data: bytes) -> None:
+            pipeline.storage.put(job_id, CHECKPOINT, data)
+            log.info("job %s: checkpoint at step %d (%d bytes)", job_id, step, len(data))
 
-    def checkpoint(self, step: int, data: bytes) -> None:
-        self.pipeline.storage.put(self.job_id, CHECKPOINT, data)
-        log.info("job %s: checkpoint at step %d (%d bytes)", self.job_id, step, len(data))
+        def validation(self, step: int, images: list) -> None:
+            if images:
+                progress.image = images[0]
 
-    def validation(self, step: int, images: list) -> None:
-        if images:
-            self.progress.image = images[0]
-
-    def resumed(self, step: int) -> None:
-        self.progress.extra["resumed_from"] = step
+    return JobHooks()
