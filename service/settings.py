@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     # images, decoded; a JSON body may be a third larger, as base64).
     max_adapters_per_key: int = Field(50, ge=1)
     max_train_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    train_processes: int = Field(1, ge=1, le=64)  # a trainer's processes per job (data parallel, one GPU each)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long a finished job and its view are kept
     # API keys, as SHA-256 digests: "alice:<hex>,bob:<hex>" or a JSON object (`fresco hash-key` makes one).
     api_keys: Annotated[dict[str, str], NoDecode] = {}

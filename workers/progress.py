@@ -60,6 +60,8 @@ class Progress:
         JobCanceled when the job was canceled). The fraction counts the steps (saving is the last 1%)."""
         self.stage, self.step, self.total_steps = Stage.TRAINING, step, total
         self.extra["loss"] = round(float(loss), 6)
+        if self.step_hook is not None:
+            self.step_hook(step)
         self._fraction = max(self._fraction, min(0.99, 0.99 * step / max(1, total)))
         if self._report(self.state()):
             raise JobCanceled()

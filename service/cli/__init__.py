@@ -1,5 +1,5 @@
-"""`fresco up | api | worker | generate | hash-key | convert | webhooks | webhook-secret`: the composition
-root, the one module that starts the API (service/api/) or a worker (workers/, imported here only).
+"""`fresco up | api | worker | generate | train | adapters | hash-key | convert | webhooks | webhook-secret`:
+the composition root, the one module that starts the API (service/api/) or a worker (workers/, imported here only).
 
 `up` is the local run: an embedded Redis (unless FRESCO_REDIS_URL is set), the API and worker
 processes, restarted when they die, all stopped on Ctrl-C or SIGTERM. A real deployment runs
@@ -7,8 +7,9 @@ processes, restarted when they die, all stopped on Ctrl-C or SIGTERM. A real dep
 
 This package is the one place in service/ that imports workers/ (inside functions). Here, `main`: the
 parser and the command table; each command lives in a module named for it: up.py (`up`, the Child
-supervisor), serve.py (`api`, `worker`), generate.py (`generate`), tools.py (`hash-key`, `convert`,
-`webhooks`, `webhook-secret`). __main__.py is `python -m service.cli`, as `fresco up` starts its children.
+supervisor), serve.py (`api`, `worker`), generate.py (`generate`), train.py (`train`, `adapters`),
+tools.py (`hash-key`, `convert`, `webhooks`, `webhook-secret`). __main__.py is `python -m service.cli`, as
+`fresco up` starts its children.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import argparse
 from service.cli.generate import cmd_generate
 from service.cli.serve import cmd_api, cmd_worker
 from service.cli.tools import cmd_convert, cmd_hash_key, cmd_webhook_secret, cmd_webhooks
+from service.cli.train import add_parsers as add_train_parsers
+from service.cli.train import cmd_adapters, cmd_train
 from service.cli.up import cmd_up
 from service.settings import Settings
 from service.tasks import GENERATE_TASKS
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--out", default=".", help="folder for the results")
     gen.add_argument("--api-key", default=None,
                      help="an API key, sent as Authorization: Bearer (default: FRESCO_API_KEY)")
+    add_train_parsers(sub)
     hk = sub.add_parser("hash-key", help="make an API key's digest for FRESCO_API_KEYS")
     hk.add_argument("name", help="the key's name, e.g. the client it belongs to")
     hk.add_argument("key", nargs="?", help="an existing key (default: make a new random one)")
@@ -64,6 +68,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate,
-                "hash-key": cmd_hash_key, "convert": cmd_convert, "webhooks": cmd_webhooks,
-                "webhook-secret": cmd_webhook_secret}
+                "train": cmd_train, "adapters": cmd_adapters, "hash-key": cmd_hash_key, "convert": cmd_convert,
+                "webhooks": cmd_webhooks, "webhook-secret": cmd_webhook_secret}
     return commands[args.command](settings, args)

@@ -14,10 +14,12 @@ from service.client.errors import (APIConnectionError, AuthenticationError, BadR
                                    JobCanceled, JobError, JobFailed, NotFoundError, PayloadTooLargeError,
                                    RateLimitError, ServerError, UnavailableError, ValidationError)
 from service.client.sync import Client
-from service.client.types import DoneEvent, ErrorInfo, Event, Job, Output, Progress, ProgressEvent
+from service.client.types import (Adapter, AdapterList, DoneEvent, ErrorInfo, Event, Job, Output, Progress,
+                                  ProgressEvent)
 
 __all__ = [
     "Client", "AsyncClient", "Job", "Output", "Progress", "ErrorInfo", "Event", "ProgressEvent", "DoneEvent",
+    "Adapter", "AdapterList",
     "FrescoError", "BadRequestError", "AuthenticationError", "NotFoundError", "ConflictError", "PayloadTooLargeError",
     "ValidationError", "RateLimitError", "UnavailableError", "ServerError", "APIConnectionError", "JobError",
     "JobFailed", "JobCanceled",

@@ -14,7 +14,7 @@ import httpx
 from service.client import core
 from service.client.core import Call, ClientBase, Deadline, StreamState, job_id_of
 from service.client.errors import FrescoError
-from service.client.types import DoneEvent, Event, Job, ProgressEvent, event_from_sse
+from service.client.types import AdapterList, DoneEvent, Event, Job, ProgressEvent, event_from_sse
 
 
 class AsyncClient(ClientBase):
@@ -108,6 +108,42 @@ class AsyncClient(ClientBase):
         job = await (self.follow(job, on_progress) if on_progress else self.wait(job))
         return job.raise_for_status()
 
+    # ------------------------------------------------------------ training
+
+    async def train(self, model: str, name: str, images: Any, /, *, captions: Any = None, wait: bool = False,
+                    on_progress: Callable[[ProgressEvent], Any] | None = None, idempotency_key: str | None = None,
+                    **params: Any) -> Job:
+        """Start a training job (POST /train): a LoRA (`method="lora"`, the default), an embedding or both,
+        named `name`, on `model` (an SD or SDXL model GET /models lists for `train`). `images`: a folder of
+        PNG/JPEG/WebP files with same-name .txt captions (kohya's layout, subfolders too; sent as a zip), a
+        .zip of one, or a list of image inputs (paths, bytes, PIL images, URLs) or (image, caption) pairs.
+        `captions`: for a folder, one str for the images without a caption file or a mapping of file name to
+        caption; for a list, one str for all or one per image. `params`: the request's other fields (steps,
+        rank, learning_rate, resolution, trigger, init_token, validation={"prompt": ...}, seed, replace, ...).
+
+        Returns the job, queued (follow it with `events`/`follow`, or `wait`); with `wait=True`, the job
+        once it ended (followed through its events when `on_progress` is given), raising `JobFailed` or
+        `JobCanceled` if it did not succeed, so that `job.adapter` is set. ValueError, before anything is
+        sent, when there are no images."""
+        # Reading and zipping a dataset folder is file work: done in a thread, off the event loop.
+        call = await asyncio.to_thread(core.train_call, model, name, images, params, captions=captions,
+                                       idempotency_key=idempotency_key)
+        job = await self._call(call)
+        if not wait:
+            return job
+        job = await (self.follow(job, on_progress) if on_progress else self.wait(job))
+        return job.raise_for_status()
+
+    async def adapters(self) -> AdapterList:
+        """GET /adapters: the adapters this API key trained, by name (a list of `Adapter`; `.limit`: how many
+        the key may keep)."""
+        return await self._call(core.adapters_call())
+
+    async def delete_adapter(self, name: str) -> None:
+        """DELETE /adapters/{name}: remove one of this key's adapters (NotFoundError when it has none of
+        that name)."""
+        await self._call(core.delete_adapter_call(name))
+
     # ------------------------------------------------------------ results
 
     async def fetch(self, url: str) -> bytes:
@@ -141,7 +177,8 @@ class AsyncClient(ClientBase):
     # ------------------------------------------------------------ sending
 
     async def _call(self, call: Call) -> Any:
-        return call.parse((await self._send(call)).json())
+        response = await self._send(call)
+        return call.parse(response.json() if response.content else None)
 
     async def _send(self, call: Call, *, stream: bool = False, read_timeout: float | None = None) -> httpx.Response:
         """Send `call`, retried per the RetryPolicy; the response (open, when `stream`), or the typed error."""

@@ -19,8 +19,8 @@ import httpx
 
 from service.client.errors import (APIConnectionError, ConflictError, FrescoError, RateLimitError,
                                    UnavailableError, error_from_response)
-from service.client.inputs import encode_inputs
-from service.client.types import Job, Output
+from service.client.inputs import dataset_zip, encode_inputs, train_form, train_images
+from service.client.types import AdapterList, Job, Output
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MAX_WAIT_S = 60  # the longest `?wait=N` the API holds a request for
@@ -40,13 +40,15 @@ def env_api_key() -> str | None:
 
 @dataclass(frozen=True)
 class Call:
-    """One API request and how to read its answer. `retry_transport`: safe to send again after the
-    connection failed mid-way (GET, DELETE, and POST /generate thanks to its Idempotency-Key)."""
+    """One API request and how to read its answer (`parse` gets the JSON body, None when there is none).
+    `retry_transport`: safe to send again after the connection failed mid-way (GET, DELETE, and POST
+    /generate and /train thanks to their Idempotency-Key)."""
 
     method: str
     path: str
     parse: Callable[[Any], Any] = lambda body: body
     json: Any = None
+    content: bytes | None = None  # a body already encoded (a multipart form: its Content-Type in `headers`)
     params: dict | None = None
     headers: dict = field(default_factory=dict)
     extra_read_s: float = 0.0  # a long-poll holds the answer this much longer than an ordinary request
@@ -69,6 +71,41 @@ def submit_call(task: str, params: dict, idempotency_key: str | None = None) -> 
     body = {"task": task, **encode_inputs(params)}
     key = idempotency_key or str(uuid.uuid4())
     return Call("POST", "/generate", Job.from_dict, json=body, headers={"Idempotency-Key": key})
+
+
+def train_call(model: str, name: str, images: Any, params: dict, *, captions: Any = None,
+               idempotency_key: str | None = None) -> Call:
+    """POST /train. A folder (or a .zip of one) goes as multipart with the `dataset` zip, so the images
+    travel as they are; a list of images goes in JSON, each as an image input (`train_images`). The
+    Idempotency-Key makes a retried upload the one job, as for `submit_call`. None-valued fields are left
+    out (the server's default). ValueError (before anything is sent) when there are no images."""
+    fields = {"model": model, "name": name, **{k: v for k, v in params.items() if v is not None}}
+    headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images)
+        if path.is_dir():
+            zipped = dataset_zip(path, captions)
+        elif path.is_file() and path.suffix.lower() == ".zip":
+            if captions is not None:
+                raise ValueError("captions go inside a dataset zip (same-name .txt files), not beside it")
+            zipped = path.read_bytes()
+        else:
+            raise ValueError(f"{images}: not a folder of images nor a .zip of one (give single images as a list)")
+        form = httpx.Request("POST", "http://fresco/train", data=train_form(fields),
+                             files={"dataset": ("dataset.zip", zipped, "application/zip")})
+        body = form.read()
+        headers["Content-Type"] = form.headers["Content-Type"]
+        return Call("POST", "/train", Job.from_dict, content=body, headers=headers)
+    body = {**fields, "images": train_images(images, captions)}
+    return Call("POST", "/train", Job.from_dict, json=body, headers=headers)
+
+
+def adapters_call() -> Call:
+    return Call("GET", "/adapters", AdapterList.from_dict)
+
+
+def delete_adapter_call(name: str) -> Call:
+    return Call("DELETE", f"/adapters/{quote(name, safe='')}", lambda body: None)
 
 
 def get_call(job_id: str, wait: float | None = None) -> Call:
@@ -244,7 +281,7 @@ class ClientBase:
                  ) -> httpx.Request:
         url = self._url(call.path)
         read = read_timeout if read_timeout is not None else self.timeout + call.extra_read_s
-        return http.build_request(call.method, url, json=call.json, params=call.params,
+        return http.build_request(call.method, url, json=call.json, content=call.content, params=call.params,
                                   headers=self._headers(url, call.headers),
                                   timeout=httpx.Timeout(self.timeout, read=read))
 

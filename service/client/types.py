@@ -16,19 +16,27 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED})
 
 @dataclass(frozen=True)
 class Progress:
-    """Where a job is: `stage` (queued, adapters, base, refiner, denoise, decode, encode, store, done),
-    the denoising `step` of `total_steps` (0 outside denoising), and `fraction` of the whole job, 0 to 1."""
+    """Where a job is: `stage` (queued, adapters, base, refiner, denoise, decode, encode, store, done; a
+    training job: preparing, training, saving, done), the denoising (or training) `step` of `total_steps`
+    (0 outside those), and `fraction` of the whole job, 0 to 1. A training job also reports the `loss` of
+    its last step and, when it resumed from a checkpoint after losing its worker, the step `resumed_from`
+    (both None otherwise)."""
 
     stage: str = QUEUED
     step: int = 0
     total_steps: int = 0
     fraction: float = 0.0
+    loss: float | None = None
+    resumed_from: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict | None) -> Progress:
         data = data or {}
+        loss, resumed = data.get("loss"), data.get("resumed_from")
         return cls(stage=str(data.get("stage", QUEUED)), step=int(data.get("step") or 0),
-                   total_steps=int(data.get("total_steps") or 0), fraction=float(data.get("fraction") or 0.0))
+                   total_steps=int(data.get("total_steps") or 0), fraction=float(data.get("fraction") or 0.0),
+                   loss=float(loss) if loss is not None else None,
+                   resumed_from=int(resumed) if resumed is not None else None)
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,55 @@ class Output:
         return cls(url=data["url"], content_type=data.get("content_type"), width=data.get("width"),
                    height=data.get("height"), seed=data.get("seed"), num_frames=data.get("num_frames"),
                    fps=data.get("fps"), raw=data)
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A trained LoRA or embedding: the `result.adapter` of a succeeded training job, or an entry of
+    `GET /adapters`. `kind` is "lora" or "embedding"; a LoRA has a `trigger` (words to put in prompts), an
+    embedding a `token` (the new word itself). `digest` is the file's sha256, `url` the `.safetensors`
+    file's (signed, with API keys on). `created_at`, `job_id` and `owner` ("you") come with the listing."""
+
+    name: str
+    kind: str
+    model: str
+    family: str | None = None
+    trigger: str | None = None
+    token: str | None = None
+    digest: str | None = None
+    size_bytes: int | None = None
+    url: str | None = None
+    created_at: float | None = None  # when it was registered, in seconds since the epoch
+    job_id: str | None = None
+    owner: str | None = None
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Adapter:
+        size = data.get("size_bytes")
+        return cls(name=data["name"], kind=str(data.get("kind") or "lora"), model=str(data.get("model") or ""),
+                   family=data.get("family"), trigger=data.get("trigger"), token=data.get("token"),
+                   digest=data.get("digest"), size_bytes=int(size) if size is not None else None,
+                   url=data.get("url"), created_at=data.get("created_at"), job_id=data.get("job_id"),
+                   owner=data.get("owner"), raw=data)
+
+
+class AdapterList(list):
+    """`GET /adapters`: the API key's adapters by name (a plain list of `Adapter`), and `limit`, how many
+    the key may keep (FRESCO_MAX_ADAPTERS_PER_KEY; None when the server did not say)."""
+
+    def __init__(self, adapters=(), limit: int | None = None):
+        super().__init__(adapters)
+        self.limit = limit
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AdapterList:
+        limit = data.get("limit")
+        return cls([Adapter.from_dict(item) for item in data.get("adapters") or []],
+                   int(limit) if limit is not None else None)
+
+    def __repr__(self) -> str:
+        return f"AdapterList({list.__repr__(self)}, limit={self.limit!r})"
 
 
 @dataclass(frozen=True)
@@ -85,6 +142,7 @@ class Job:
     created_at: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
+    adapter: Adapter | None = None  # a succeeded training job's adapter (its `images` are validation images)
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -100,7 +158,8 @@ class Job:
             error=ErrorInfo(str(error.get("code")), str(error.get("message") or "")) if error else None,
             timings=data.get("timings") or {}, queue_position=data.get("queue_position"),
             created_at=data.get("created_at"), started_at=data.get("started_at"),
-            finished_at=data.get("finished_at"), raw=data)
+            finished_at=data.get("finished_at"),
+            adapter=Adapter.from_dict(result["adapter"]) if result.get("adapter") else None, raw=data)
 
     @property
     def seed(self) -> int | None:

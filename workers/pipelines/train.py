@@ -35,6 +35,17 @@ def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+def trainable_copy(spec: ModelSpec, device: str | None = None):
+    """A trainable copy of a base model (a LoadedModel): its models-file entry as served, but for what only
+    inference wants (compiled blocks, fused projections, offloading); `device`: another rank's GPU."""
+    from workers.models import load_model
+
+    update = {"compile": False, "fuse_qkv": False, "memory": "default", "channels_last": False}
+    if device is not None:
+        update["device"] = device
+    return load_model(spec.model_copy(update=update))
+
+
 class Train(TaskPipeline):
     task = "train"
     inference = False  # runs with gradients (outside torch.inference_mode)
@@ -44,9 +55,11 @@ class Train(TaskPipeline):
 
         super().__init__(None)
         self.spec, self.storage = spec, storage_from_settings(settings)  # the checkpoints' store
+        self.processes = settings.train_processes  # data parallel over this many processes (one GPU each)
 
     def plan(self, params: dict) -> list[tuple[Stage, int]]:
-        return [(Stage.TRAINING, params["steps"])]
+        """What a started job shows until its first step: preparing (a resumed job's steps start later)."""
+        return [(Stage.PREPARING, params["steps"])]
 
     def config(self, params: dict):
         from workers.training import TrainConfig
@@ -63,24 +76,17 @@ class Train(TaskPipeline):
             init_token=params.get("init_token"), min_snr_gamma=params.get("min_snr_gamma"),
             noise_offset=params.get("noise_offset", 0.0))
 
-    def load(self):
-        """A trainable copy of the base model: the models file's entry, served as is but for what only
-        inference wants (compiled blocks, fused projections, offloading)."""
-        from workers.models import load_model
-
-        spec = self.spec.model_copy(update={"compile": False, "fuse_qkv": False, "memory": "default",
-                                            "channels_last": False})
-        return load_model(spec)
 
     def run(self, params: dict, progress: Progress) -> Output:
         from workers.training import check, train
         from workers.training.checkpoint import load as load_checkpoint
+        from workers.training.processes import parallel
 
         job_id = progress.job_id
         config = self.config(params)
         progress.preparing(Stage.PREPARING)
         resume = self._checkpoint(job_id)
-        model = self.load()
+        model = trainable_copy(self.spec)
         try:
             check(config, model.pipe, model.family)
             if resume is not None:  # the job says it resumed, and from where, from now on
@@ -90,10 +96,12 @@ class Train(TaskPipeline):
         examples = [(pixels(item["image"]), item.get("caption", "")) for item in params["images"]]
         hooks = _hooks(self, progress, job_id)
         started = time.perf_counter()
-        trained = train(model.pipe, model.family, examples, config, hooks, resume=resume,
-                        metadata=self._metadata(params))
-        log.info("trained %s (%s) on %s: %d steps in %.1fs", params["name"], params["method"], self.spec.name,
-                 trained.steps - trained.resumed_from, time.perf_counter() - started)
+        run = lambda: train(model.pipe, model.family, examples, config, hooks, resume=resume,  # noqa: E731
+                            metadata=self._metadata(params))
+        trained = parallel(self.processes, self.spec, examples, config, resume, run) if self.processes > 1 else run()
+        log.info("trained %s (%s) on %s: %d steps in %.1fs on %d process(es)", params["name"], params["method"],
+                 self.spec.name, trained.steps - trained.resumed_from, time.perf_counter() - started,
+                 trained.processes)
         progress.preparing(Stage.SAVING)
         return Output(images=list(trained.validation), adapter=self._adapter(params, trained))
 
@@ -133,7 +141,8 @@ def _hooks(pipeline: Train, progress: Progress, job_id: str):
 
     class JobHooks(Hooks):
         def stage(self, name: str) -> None:
-            progress.preparing(Stage(name))
+            if name != Stage.TRAINING:  # training shows itself with its first step (a resumed job's is not 1)
+                progress.preparing(Stage(name))
 
         def step(self, step: int, total: int, loss: float) -> None:
             progress.trained(step, total, loss)  # raises JobCanceled when the job was canceled

@@ -66,6 +66,7 @@ class Trained:
     validation: list = field(default_factory=list)  # the final validation images (PIL)
     steps: int = 0  # final step reached
     resumed_from: int = 0  # 0, or the checkpoint step it resumed from
+    processes: int = 1  # how many processes trained it (data parallel)
 
 
 class TrainingStopped(RuntimeError):
@@ -148,7 +149,8 @@ class _Run:
             self._stage("saving")
             lora_file, embedding_file = self._export()
             return Trained(lora=lora_file, embedding=embedding_file, losses=self.losses, validation=images,
-                           steps=self.step, resumed_from=0 if self.state is None else self.state["step"])
+                           steps=self.step, resumed_from=0 if self.state is None else self.state["step"],
+                           processes=self.accelerator.num_processes)
         finally:
             self._close()
 

@@ -1,0 +1,44 @@
+"""FRESCO_TRAIN_PROCESSES: one job on two processes (gloo on this CPU), this one rank 0 and a child rank
+1 that loads the same tiny model; a cancel on rank 0 stops both; afterwards a plain run in this process
+starts clean (the process group left, accelerate's state reset)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from service.catalog import ModelSpec
+from tests.workers.training.common import examples
+from workers.pipelines.train import trainable_copy
+from workers.training import Hooks, TrainConfig, train
+from workers.training.processes import parallel
+
+SPEC = ModelSpec(name="tiny-sd", kind="sd", source="tiny", device="cpu")
+CONFIG = TrainConfig(steps=3, learning_rate=1e-3, rank=2, resolution=64, batch_size=2, checkpoint_every=0,
+                     caption_dropout=0.0)
+
+
+class Stop(Hooks):
+    def step(self, step, total, loss):
+        if step == 2:
+            raise KeyboardInterrupt("canceled")
+
+
+def run(hooks=None):
+    model = trainable_copy(SPEC)
+    data = examples(2)
+    return parallel(2, SPEC, data, CONFIG, None, lambda: train(model.pipe, model.family, data, CONFIG, hooks))
+
+
+def test_a_job_on_two_processes_then_one(caplog):
+    caplog.set_level(logging.WARNING, "fresco.train")
+    trained = run()
+    assert trained.processes == 2 and trained.lora is not None and len(trained.losses) == 3
+    assert not [r for r in caplog.records if "exited with" in r.getMessage()]  # rank 1 ended well
+    with pytest.raises(KeyboardInterrupt):
+        run(Stop())  # rank 1 stops at the same step (else rank 0 would wait for it here)
+    assert not [r for r in caplog.records if "exited with" in r.getMessage()]
+    model = trainable_copy(SPEC)
+    alone = train(model.pipe, model.family, examples(2), CONFIG)
+    assert alone.processes == 1 and alone.lora is not None
