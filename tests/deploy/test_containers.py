@@ -150,7 +150,7 @@ def test_the_package_the_images_install_carries_the_lua_scripts(tmp_path):
     (wheel,) = tmp_path.glob("fresco-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     scripts = {f"service/jobs/scripts/{p.name}" for p in (ROOT / "service/jobs/scripts").glob("*.lua")}
-    assert len(scripts) == 9 and scripts <= names
+    assert len(scripts) == 11 and scripts <= names
     page = {f"service/api/playground/{p.name}" for p in (ROOT / "service/api/playground").iterdir()}
     assert "service/api/playground/index.html" in page and page <= names  # the page GET / serves
     for package in ("service", "workers"):
@@ -183,8 +183,10 @@ def compose_config(**env: str) -> dict:
 
 def test_compose_config_accepts_the_file():
     config = compose_config()
-    assert set(config["services"]) == {"redis", "minio", "minio-init", "api", "worker", "worker-cpu",
+    assert set(config["services"]) == {"redis", "minio", "minio-init", "api", "worker", "worker-cpu", "trainer",
                                        "prometheus", "grafana"}
+    trainer = config["services"]["trainer"]
+    assert trainer["environment"]["FRESCO_WORKER_TASKS"] == "train" and trainer["profiles"] == ["train"]
     worker = config["services"]["worker"]
     (device,) = worker["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["device_ids"] == ["0"]
@@ -273,11 +275,12 @@ def test_compose_settings_are_valid_fresco_settings(monkeypatch):
 def test_compose_worker_grace_and_metrics_port():
     worker = raw_compose()["services"]["worker"]
     grace = int(worker["stop_grace_period"].rstrip("s"))
-    assert grace >= max(Settings().job_timeout_s.values()) + 10
+    # Every job but a training one (which resumes from its checkpoint after a stop) ends within the grace.
+    assert grace >= max(t for task, t in Settings().job_timeout_s.items() if task != "train") + 10
     assert service_env("worker")["FRESCO_WORKER_METRICS_PORT"] == "9101"
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prometheus["scrape_configs"]}
-    assert jobs["fresco-worker"]["dns_sd_configs"][0]["names"] == ["worker", "worker-cpu"]
+    assert jobs["fresco-worker"]["dns_sd_configs"][0]["names"] == ["worker", "worker-cpu", "trainer"]
     assert jobs["fresco-api"]["static_configs"][0]["targets"] == [f"api:{service_env('api')['FRESCO_PORT']}"]
 
 
@@ -346,13 +349,13 @@ def test_compose_second_gpu_example_uncomments_into_a_worker_of_its_own():
 
 def test_compose_models_file_commented_example_is_a_valid_model():
     """The commented SD 1.5 model is ready to uncomment: a valid model of kind `sd`, serving txt2img
-    and img2img."""
+    and img2img, and trainable."""
     examples = commented_models(COMPOSE_MODELS)
     assert set(examples) == {"sd-1.5"}
     spec = examples["sd-1.5"]
     assert spec["kind"] == "sd" and spec["source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     model = ModelSpec(name="sd-1.5", **spec)
-    assert set(model.tasks) == {"txt2img", "img2img"}
+    assert set(model.tasks) == {"txt2img", "img2img", "train"}
     data = yaml.safe_load(COMPOSE_MODELS.read_text())
     data["models"].update(examples)
     assert "sd-1.5" in Catalog.model_validate(data).models

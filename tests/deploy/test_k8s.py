@@ -18,6 +18,7 @@ import pytest
 import redis
 import yaml
 
+from service.api.schemas import TrainRequest
 from service.catalog import Catalog
 from service.jobs import keys
 from service.tasks import TASK_NAMES as TASKS
@@ -267,8 +268,12 @@ def test_worker_groups_one_gpu_each_and_grace_covers_the_longest_job(monkeypatch
         assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"] == 1
         tasks = {task for task, _ in served(monkeypatch, d)}
         assert tasks and tasks <= set(TASKS), name
-        longest = max(settings.job_timeout_s[t] for t in tasks)
         grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        if tasks == {"train"}:  # a training job outlives any grace: it resumes from its checkpoint elsewhere
+            assert TrainRequest.model_fields["retries"].default >= 1 and 60 <= grace < settings.job_timeout_s["train"]
+            continue
+        assert "train" not in tasks, name  # generation groups leave training to the trainer group
+        longest = max(settings.job_timeout_s[t] for t in tasks)
         assert grace >= longest + 20, (name, grace, longest)
         assert "replicas" not in d["spec"]  # KEDA owns it
         assert d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -287,13 +292,16 @@ def test_worker_groups_name_models_and_split_the_models_file_between_them(monkey
         assert models, f"{name}: a GPU group names its models (FRESCO_WORKER_MODELS), it is sized by them"
         assert set(models) <= set(c.models), (name, models, sorted(c.models))
         assert worker_settings(monkeypatch, d).worker_models == models
-        for model in models:
-            assert model not in owner, f"{model} is in both {owner[model]} and {name}"
-            owner[model] = name
         group = served(monkeypatch, d)
         assert {m for _, m in group} == set(models), name  # nothing else loads, and each model serves
         for pair in group:
+            assert pair not in pairs, f"{pair} is served by both {pairs[pair]} and {name}"
             pairs[pair] = name
+        if {t for t, _ in group} == {"train"}:
+            continue  # the trainer group loads a copy per job: its models are resident elsewhere
+        for model in models:
+            assert model not in owner, f"{model} is in both {owner[model]} and {name}"
+            owner[model] = name
     assert set(owner) == set(c.models)  # a model no group holds would take jobs no worker runs
     assert set(pairs) == {(t, m) for t in TASKS for m in c.models_for(t)}
     assert {t for t, _ in pairs} == set(TASKS)
@@ -307,7 +315,7 @@ def test_config_map_holds_valid_settings_and_models(monkeypatch):
     assert settings.s3_bucket and settings.models_file == Path("/etc/fresco/models.yaml")
     c = catalog()
     expected = {"sdxl": "sdxl-base-1.0", "turbo": "sdxl-turbo", "img2img": "sdxl-base-1.0", "svd": "svd-xt",
-                "txt2img": "sdxl-base-1.0"}
+                "txt2img": "sdxl-base-1.0", "train": "sdxl-base-1.0"}
     assert {t: c.default_for(t) for t in TASKS} == {t: expected[t] for t in TASKS}
     mount = {m["name"]: m["mountPath"] for m in container(by_kind("Deployment")["fresco-api"])["volumeMounts"]}
     assert str(settings.models_file.parent) == mount["models"]

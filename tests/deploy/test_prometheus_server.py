@@ -165,7 +165,7 @@ def test_keda_prometheus_triggers_query_real_series(prometheus):
     """The ScaledObjects' queries, less the namespace matcher that only Kubernetes scrapes add."""
     docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "keda.yaml").read_text()))
     queries = [t["metadata"]["query"] for d in docs for t in d["spec"]["triggers"] if t["type"] == "prometheus"]
-    assert len(queries) == 3
+    assert len(queries) == 4  # a query per worker group
     for q in queries:
         local = re.sub(r'namespace="[^"]*",\s*', "", q)
         assert local != q
