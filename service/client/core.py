@@ -73,13 +73,13 @@ def submit_call(task: str, params: dict, idempotency_key: str | None = None) -> 
     return Call("POST", "/generate", Job.from_dict, json=body, headers={"Idempotency-Key": key})
 
 
-def train_call(model: str, name: str, images: Any, params: dict, *, captions: Any = None,
+def train_call(model: str | None, name: str, images: Any, params: dict, *, captions: Any = None,
                idempotency_key: str | None = None) -> Call:
     """POST /train. A folder (or a .zip of one) goes as multipart with the `dataset` zip, so the images
     travel as they are; a list of images goes in JSON, each as an image input (`train_images`). The
     Idempotency-Key makes a retried upload the one job, as for `submit_call`. None-valued fields are left
     out (the server's default). ValueError (before anything is sent) when there are no images."""
-    fields = {"model": model, "name": name, **{k: v for k, v in params.items() if v is not None}}
+    fields = {k: v for k, v in {"model": model, "name": name, **params}.items() if v is not None}
     headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
     if isinstance(images, (str, os.PathLike)):
         path = Path(images)

@@ -112,13 +112,14 @@ class Client(ClientBase):
 
     # ------------------------------------------------------------ training
 
-    def train(self, model: str, name: str, images: Any, /, *, captions: Any = None, wait: bool = False,
+    def train(self, model: str | None, name: str, images: Any, *, captions: Any = None, wait: bool = False,
               on_progress: Callable[[ProgressEvent], Any] | None = None, idempotency_key: str | None = None,
               **params: Any) -> Job:
         """Start a training job (POST /train): a LoRA (`method="lora"`, the default), an embedding or both,
-        named `name`, on `model` (an SD or SDXL model GET /models lists for `train`). `images`: a folder of
-        PNG/JPEG/WebP files with same-name .txt captions (kohya's layout, subfolders too; sent as a zip), a
-        .zip of one, or a list of image inputs (paths, bytes, PIL images, URLs) or (image, caption) pairs.
+        named `name`, on `model` (an SD or SDXL model GET /models lists for `train`; None: the server's
+        default). `images`: a folder of PNG/JPEG/WebP files with same-name .txt captions (kohya's layout,
+        subfolders too; sent as a zip), a .zip of one, or a list of image inputs (paths, bytes, PIL images,
+        URLs) or (image, caption) pairs.
         `captions`: for a folder, one str for the images without a caption file or a mapping of file name to
         caption; for a list, one str for all or one per image. `params`: the request's other fields (steps,
         rank, learning_rate, resolution, trigger, init_token, validation={"prompt": ...}, seed, replace, ...).

@@ -119,6 +119,26 @@ def test_the_lora_is_usable_at_once_by_its_key_and_by_no_other(lora, alice, bob)
     assert bob.delete("/adapters/red-square").status_code == 404
 
 
+def test_automatic1111_clients_name_it_in_a_prompt_tag(lora, alice, bob):
+    body = {"prompt": "a red square <lora:red-square:0.7>", "steps": 2, "width": 256, "height": 256, "seed": 5,
+            "override_settings": {"sd_model_checkpoint": "tiny-sd"}}
+    r = alice.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert not [w for w in info["warnings"] if "red-square" in w], info["warnings"]  # not skipped: it ran
+    assert "red-square" in [item["name"] for item in alice.get("/sdapi/v1/loras").json()]
+    assert "red-square" not in [item["name"] for item in bob.get("/sdapi/v1/loras").json()]
+
+
+def test_a_token_the_tokenizer_splits_fails_the_job_saying_so(alice):
+    job = train(alice, model="tiny-sd", name="badtoken", method="embedding", init_token="twox",
+                steps=2, resolution=256, images=[{"image": "data:image/png;base64," +
+                                                   base64.b64encode(square((0, 0, 250))).decode()}])
+    job = wait_status(alice, job["id"], DONE, 60)
+    assert job["status"] == "failed" and job["error"]["code"] == "invalid_input"
+    assert "init_token" in job["error"]["message"]
+
+
 def test_an_embedding_is_used_by_its_token(alice, bob):
     job = train(alice, model="tiny-sd", name="red-token", method="embedding", init_token="x", steps=4, seed=1,
                 images=[{"image": "data:image/png;base64," + base64.b64encode(square((250, 0, 0))).decode(),

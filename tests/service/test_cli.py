@@ -77,3 +77,43 @@ def test_ctrl_c_cancels_the_job(stack, tmp_path):
     with Client(stack.url) as client:
         job = client.wait(job_id, timeout=30)
     assert job.status == "canceled" and job.error.code == "canceled"
+
+
+def fresco_cli(*argv: str, env: dict | None = None):
+    return subprocess.run([sys.executable, "-m", "service.cli", *argv], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_train_shows_step_and_loss_then_prints_the_adapter_which_adapters_lists_and_deletes(stack, tmp_path):
+    from tests.service.client.test_train import dataset, unique
+
+    name = unique("cli")
+    r = fresco_cli("train", str(dataset(tmp_path / "set")), "--name", name, "--model", "tiny-sd", "--steps", "4",
+                   "--resolution", "256", "--rank", "4", "--param", "checkpoint_every=0", "--validation-prompt",
+                   "a red square", "--url", stack.url, "--out", str(tmp_path / "out"), env=TERMINAL)
+    assert r.returncode == 0, r.stderr
+    err = ANSI.sub("", r.stderr)
+    assert re.search(rf"job \S+ \(train {name}, model tiny-sd, 4 steps\)", err), err
+    assert re.search(r"training +\S+ +\d+% step \d/4 +loss \d+\.\d{4}", err), err  # the step and the loss, live
+    assert re.search(r"done +\S+ +100% step 4/4 +loss \d+\.\d{4}", err), err
+    assert f"adapter {name} (lora on tiny-sd, trigger '{name}')\n" in r.stdout
+    assert re.search(r"  digest  sha256:[0-9a-f]{64}\n", r.stdout) and re.search(r"  loss    \d+\.\d{4}", r.stdout)
+    assert re.search(r"  url     http://\S+/results/adapters/[0-9a-f]{64}\.safetensors\n", r.stdout)
+    assert f'use it:  fresco generate txt2img --model tiny-sd --lora {name} --prompt "{name}, ..."' in r.stdout
+    saved = tmp_path / "out" / f"{name}.safetensors"
+    assert f"saved {saved}" in r.stdout and saved.stat().st_size > 0 and list((tmp_path / "out").glob("*.png"))
+
+    listed = fresco_cli("adapters", "--url", stack.url)
+    assert listed.returncode == 0 and re.search(rf"^{name} +lora +tiny-sd +{name} ", listed.stdout, re.M), listed
+    deleted = fresco_cli("adapters", "delete", name, "--url", stack.url)
+    assert deleted.returncode == 0 and deleted.stdout == f"deleted adapter {name}\n"
+    again = fresco_cli("adapters", "--url", stack.url, "delete", name)
+    assert again.returncode == 1 and f"error 404: this API key has no adapter named '{name}'" in again.stderr
+
+
+def test_train_on_a_folder_without_images_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = fresco_cli("train", str(tmp_path / "empty"), "--name", "x", "--url", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == (f"fresco train: {tmp_path / 'empty'}: no training images (PNG, JPEG or WebP files, "
+                        f"with optional same-name .txt captions)\n")

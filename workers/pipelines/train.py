@@ -26,6 +26,7 @@ from workers.errors import invalid_input
 from workers.pipelines.base import Output, TaskPipeline, pixels
 from workers.progress import Progress
 from workers.trained import CHECKPOINT
+from workers.training.base_model import trainable_copy
 
 log = logging.getLogger("fresco.train")
 
@@ -33,17 +34,6 @@ log = logging.getLogger("fresco.train")
 
 def _digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def trainable_copy(spec: ModelSpec, device: str | None = None):
-    """A trainable copy of a base model (a LoadedModel): its models-file entry as served, but for what only
-    inference wants (a refiner, compiled blocks, fused projections, offloading); `device`: another rank's GPU."""
-    from workers.models import load_model
-
-    update = {"compile": False, "fuse_qkv": False, "memory": "default", "channels_last": False, "refiner": None}
-    if device is not None:
-        update["device"] = device
-    return load_model(spec.model_copy(update=update))
 
 
 class Train(TaskPipeline):

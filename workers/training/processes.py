@@ -106,7 +106,7 @@ def _rank_main(folder: Path) -> int:
     from PIL import Image
 
     from service.catalog import ModelSpec
-    from workers.pipelines.train import trainable_copy
+    from workers.training.base_model import trainable_copy
     from workers.training import TrainConfig, TrainingStopped, train
 
     rank = int(os.environ["LOCAL_RANK"])

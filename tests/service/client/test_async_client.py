@@ -72,3 +72,24 @@ def test_cancel_and_errors(stack):
     invalid, healthy, ready, models = run(stack, scenario)
     assert invalid.fields == [{"field": "width", "message": "must be a multiple of 8"}]
     assert healthy and ready and "turbo" in models["tasks"]
+
+
+def test_train_list_and_delete_an_adapter(stack, tmp_path):
+    from tests.service.client.test_train import QUICK, dataset, unique
+
+    name, seen = unique("async"), []
+
+    async def scenario(fresco):
+        job = await fresco.train("tiny-sd", name, dataset(tmp_path / "set"), **QUICK)
+        done = await fresco.follow(job, seen.append)
+        listed = await fresco.adapters()
+        await fresco.delete_adapter(name)
+        with pytest.raises(NotFoundError):
+            await fresco.delete_adapter(name)
+        return job, done, listed, await fresco.adapters()
+
+    job, done, listed, after = run(stack, scenario)
+    assert job.task == "train" and done.succeeded and done.adapter.name == name and done.progress.loss > 0
+    assert any(e.progress.loss is not None for e in seen)
+    assert done.adapter.digest in [a.digest for a in listed if a.name == name]
+    assert name not in [a.name for a in after]

@@ -10,7 +10,7 @@ import pytest
 
 from service.catalog import ModelSpec
 from tests.workers.training.common import examples
-from workers.pipelines.train import trainable_copy
+from workers.training.base_model import trainable_copy
 from workers.training import Hooks, TrainConfig, train
 from workers.training.processes import parallel
 

@@ -8,6 +8,7 @@ import contextlib
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from service import adapter_registry
 from service.api.compat.a1111 import answer, progress, responses, state
 from service.api.compat.a1111.checkpoints import checkpoint, checkpoints, find
 from service.api.compat.a1111.errors import A1111Error, A1111Route, CallTimedOut
@@ -67,7 +68,8 @@ async def _generate(request: Request, who: Authorized, mode: str):
     c, owner = who.ctx, who.owner
     await c.auth.rate_limit(owner)
     body = parse_json(await read_body(request, c.settings.max_body_bytes))
-    p = plan(c.catalog, mode, body, await state.remembered_checkpoint(c.redis, owner))
+    owned = await adapter_registry.records(c.redis, owner)
+    p = plan(c.catalog, mode, body, await state.remembered_checkpoint(c.redis, owner), owned)
     records, timestamp = await _run(c, p, owner)
     answer.check_outcome(records)
     images = [await result_files(c, h) if h["status"] == JobStatus.SUCCEEDED else [] for h in records]
@@ -164,7 +166,7 @@ async def schedulers(who: Authorized = Caller):
 @router.get("/loras", response_model=list[responses.LoraItem])
 async def loras(who: Authorized = Caller):
     """The LoRAs `<lora:name:weight>` in a prompt may name."""
-    return lora_listing(who.ctx.catalog)
+    return lora_listing(who.ctx.catalog, await adapter_registry.records(who.ctx.redis, who.owner))
 
 
 @router.get("/upscalers", response_model=list[responses.UpscalerItem])

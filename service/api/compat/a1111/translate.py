@@ -152,12 +152,13 @@ def _turbo(asked: Asked, mode: str, warnings: list[str]) -> int:
     return asked.steps
 
 
-def plan(catalog: Catalog, mode: str, body, remembered: str | None) -> Plan:
-    """The native bodies of an A1111 `mode` ("txt2img" | "img2img") request; 422 naming A1111 fields."""
+def plan(catalog: Catalog, mode: str, body, remembered: str | None, owned: dict[str, dict] | None = None) -> Plan:
+    """The native bodies of an A1111 `mode` ("txt2img" | "img2img") request; 422 naming A1111 fields.
+    `owned`: the LoRAs the caller's key trained, which `<lora:…>` tags may name."""
     asked = read_request(mode, body)
     model, warnings = model_for(catalog, mode, asked.checkpoint, remembered)
     task = text_task(catalog, model) if mode == "txt2img" else image_task(catalog, model)
-    taken = take_loras(catalog, model, asked.prompt, asked.apply_loras)
+    taken = take_loras(catalog, model, asked.prompt, asked.apply_loras, owned)
     warnings += taken.warnings + unsupported(body, mode == "img2img")
     fields = {"model": model, "prompt": taken.prompt or " ",  # A1111 allows an empty prompt: run it unconditioned
               "negative_prompt": asked.negative_prompt, "width": asked.width, "height": asked.height,
