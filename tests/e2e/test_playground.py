@@ -1,7 +1,8 @@
 """The playground (GET /) in a real browser: Playwright driving Debian's chromium against a real stack
 (API, worker, Redis) on the tiny profile, slowed by FRESCO_STEP_DELAY_S so progress and live previews
-can be watched. A screenshot of each state goes to FRESCO_TEST_ARTIFACTS (default .artifacts/playground/);
-FRESCO_DOCS_SCREENSHOT=1 also writes the result state to docs/playground.png (the README's picture).
+can be watched; its Train tab trains a LoRA on tiny-sdxl (the worker's model) in seconds. A screenshot of
+each state goes to FRESCO_TEST_ARTIFACTS (default .artifacts/playground/); FRESCO_DOCS_SCREENSHOT=1 also
+writes the result state to docs/playground.png (the README's picture).
 
 Without the `playwright` package or a `chromium` on PATH, the tests skip and say why; `make test`
 installs Debian's chromium when it runs as root with apt-get."""
@@ -126,6 +127,26 @@ def png_file(path: Path, width: int, height: int, color=(200, 60, 30)) -> Path:
     return path
 
 
+def png_bytes(width: int, height: int, color=(200, 60, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def drop_files(page, selector: str, files: list[tuple[str, bytes, str]]) -> None:
+    """Drag files (name, bytes, type) from the desktop and drop them onto `selector`."""
+    transfer = page.evaluate_handle("""(files) => {
+        const transfer = new DataTransfer();
+        for (const [name, b64, type] of files) {
+            const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+            transfer.items.add(new File([bytes], name, {type}));
+        }
+        return transfer;
+    }""", [[name, base64.b64encode(data).decode(), kind] for name, data, kind in files])
+    page.dispatch_event(selector, "dragover", {"dataTransfer": transfer})
+    page.dispatch_event(selector, "drop", {"dataTransfer": transfer})
+
+
 def natural_width(page, selector: str) -> int:
     wait_for(page, f"document.querySelector({selector!r})?.complete "
                    f"&& document.querySelector({selector!r}).naturalWidth")
@@ -181,16 +202,7 @@ def test_img2img_from_a_file_picked_then_one_dropped(pg, tmp_path):
     page.set_input_files("#f-image", str(png_file(tmp_path / "picked.png", 320, 256)))
     assert natural_width(page, ".field-image .thumb") == 320
     # Drag and drop: a file dropped onto the zone replaces the one picked.
-    dropped = io.BytesIO()
-    Image.new("RGB", (264, 200), (30, 90, 200)).save(dropped, "PNG")
-    transfer = page.evaluate_handle("""(b64) => {
-        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-        const transfer = new DataTransfer();
-        transfer.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
-        return transfer;
-    }""", base64.b64encode(dropped.getvalue()).decode())
-    page.dispatch_event(".field-image .drop", "dragover", {"dataTransfer": transfer})
-    page.dispatch_event(".field-image .drop", "drop", {"dataTransfer": transfer})
+    drop_files(page, ".field-image .drop", [("dropped.png", png_bytes(264, 200, (30, 90, 200)), "image/png")])
     assert natural_width(page, ".field-image .thumb") == 264
     page.click("#submit")
     assert wait_status(page) == "succeeded"
@@ -288,6 +300,86 @@ def test_history_run_again_and_copy_as_curl(pg, site):
     assert json.loads(ran.stdout)["params"]["seed"] == 1234, ran.stdout + ran.stderr
 
 
+def test_train_an_adapter_watch_its_loss_and_use_it(pg, site):
+    """The Train tab: two images dropped (one with a same-name .txt caption), a caption edited, a bad name
+    answered next to its field; the job's loss curve grows and the latest validation image shows while it
+    trains; a taken name is said next to the field; "Use it" sets the generate form up with the new LoRA,
+    whose generation succeeds. (The module's worker trains tiny-sdxl; its default, tiny-sd, is not served.)"""
+    name = "playground-red"
+    page = pg.open()
+    try:
+        page.click("#tab-train")
+        page.wait_for_selector("#t-name")
+        assert page.is_hidden("#request") and page.get_attribute("#tab-train", "aria-selected") == "true"
+        assert page.input_value("#t-model") == "tiny-sdxl"  # a model a live worker trains
+        drop_files(page, "#train .drop", [("red.png", png_bytes(96, 96, (220, 20, 20)), "image/png"),
+                                          ("blue.png", png_bytes(96, 80, (20, 20, 220)), "image/png"),
+                                          ("blue.txt", b"a blue square\n", "text/plain")])
+        page.wait_for_selector("#t-caption-1")
+        wait_for(page, "document.querySelector('#t-caption-1').value === 'a blue square'")  # from blue.txt
+        assert page.text_content("#t-images-count") == "2 images"
+        assert natural_width(page, ".train-image:nth-child(2) .thumb") == 96
+        page.fill("#t-caption-0", "a red square")
+        page.fill("#t-name", "Red Square")  # not a valid name: the server says so next to the field
+        for field, value in (("steps", "6"), ("rank", "4"), ("resolution", "256"), ("learning_rate", "0.001"),
+                             ("validation-every", "3"), ("validation-prompt", "a red square")):
+            page.fill(f"#t-{field}", value)
+        page.click("#train-submit")
+        page.wait_for_selector("#t-err-name:not([hidden])")
+        assert page.text_content("#t-err-name") == "is invalid"
+        assert page.get_attribute("#t-name", "aria-invalid") == "true"
+        assert page.is_hidden("#job-body")  # nothing was submitted
+        page.fill("#t-name", name)
+        page.evaluate("""() => {
+            window.samples = [];
+            setInterval(() => window.samples.push({
+                status: document.querySelector('#status').textContent,
+                points: Number(document.querySelector('#loss').dataset.points || 0),
+                preview: !document.querySelector('#preview-box').hidden
+                    && (document.querySelector('#preview').getAttribute('src') || '').startsWith('data:image/')}), 20);
+        }""")
+        page.click("#train-submit")
+        assert wait_status(page) == "succeeded"
+        train_id = page.text_content("#job-id")
+        running = [s for s in page.evaluate("window.samples") if s["status"] == "running"]
+        points = [s["points"] for s in running]
+        assert max(points) >= 2 and points == sorted(points), points  # the curve grew while it trained
+        assert any(s["preview"] for s in running)  # the latest validation image, live
+        assert page.get_attribute("#loss", "data-points") == "6"
+        assert page.locator("#loss polyline").count() == 2 and page.is_visible("#loss-box")
+        caption = page.text_content("#loss-line")
+        assert caption.startswith("loss ") and "at step 6 of 6" in caption, caption
+        assert page.text_content("#adapter-name") == name
+        assert page.get_attribute("#adapter a[download]", "download") == f"{name}.safetensors"
+        assert natural_width(page, ".gallery img") == 256  # a validation image
+        assert page.text_content("[data-param='steps']") == "6"
+        assert page.locator("[data-param='images'] li").count() == 2
+        assert "a blue square" in page.text_content("[data-param='images']")
+        shot(page, "trained")
+
+        # The same name again: taken, said next to the field (a 409).
+        page.click("#train-submit")
+        page.wait_for_selector("#t-err-name:not([hidden])")
+        assert page.text_content("#t-err-name").startswith("is taken")
+        assert page.text_content("#job-id") == train_id
+
+        # "Use it": the generate form, on the model it was trained on, with the LoRA ticked and its trigger.
+        page.click("#use-it")
+        wait_for(page, f"document.querySelector('[data-lora=\"{name}\"]')?.checked")
+        assert page.get_attribute("#tab-generate", "aria-selected") == "true" and page.is_hidden("#train")
+        assert (page.input_value("#task"), page.input_value("#model")) == ("sdxl", "tiny-sdxl")
+        assert name in page.input_value("#f-prompt")
+        for field, value in (("width", "256"), ("height", "256"), ("steps", "2")):
+            page.fill(f"#f-{field}", value)
+        page.click("#submit")
+        wait_for(page, f"document.querySelector('#job-id').textContent !== {train_id!r}")
+        assert wait_status(page) == "succeeded"
+        assert json.loads(page.text_content("[data-param='loras']"))[0]["name"] == name
+        shot(page, "used")
+    finally:
+        httpx.delete(f"{site.url}/adapters/{name}")
+
+
 def test_narrow_window_and_keyboard(browser, site):
     narrow = Page(browser, site.url, width=375, height=800)
     try:
@@ -295,6 +387,17 @@ def test_narrow_window_and_keyboard(browser, site):
         no_sideways_scroll = "document.documentElement.scrollWidth <= window.innerWidth"
         assert page.evaluate(no_sideways_scroll)
         shot(page, "narrow")
+        page.focus("#tab-generate")
+        page.keyboard.press("ArrowRight")  # arrow keys move between the tabs
+        assert page.evaluate("document.activeElement.id") == "tab-train" and page.is_visible("#t-name")
+        drop_files(page, "#train .drop", [("wide.png", png_bytes(640, 160), "image/png")])
+        page.wait_for_selector("#t-caption-0")
+        page.click("#train details.more summary")
+        assert page.evaluate(no_sideways_scroll)  # the training form fits too, its images and more settings open
+        shot(page, "narrow-train")
+        page.focus("#tab-train")
+        page.keyboard.press("ArrowLeft")
+        assert page.is_visible("#f-prompt") and page.is_hidden("#train")
         page.select_option("#task", "turbo")
         page.focus("#f-prompt")
         page.keyboard.type("typed with the keyboard")

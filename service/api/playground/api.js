@@ -71,6 +71,13 @@ function newKey() {
 export const submit = (body, idempotencyKey = newKey()) =>
   call("POST", "/generate", { body, headers: { "Idempotency-Key": idempotencyKey } });
 
+/** POST /train (a training job), with an Idempotency-Key as for /generate. */
+export const train = (body, idempotencyKey = newKey()) =>
+  call("POST", "/train", { body, headers: { "Idempotency-Key": idempotencyKey } });
+
+/** GET /adapters: the adapters this API key trained. */
+export const getAdapters = () => call("GET", "/adapters");
+
 /**
  * The job's Server-Sent Events, as {event, data} with data parsed from JSON, until the stream ends.
  * Comments (keep-alives) are skipped; `signal` aborts.

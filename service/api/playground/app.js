@@ -1,20 +1,54 @@
-// The playground: wires the form, the job panel, the history and the API key box together.
+// The playground: wires the forms (generate, train), the job panel, the history and the API key box together.
 
 import * as api from "./api.js";
 import { copyText, curlCommand } from "./curl.js";
 import { RequestForm } from "./form.js";
 import * as history from "./history.js";
 import { JobPanel } from "./job.js";
+import { TrainForm, trainTask } from "./train.js";
 
 const $ = (selector) => document.querySelector(selector);
 const bodies = new Map(); // job id -> the request body this page sent for it
+const trained = new Set(); // training jobs seen succeed: GET /models read again for their adapters
 let form = null;
+let trainForm = null;
 
 const panel = new JobPanel($("#job"), {
   changed(job) {
     history.remember(job);
     drawHistory();
+    if (job.task === "train" && job.status === "succeeded" && !trained.has(job.id)) {
+      trained.add(job.id);
+      refreshModels(); // the generate form lists the new adapter with its model
+    }
   },
+  use: useAdapter,
+});
+
+// ---------------------------------------------------------------- the tabs: generate, train
+
+function showTab(name, focus = false) {
+  for (const tab of document.querySelectorAll('[role="tab"]')) {
+    const on = tab.id === `tab-${name}`;
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+    $(`#${tab.getAttribute("aria-controls")}`).hidden = !on;
+    if (on && focus) tab.focus();
+  }
+}
+
+for (const tab of document.querySelectorAll('[role="tab"]')) {
+  tab.addEventListener("click", () => showTab(tab.id.slice("tab-".length)));
+}
+
+// Arrow keys, Home and End move between the tabs (Tab moves on into the form).
+$(".tabs").addEventListener("keydown", (event) => {
+  const tabs = [...document.querySelectorAll('[role="tab"]')].filter((t) => !t.hidden);
+  const at = tabs.indexOf(document.activeElement);
+  const to = { ArrowLeft: at - 1, ArrowRight: at + 1, Home: 0, End: tabs.length - 1 }[event.key];
+  if (at < 0 || to === undefined) return;
+  event.preventDefault();
+  showTab(tabs[(to + tabs.length) % tabs.length].id.slice("tab-".length), true);
 });
 
 // ---------------------------------------------------------------- the API key
@@ -56,6 +90,10 @@ async function loadModels() {
     const models = await api.getModels();
     error.hidden = true;
     form = new RequestForm($("#request"), models);
+    if (trainTask(models)) {
+      trainForm = new TrainForm($("#train"), models);
+      $("#tab-train").hidden = false;
+    }
     if (models.note) {
       $("#note").textContent = models.note;
       $("#note").hidden = false;
@@ -66,41 +104,93 @@ async function loadModels() {
   }
 }
 
-$("#request").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  if (!form) return;
-  const button = $("#submit");
+async function refreshModels() {
+  try {
+    form?.update(await api.getModels());
+  } catch {
+    // the next reload reads them
+  }
+}
+
+/** Whether this key has an adapter `name` (a 409 from POST /train: the name taken, or the key at its limit). */
+async function nameTaken(name) {
+  try {
+    return (await api.getAdapters()).adapters.some((a) => a.name === name);
+  } catch {
+    return false;
+  }
+}
+
+/** Submit `which` form's body with `send` (api.submit, api.train); the job to the panel, or the errors to the form. */
+async function submitForm(which, button, send) {
+  if (!which) return;
+  const text = button.textContent;
   button.disabled = true;
   button.textContent = "Submitting…";
+  let body = null;
   try {
-    const body = await form.collect();
-    form.clearErrors();
-    const job = await api.submit(body);
+    body = await which.collect();
+    which.clearErrors();
+    const job = await send(body);
     bodies.set(job.id, body);
     history.remember(job);
     panel.show(job);
     drawHistory();
   } catch (err) {
-    if (err.status === 422 && err.fields.length) form.showErrors(err.fields, err.message);
-    else form.showFormError(err.status ? `${err.message} (${err.status})` : err.message);
+    if (err.status === 422 && err.fields.length) which.showErrors(err.fields, err.message);
+    else if (err.status === 409 && which === trainForm && body && (await nameTaken(body.name))) trainForm.nameTaken();
+    else which.showFormError(err.status ? `${err.message} (${err.status})` : err.message);
   } finally {
     button.disabled = false;
-    button.textContent = "Generate";
+    button.textContent = text;
   }
+}
+
+$("#request").addEventListener("submit", (event) => {
+  event.preventDefault();
+  submitForm(form, $("#submit"), api.submit);
+});
+
+$("#train").addEventListener("submit", (event) => {
+  event.preventDefault();
+  submitForm(trainForm, $("#train-submit"), api.train);
 });
 
 // Ctrl+Enter (or Cmd+Enter) in a text area submits too; Enter in any other field does natively.
-$("#request").addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target.matches("textarea")) {
-    event.preventDefault();
-    $("#request").requestSubmit();
+for (const which of [$("#request"), $("#train")]) {
+  which.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && event.target.matches("textarea")) {
+      event.preventDefault();
+      which.requestSubmit();
+    }
+  });
+}
+
+// ---------------------------------------------------------------- "Use it": a trained adapter in the generate form
+
+async function useAdapter(adapter) {
+  if (!form) return;
+  try {
+    form.update(await api.getModels()); // the adapter is listed with its model from now on
+  } catch (err) {
+    panel.showError(`Could not load the models: ${err.message}`);
+    return;
   }
-});
+  showTab("generate");
+  form.clearErrors();
+  if (!form.useAdapter(adapter)) {
+    form.showFormError(`${adapter.name} is not listed for ${adapter.model} any more (deleted, or another API key's).`);
+  }
+  $("#request").scrollIntoView({ block: "start" });
+  ($("#f-prompt") || $("#submit")).focus();
+}
 
 // ---------------------------------------------------------------- copy as curl, run again
 
-async function showCurl(body, where) {
-  const command = curlCommand(location.origin, body, Boolean(api.apiKey()));
+const routeOf = (task) => (form && form.models.tasks[task] && form.models.tasks[task].route) || "/generate";
+
+async function showCurl(body, route, where) {
+  const command = curlCommand(location.origin, body, Boolean(api.apiKey()), route);
   $("#curl").textContent = command;
   $("#curl-message").textContent = "";
   $("#curl-box").hidden = false;
@@ -111,22 +201,30 @@ async function showCurl(body, where) {
 }
 
 $("#form-curl").addEventListener("click", async () => {
-  if (form) showCurl(await form.collect(), " (the request the form holds now)");
+  if (form) showCurl(await form.collect(), "/generate", " (the request the form holds now)");
+});
+
+$("#train-curl").addEventListener("click", async () => {
+  if (trainForm) showCurl(await trainForm.collect(), "/train", " (the training request the form holds now)");
 });
 
 $("#copy-curl").addEventListener("click", () => {
   const job = panel.job;
   if (!job) return;
-  const body = bodies.get(job.id) || form?.bodyFromJob(job);
+  const body = bodies.get(job.id) || (job.task === "train" ? trainForm : form)?.bodyFromJob(job);
   const note = bodies.has(job.id) ? "" : " (rebuilt from the job's parameters: input images left out)";
-  if (body) showCurl(body, note);
+  if (body) showCurl(body, routeOf(job.task), note);
 });
 
 $("#run-again").addEventListener("click", async () => {
-  if (!form || !panel.job) return;
-  await form.fill(panel.job);
-  $("#request").scrollIntoView({ block: "start" });
-  $("#submit").focus();
+  const job = panel.job;
+  const train = job && job.task === "train";
+  const which = train ? trainForm : form;
+  if (!job || !which) return;
+  showTab(train ? "train" : "generate");
+  await which.fill(job);
+  $(train ? "#train" : "#request").scrollIntoView({ block: "start" });
+  $(train ? "#train-submit" : "#submit").focus();
 });
 
 // ---------------------------------------------------------------- history

@@ -1,7 +1,9 @@
 // The request form, built from GET /models: per task its models, per parameter its range, default and
 // choices, per model its LoRAs, embeddings and ControlNets. collect() gives the POST /generate body;
-// showErrors() puts a 422's messages next to the fields the server names.
+// showErrors() (fields.js) puts a 422's messages next to the fields the server names; useAdapter() sets it up
+// for an adapter just trained.
 
+import { FormBase, control, el, label, value as inputValue } from "./fields.js";
 import { dropZone, readImageUrl } from "./images.js";
 
 // Fields the page does not offer (webhooks need a receiver; retries are for scripts).
@@ -15,55 +17,77 @@ const CARRY = new Set(["prompt", "negative_prompt", "seed"]);
 export const IMAGE_MAX_LENGTH = 64 * 1024 * 1024;
 const isImage = (spec) => spec.maxLength === IMAGE_MAX_LENGTH;
 
-const el = (tag, attrs = {}, ...children) => {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === "class") node.className = v;
-    else if (k === "text") node.textContent = v;
-    else node.setAttribute(k, v === true ? "" : String(v));
-  }
-  node.append(...children.filter((c) => c !== null && c !== undefined));
-  return node;
-};
-
-const label = (name) => (name[0].toUpperCase() + name.slice(1)).replaceAll("_", " ");
-const cssId = (name) => name.replace(/[^A-Za-z0-9_-]/g, "-");
-
-/** "256 to 2048, a multiple of 8; default 1024" from a parameter's JSON Schema keywords. */
-function rangeHint(spec, fallback) {
-  const parts = [];
-  const lo = spec.minimum ?? spec.exclusiveMinimum;
-  const hi = spec.maximum ?? spec.exclusiveMaximum;
-  if (lo !== undefined && hi !== undefined) {
-    parts.push(lo === hi ? `only ${lo}` : `${spec.exclusiveMinimum !== undefined ? "above " : ""}${lo} to ${hi}` +
-      (spec.exclusiveMaximum !== undefined ? " (exclusive)" : ""));
-  } else if (lo !== undefined) parts.push(`at least ${lo}`);
-  if (spec.multipleOf) parts.push(`a multiple of ${spec.multipleOf}`);
-  let text = parts.join(", ");
-  const dflt = spec.default ?? fallback;
-  if (dflt !== undefined && dflt !== null && dflt !== "") text += `${text ? "; " : ""}default ${dflt}`;
-  return text;
-}
-
-export class RequestForm {
+export class RequestForm extends FormBase {
   /** `form`: the <form>; `models`: GET /models's body. */
   constructor(form, models) {
-    this.form = form;
-    this.models = models;
-    this.task = form.querySelector("#task");
-    this.model = form.querySelector("#model");
-    this.fields = form.querySelector("#fields");
+    const task = form.querySelector("#task");
+    const model = form.querySelector("#model");
+    const fields = form.querySelector("#fields");
+    super(form, { formError: form.querySelector("#form-error"), scope: fields, named: { model, task } });
+    this.task = task;
+    this.model = model;
+    this.fields = fields;
     this.info = form.querySelector("#model-info");
-    this.formError = form.querySelector("#form-error");
     this.images = new WeakMap(); // drop zone -> {dataUrl} | Promise
-    // The tasks POST /generate takes (a training job has its own route and panel).
-    const generate = Object.keys(models.tasks).filter((t) => models.tasks[t].route === "/generate");
-    this.task.replaceChildren(...generate.map((t) => el("option", { value: t, text: t })));
+    this.setModels(models);
     if ("turbo" in models.tasks) this.task.value = "turbo"; // the quickest to try
     this.task.addEventListener("change", () => this.render({ keep: CARRY }));
     this.model.addEventListener("change", () => this.render({ keep: null, sameTask: true }));
     this.render({ keep: CARRY });
+  }
+
+  /** Take GET /models's body: the tasks POST /generate takes (a training job has its own route and form). */
+  setModels(models) {
+    this.models = models;
+    const wanted = this.task.value;
+    const generate = Object.keys(models.tasks).filter((t) => models.tasks[t].route === "/generate");
+    this.task.replaceChildren(...generate.map((t) => el("option", { value: t, text: t })));
+    if (generate.includes(wanted)) this.task.value = wanted;
+  }
+
+  /** A fresh GET /models (a newly trained adapter in it, say): the form rebuilt, its values and ticks kept. */
+  update(models) {
+    const ticked = [...this.fields.querySelectorAll("[data-lora]")].filter((c) => c.checked).map((c) =>
+      [c.dataset.lora, this.fields.querySelector(`[data-lora-scale="${CSS.escape(c.dataset.lora)}"]`).value]);
+    this.setModels(models);
+    this.render({ keep: null }); // the model chosen stays chosen while the task lists it
+    for (const [name, scale] of ticked) this.tick(name, scale);
+  }
+
+  /** Tick LoRA `name` (at `scale`, when given); false when this model has no such LoRA. */
+  tick(name, scale) {
+    const check = this.fields.querySelector(`[data-lora="${CSS.escape(name || "")}"]`);
+    if (!check) return false;
+    check.checked = true;
+    if (scale !== undefined && scale !== null) this.fields.querySelector(`[data-lora-scale="${CSS.escape(name)}"]`).value = scale;
+    return true;
+  }
+
+  /**
+   * Set the form up for a freshly trained adapter (a training job's `result.adapter`): a task and the model
+   * it was trained on (the task shown if it fits, else one that needs no input image), the LoRA ticked,
+   * and its token (an embedding's) or trigger put in the prompt. False when no task lists it for the model.
+   */
+  useAdapter(adapter) {
+    const fits = (task) => this.models.tasks[task].models.some((m) => m.name === adapter.model &&
+      (m.adapters || []).some((a) => a.name === adapter.name));
+    const tasks = [...this.task.options].map((o) => o.value).filter(fits);
+    if (!tasks.length) return false;
+    const plain = tasks.filter((t) => !Object.values(this.models.tasks[t].parameters).some(isImage));
+    const task = tasks.includes(this.task.value) ? this.task.value : plain[0] || tasks[0];
+    if (task !== this.task.value) {
+      this.task.value = task;
+      this.render({ keep: CARRY });
+    }
+    if (this.model.value !== adapter.model) {
+      this.model.value = adapter.model;
+      this.render({ keep: null, sameTask: true });
+    }
+    if (adapter.kind === "lora") this.tick(adapter.name);
+    const word = adapter.token || adapter.trigger;
+    const prompt = this.fields.querySelector("#f-prompt");
+    if (word && prompt && !prompt.value.includes(word)) this.insertToken(word);
+    return true;
   }
 
   get taskInfo() {
@@ -108,49 +132,20 @@ export class RequestForm {
   field(name, spec, model) {
     const id = `f-${name}`;
     const modelDefault = (model.defaults || {})[name] ?? (name === "num_frames" ? model.max_num_frames : undefined);
-    let input;
-    let hint = "";
     if (isImage(spec)) {
       const zone = dropZone(id, (z, promise) => this.images.set(z, promise));
       return this.wrap(name, label(name), zone, "PNG, JPEG or WebP: drop it here or choose a file");
     }
     if (TEXT.has(name)) {
-      input = el("textarea", { id, name, rows: name === "prompt" ? 3 : 2, maxlength: spec.maxLength,
-                               placeholder: name === "prompt" ? "a red fox in the snow" : "" });
-      hint = name === "prompt" ? "Ctrl+Enter submits" : "";
-    } else if (spec.enum) {
-      const options = spec.enum.map((v) => el("option", { value: v, text: v }));
-      if (spec.default === null || spec.default === undefined) options.unshift(el("option", { value: "", text: "the model's default" }));
-      input = el("select", { id, name }, ...options);
-      input.value = spec.default ?? "";
-    } else if (typeof spec.default === "boolean" || name === "refiner") {
-      input = el("select", { id, name, "data-kind": "boolean" },
-        el("option", { value: "", text: spec.default === null ? "the model's default" : `default (${spec.default})` }),
-        el("option", { value: "true", text: "on" }), el("option", { value: "false", text: "off" }));
-    } else if (typeof spec.default === "number" || "minimum" in spec || "maximum" in spec || "exclusiveMinimum" in spec) {
-      input = el("input", { id, name, type: "number", inputmode: "decimal", "data-kind": "number",
-                            min: spec.minimum ?? spec.exclusiveMinimum, max: spec.maximum ?? spec.exclusiveMaximum ?? (name === "num_frames" ? model.max_num_frames : undefined),
-                            step: spec.multipleOf || "any",
-                            placeholder: name === "seed" ? "random" : (spec.default ?? modelDefault ?? "") });
-      hint = name === "seed" ? "empty: a random seed, reported with the result" : rangeHint(spec, modelDefault);
-    } else {
-      input = el("input", { id, name, type: "text" });
+      const input = el("textarea", { id, name, rows: name === "prompt" ? 3 : 2, maxlength: spec.maxLength,
+                                     placeholder: name === "prompt" ? "a red fox in the snow" : "" });
+      return this.wrap(name, label(name), input, name === "prompt" ? "Ctrl+Enter submits" : "");
     }
+    const seed = name === "seed";
+    const { input, hint } = control(id, name, spec, {
+      fallback: modelDefault, max: name === "num_frames" ? model.max_num_frames : undefined, boolean: name === "refiner",
+      placeholder: seed ? "random" : undefined, hint: seed ? "empty: a random seed, reported with the result" : undefined });
     return this.wrap(name, label(name), input, hint);
-  }
-
-  /** A field's wrapper: label, control, hint and the slot for the server's message about it. */
-  wrap(name, text, control, hint) {
-    const key = cssId(name);
-    const input = control.matches("input, select, textarea") ? control : control.querySelector("input");
-    input.dataset.field = name;
-    input.dataset.name = name;
-    const describedBy = [hint ? `hint-${key}` : null, `err-${key}`].filter(Boolean).join(" ");
-    input.setAttribute("aria-describedby", describedBy);
-    return el("div", { class: `field field-${key}` },
-      el("label", { for: input.id, text }), control,
-      hint ? el("p", { class: "hint", id: `hint-${key}`, text: hint }) : null,
-      el("p", { class: "field-error", id: `err-${key}`, hidden: true }));
   }
 
   adapters(model, info) {
@@ -282,11 +277,8 @@ export class RequestForm {
         if (image) body[name] = image;
         continue;
       }
-      const raw = input.value;
-      if (raw === "") continue;
-      if (input.dataset.kind === "number") body[name] = Number(raw);
-      else if (input.dataset.kind === "boolean") body[name] = raw === "true";
-      else body[name] = raw;
+      const v = inputValue(input);
+      if (v !== undefined) body[name] = v;
     }
     const loras = [...this.fields.querySelectorAll("[data-lora]")].filter((c) => c.checked);
     if (loras.length) {
@@ -350,12 +342,7 @@ export class RequestForm {
       } else if (typeof value === "boolean") input.value = String(value);
       else if (typeof value !== "object") input.value = String(value);
     }
-    for (const lora of params.loras || []) {
-      const check = this.fields.querySelector(`[data-lora="${CSS.escape(lora.name || "")}"]`);
-      if (!check) continue;
-      check.checked = true;
-      this.fields.querySelector(`[data-lora-scale="${CSS.escape(lora.name)}"]`).value = lora.scale;
-    }
+    for (const lora of params.loras || []) this.tick(lora.name, lora.scale);
     for (const control of params.control || []) {
       if (!this.addControl) break;
       const row = this.addControl();
@@ -380,68 +367,6 @@ export class RequestForm {
       else if (name !== "control") body[name] = value;
     }
     return body;
-  }
-
-  // ---------------------------------------------------------------- the server's messages
-
-  clearErrors() {
-    this.formError.hidden = true;
-    this.formError.textContent = "";
-    for (const input of this.form.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
-    for (const p of this.form.querySelectorAll(".field-error")) {
-      p.hidden = true;
-      p.textContent = "";
-    }
-  }
-
-  /** Each {field, message} next to the field it names (or its nearest named part), else above the buttons. */
-  showErrors(fields, message) {
-    this.clearErrors();
-    const loose = [];
-    let first = null;
-    for (const { field, message: text } of fields) {
-      const target = this.findField(field);
-      if (!target) {
-        loose.push(`${field}: ${text}`);
-        continue;
-      }
-      const wrapper = target.closest(".field, .lora, .control, fieldset") || target.parentElement;
-      const slot = wrapper.querySelector(":scope > .field-error") || wrapper.querySelector(".field-error");
-      const input = target.matches("input, select, textarea") ? target : target.querySelector("input, select, textarea");
-      const shown = target.dataset.name === field || target === this.model || target === this.task ? text : `${field}: ${text}`;
-      slot.textContent = slot.textContent ? `${slot.textContent}; ${shown}` : shown;
-      slot.hidden = false;
-      if (input) {
-        input.setAttribute("aria-invalid", "true");
-        const ids = new Set((input.getAttribute("aria-describedby") || "").split(" ").filter(Boolean));
-        if (!slot.id) slot.id = `err-${Math.random().toString(36).slice(2, 10)}`;
-        ids.add(slot.id);
-        input.setAttribute("aria-describedby", [...ids].join(" "));
-        first = first || input;
-      }
-    }
-    if (loose.length || !fields.length) this.showFormError([message, ...loose].filter(Boolean).join(" — "));
-    (first || this.formError).focus?.();
-  }
-
-  showFormError(text) {
-    this.formError.textContent = text;
-    this.formError.hidden = false;
-  }
-
-  /** The element a server field name points at (`width`, `loras[1].scale`, `control[0].image`), or the
-   * nearest named part that holds it (`loras[1]`, `loras`). */
-  findField(field) {
-    if (field === "model") return this.model;
-    if (field === "task") return this.task;
-    let name = field;
-    for (;;) {
-      const found = this.fields.querySelector(`[data-name="${CSS.escape(name)}"]`);
-      if (found) return found;
-      const shorter = name.replace(/(\.[^.[\]]+|\[\d+\])$/, "");
-      if (!shorter || shorter === name) return null;
-      name = shorter;
-    }
   }
 }
 

@@ -1,6 +1,7 @@
-// Input images: a drop zone with a file picker, read into data URLs (a form of `image` the contract takes).
+// Input images: a drop zone with a file picker, read into data URLs (a form of `image` the contract takes),
+// and a zone that takes many files at once (a training set).
 
-const TYPES = ["image/png", "image/jpeg", "image/webp"];
+export const TYPES = ["image/png", "image/jpeg", "image/webp"];
 
 /** A file's bytes as a data URL. */
 export function readFile(file) {
@@ -79,6 +80,12 @@ export function dropZone(id, onImage) {
     thumb.removeAttribute("src");
     input.focus();
   });
+  acceptDrops(zone, (files) => take(files[0]));
+  return zone;
+}
+
+/** Files dropped onto `zone` go to `take(files)` (a non-empty array). */
+function acceptDrops(zone, take) {
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
     zone.classList.add("over");
@@ -87,8 +94,41 @@ export function dropZone(id, onImage) {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("over");
-    const file = event.dataTransfer && event.dataTransfer.files[0];
-    if (file) take(file);
+    const files = [...((event.dataTransfer && event.dataTransfer.files) || [])];
+    if (files.length) take(files);
   });
+}
+
+/**
+ * A drop zone for many files at once: a file input that takes several (`accept`: its types) and drag and
+ * drop. `onFiles(files)` is told of each batch; the zone's `showError(text)` and `showText(text)` say
+ * what happened to them.
+ */
+export function filesZone(id, onFiles, { accept = TYPES.join(","), text = "Drop images here, or choose files." } = {}) {
+  const zone = document.createElement("div");
+  zone.className = "drop drop-many";
+  const input = document.createElement("input");
+  input.type = "file";
+  input.multiple = true;
+  input.accept = accept;
+  if (id) input.id = id;
+  const line = document.createElement("p");
+  line.className = "drop-text";
+  line.textContent = text;
+  zone.append(input, line);
+  zone.showText = (message) => {
+    zone.classList.remove("bad");
+    line.textContent = message || text;
+  };
+  zone.showError = (message) => {
+    zone.classList.add("bad");
+    line.textContent = message;
+  };
+  input.addEventListener("change", () => {
+    const files = [...(input.files || [])];
+    input.value = ""; // choosing the same files again adds them again
+    if (files.length) onFiles(files);
+  });
+  acceptDrops(zone, onFiles);
   return zone;
 }

@@ -1,7 +1,10 @@
-// One job on the page: its progress (stage, steps, ETA, live preview) from the event stream, the cancel
-// button, then its results (images, video, downloads), seed and resolved parameters.
+// One job on the page: its progress (stage, steps, ETA, live preview; a training job's loss curve and latest
+// validation image) from the event stream, the cancel button, then its results (images, video, downloads;
+// a training job's adapter, with "Use it"), seed and resolved parameters.
 
 import { cancelJob, getJob, jobEvents } from "./api.js";
+import { LossChart } from "./chart.js";
+import { el as node } from "./fields.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -12,17 +15,20 @@ function seconds(s) {
 }
 
 export class JobPanel {
-  /** `root`: the job <section>; `changed(job)`: told of each new JobView (for the history). */
-  constructor(root, { changed }) {
+  /** `root`: the job <section>; `changed(job)`: told of each new JobView (for the history); `use(adapter)`:
+   * the "Use it" of a training job's adapter. */
+  constructor(root, { changed, use }) {
     const $ = (id) => root.querySelector(`#${id}`);
     this.el = {
       empty: $("job-empty"), body: $("job-body"), status: $("status"), id: $("job-id"), running: $("running"),
       bar: $("progress"), stage: $("stage"), steps: $("steps"), eta: $("eta"), cancel: $("cancel"),
       previewBox: $("preview-box"), preview: $("preview"), error: $("job-error"), results: $("results"),
       tools: $("job-tools"), params: $("params"), paramsBox: $("params-box"), seed: $("seed"),
-      curlBox: $("curl-box"),
+      curlBox: $("curl-box"), previewCaption: $("preview-caption"),
     };
+    this.chart = new LossChart($("loss-box"), $("loss"), $("loss-line"));
     this.changed = changed;
+    this.use = use;
     this.job = null;
     this.follower = null;
     this.el.cancel.addEventListener("click", () => this.cancel());
@@ -45,6 +51,8 @@ export class JobPanel {
     el.paramsBox.hidden = true;
     el.previewBox.hidden = true;
     el.preview.removeAttribute("src");
+    el.previewCaption.textContent = job.task === "train" ? "the latest validation image" : "live preview";
+    this.chart.reset(job.task === "train");
     el.bar.value = 0;
     if (TERMINAL.has(job.status)) {
       this.finish(job);
@@ -117,6 +125,7 @@ export class JobPanel {
       const gained = fraction - this.clock.fraction;
       if (gained > 0.005 && fraction < 1) el.eta.textContent = `· about ${seconds((elapsed / gained) * (1 - fraction))} left`;
     }
+    if (p.loss !== undefined && p.loss !== null && p.stage === "training") this.chart.add(p.step, p.loss, p.total_steps);
     if (state.preview) {
       el.preview.src = state.preview;
       el.previewBox.hidden = false;
@@ -162,6 +171,7 @@ export class JobPanel {
     el.running.hidden = true;
     el.stage.textContent = el.steps.textContent = el.eta.textContent = "";
     if (job.status === "succeeded") el.bar.value = 1;
+    if (job.task === "train" && job.progress) this.chart.final(job.progress.loss, job.params && job.params.steps);
     if (job.error) this.showError(job.status === "canceled" ? "Canceled." : `${job.error.code}: ${job.error.message}`);
     el.results.replaceChildren(...this.results(job));
     el.params.replaceChildren(...this.params(job));
@@ -183,7 +193,9 @@ export class JobPanel {
       a.textContent = "Download";
       return a;
     };
+    if (result.adapter) out.push(this.adapter(result.adapter, job));
     if (result.images && result.images.length) {
+      if (result.adapter) out.push(node("p", { class: "hint", text: "Validation images, made with the adapter at the end:" }));
       const gallery = document.createElement("div");
       gallery.className = "gallery";
       result.images.forEach((image, i) => {
@@ -232,6 +244,21 @@ export class JobPanel {
     return out;
   }
 
+  /** A training job's adapter: what it is, "Use it" (the generate form set up with it) and its file. */
+  adapter(adapter, job) {
+    const kind = adapter.token && adapter.kind === "lora" ? "LoRA + embedding" : adapter.kind === "lora" ? "LoRA" : "embedding";
+    const word = adapter.token ? ["token ", node("code", { text: adapter.token })]
+      : adapter.trigger ? ["trigger ", node("code", { text: adapter.trigger })] : null;
+    const use = node("button", { type: "button", id: "use-it", class: "primary", text: "Use it" });
+    use.addEventListener("click", () => this.use(adapter, job));
+    return node("div", { class: "adapter-card", id: "adapter" },
+      node("p", { class: "adapter-title" }, node("strong", { id: "adapter-name", text: adapter.name }),
+        ` · ${kind} for ${adapter.model} · ${Math.max(1, Math.round(adapter.size_bytes / 1024))} KB`),
+      word ? node("p", { class: "hint" }, ...word, " (put it in a prompt)") : null,
+      node("div", { class: "actions" }, use,
+        node("a", { class: "button", href: adapter.url, download: `${adapter.name}.safetensors`, text: "Download .safetensors" })));
+  }
+
   /** Every resolved parameter, then the timings. */
   params(job) {
     const rows = [];
@@ -239,7 +266,22 @@ export class JobPanel {
       const dt = document.createElement("dt");
       dt.textContent = name;
       const dd = document.createElement("dd");
-      if (value && typeof value === "object" && value.url) {
+      if (Array.isArray(value) && value.some((v) => v && v.image && v.image.url)) { // a training job's images
+        const list = document.createElement("ol");
+        list.className = "param-images";
+        for (const entry of value) {
+          if (!(entry && entry.image && entry.image.url)) continue;
+          const li = document.createElement("li");
+          const a = document.createElement("a");
+          a.href = entry.image.url;
+          a.target = "_blank";
+          a.rel = "noopener";
+          a.textContent = `${entry.image.width}×${entry.image.height}`;
+          li.append(a, entry.caption ? ` ${entry.caption}` : "");
+          list.append(li);
+        }
+        dd.append(list);
+      } else if (value && typeof value === "object" && value.url) {
         const a = document.createElement("a");
         a.href = value.url;
         a.target = "_blank";

@@ -30,7 +30,7 @@ def test_the_page_and_its_files_are_public_with_keys_on(keyed):
     modules = set(re.findall(r'src="/playground/([\w.]+\.js)"', page.text))
     for js in STATIC.glob("*.js"):
         modules |= set(re.findall(r'from "\./([\w.]+\.js)"', js.read_text()))
-    assert {"app.js", "api.js", "form.js", "job.js", "history.js"} <= modules
+    assert {"app.js", "api.js", "form.js", "fields.js", "job.js", "chart.js", "train.js", "history.js"} <= modules
     for name in modules | {"style.css"}:
         r = keyed.get(f"/playground/{name}")
         assert r.status_code == 200, name
@@ -63,3 +63,22 @@ def test_the_page_knows_input_images_by_their_type_as_get_models_shows_it(api):
     for task, info in tasks.items():
         shown = {name for name, spec in info["parameters"].items() if spec.get("maxLength") == IMAGE_MAX_LENGTH}
         assert shown == {path for path in IMAGE_FIELDS[task] if "." not in path}, task
+
+
+def test_the_train_form_finds_its_task_by_route_and_what_it_reads_is_there(api):
+    """The Train tab is built from the one task GET /models routes to POST /train: its models, methods,
+    limits, and the parameters train.js lays out by name (the rest go under "More settings" as they come)."""
+    train = (STATIC / "train.js").read_text()
+    assert 'info.route === "/train"' in train
+    tasks = api.get("/models").json()["tasks"]
+    routed = [name for name, info in tasks.items() if info["route"] == "/train"]
+    assert len(routed) == 1
+    info = tasks[routed[0]]
+    assert info["models"] and info["default_model"] in [m["name"] for m in info["models"]]
+    assert all(f'"{method}"' in train for method in info["methods"])  # each has its label
+    assert {"max_images", "max_image_bytes"} <= set(info["limits"])
+    laid_out = {"steps", "rank", "learning_rate", "resolution", "trigger", "init_token", "seed", "replace",
+                "validation"}
+    assert laid_out <= set(info["parameters"])
+    assert {"prompt", "every"} <= set(info["parameters"]["validation"]["default"])
+    assert all("defaults" in m and "width" in m["defaults"] for m in info["models"])  # the resolution's default
