@@ -59,7 +59,13 @@ def _request_fields(args) -> dict | str:
         if entry is None:
             return f"--control takes CONTROLNET=IMAGE_FILE[:SCALE], got {item!r}"
         fields.setdefault("control", []).append(entry)
-    for item in args.param or []:
+    return add_params(fields, args.param)
+
+
+def add_params(fields: dict, params: list[str] | None) -> dict | str:
+    """`fields` with each `--param key=value` (the value as JSON, else text); a usage message when one is
+    malformed."""
+    for item in params or []:
         key, sep, value = item.partition("=")
         if not sep:
             return f"--param takes key=value, got {item!r}"
@@ -91,17 +97,9 @@ def cmd_generate(settings: Settings, args) -> int:
     with Client(base_url, args.api_key) as client:
         try:
             job = client.submit(args.task, **fields)
-            try:  # from the moment the job is announced, Ctrl-C cancels it
-                _say(f"job {job.id} ({job.task}, model {job.model}, seed {job.seed})")
-                job = _follow(client, job)
-            except KeyboardInterrupt:
-                _cancel(client, job)
-                return 130
-            if not job.succeeded:
-                _say(f"job {job.status}: {job.error.message if job.error else ''}")
-                return 1
-            for warning in job.warnings:
-                _say(f"warning: {warning}")
+            job = to_end(client, job, _follow, f"job {job.id} ({job.task}, model {job.model}, seed {job.seed})")
+            if isinstance(job, int):
+                return job
             for path in client.download(job, args.out):
                 print(path)
         except FrescoError as exc:
@@ -110,6 +108,24 @@ def cmd_generate(settings: Settings, args) -> int:
         except KeyboardInterrupt:  # before the job existed, or while downloading: nothing to cancel
             return 130
     return 0
+
+
+def to_end(client, job, follow, announce: str):
+    """Say `announce`, then `follow(client, job)` (a progress display) until the job ends: from the moment
+    the job is announced, Ctrl-C cancels it. The succeeded job (its warnings said), or the exit code: 130
+    canceled, 1 failed."""
+    try:
+        _say(announce)
+        job = follow(client, job)
+    except KeyboardInterrupt:
+        _cancel(client, job)
+        return 130
+    if not job.succeeded:
+        _say(f"job {job.status}: {job.error.message if job.error else ''}")
+        return 1
+    for warning in job.warnings:
+        _say(f"warning: {warning}")
+    return job
 
 
 def _cancel(client, job) -> None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.cli.generate import _cancel, _report, _say, _value
+from service.cli.generate import _report, _say, add_params, to_end
 from service.settings import Settings
 
 METHODS = ("lora", "embedding", "lora+embedding")
@@ -76,12 +76,7 @@ def _request_fields(args) -> dict | str:
         fields["validation"] = {"prompt": args.validation_prompt}
     if args.replace:
         fields["replace"] = True
-    for item in args.param or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            return f"--param takes key=value, got {item!r}"
-        fields[key] = _value(value)
-    return fields
+    return add_params(fields, args.param)
 
 
 def cmd_train(settings: Settings, args) -> int:
@@ -98,20 +93,14 @@ def cmd_train(settings: Settings, args) -> int:
     with Client(_base_url(settings, args), args.api_key) as client:
         try:
             job = client.train(args.model, args.name, args.dataset, captions=args.caption, **fields)
-            _say(f"job {job.id} (train {args.name}, model {job.model}, {job.params.get('steps')} steps)")
+            announce = f"job {job.id} (train {args.name}, model {job.model}, {job.params.get('steps')} steps)"
             if not args.wait:
+                _say(announce)
                 print(job.id)
                 return 0
-            try:  # from the moment the job is announced, Ctrl-C cancels it
-                job = _follow(client, job)
-            except KeyboardInterrupt:
-                _cancel(client, job)
-                return 130
-            if not job.succeeded:
-                _say(f"job {job.status}: {job.error.message if job.error else ''}")
-                return 1
-            for warning in job.warnings:
-                _say(f"warning: {warning}")
+            job = to_end(client, job, _follow, announce)
+            if isinstance(job, int):
+                return job
             _print_adapter(job)
             if args.out:
                 for path in _save(client, job, Path(args.out)):

@@ -113,19 +113,7 @@ class AsyncClient(ClientBase):
     async def train(self, model: str | None, name: str, images: Any, *, captions: Any = None, wait: bool = False,
                     on_progress: Callable[[ProgressEvent], Any] | None = None, idempotency_key: str | None = None,
                     **params: Any) -> Job:
-        """Start a training job (POST /train): a LoRA (`method="lora"`, the default), an embedding or both,
-        named `name`, on `model` (an SD or SDXL model GET /models lists for `train`; None: the server's
-        default). `images`: a folder of PNG/JPEG/WebP files with same-name .txt captions (kohya's layout,
-        subfolders too; sent as a zip), a .zip of one, or a list of image inputs (paths, bytes, PIL images,
-        URLs) or (image, caption) pairs.
-        `captions`: for a folder, one str for the images without a caption file or a mapping of file name to
-        caption; for a list, one str for all or one per image. `params`: the request's other fields (steps,
-        rank, learning_rate, resolution, trigger, init_token, validation={"prompt": ...}, seed, replace, ...).
-
-        Returns the job, queued (follow it with `events`/`follow`, or `wait`); with `wait=True`, the job
-        once it ended (followed through its events when `on_progress` is given), raising `JobFailed` or
-        `JobCanceled` if it did not succeed, so that `job.adapter` is set. ValueError, before anything is
-        sent, when there are no images."""
+        """`Client.train`, awaited."""
         # Reading and zipping a dataset folder is file work: done in a thread, off the event loop.
         call = await asyncio.to_thread(core.train_call, model, name, images, params, captions=captions,
                                        idempotency_key=idempotency_key)
