@@ -62,8 +62,9 @@ clean:
 
 # Benchmarks (BENCHMARKS.md): run by hand, each prints its figures next to its target. Not tests.
 .PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-gpu \
-	bench-enqueue bench-duty
-bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-duty
+	bench-enqueue bench-duty bench-train
+bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-duty \
+	bench-train
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py
@@ -85,6 +86,11 @@ bench-previews: install
 
 bench-duty: install
 	$(BIN)/python bench/duty.py
+
+# LoRA training, tiny SD and SDXL: Fresco's trainer against a bare diffusers + peft loop (`TRAIN_ARGS=--quick`).
+TRAIN_ARGS ?=
+bench-train: install
+	$(BIN)/python -m bench.train $(TRAIN_ARGS)
 
 # `make run`'s enqueue rate under `hey -c 32` (apt-get install hey), against another checkout side by side:
 # `make bench-enqueue AGAINST=/tmp/orig` (e.g. `git worktree add /tmp/orig <commit>`).

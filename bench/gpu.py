@@ -26,8 +26,20 @@ reset before each mode) as ratios to `default`, with the goal of `minimal` under
 mode's latents are from `default`'s (same seed: offloading moves weights, it should not change them).
 On the CPU the peak is not measurable ("n/a (CPU)") and the modes save nothing: only their latency shows.
 
-    python bench/gpu.py [--only sdxl turbo svd memory] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
+The `train` section (run when asked, and by default when there is a CUDA device) trains a LoRA on the
+full-size SDXL base (random weights, built in `--dtype` as a training job's copy of a served model is)
+with Fresco's trainer (workers/training, as a `train` job runs it): 1024², rank 16, batch 1, gradient
+checkpointing, the trainer's defaults otherwise (mixed precision bf16 or fp16 on CUDA, bitsandbytes'
+8-bit AdamW when installed), `--train-steps` steps of which the first TRAIN_WARMUP are not timed. It
+prints the steps per second (from the trainer's step hook, which follows each step's loss read-back), the
+minutes 1,000 steps would take, the preparing stage's time, and the peak device memory
+(`torch.cuda.max_memory_allocated`, reset before the run), next to the anchor: Replicate's SDXL trainer
+takes about 10 to 15 minutes for 1,000 steps on an L40S (about 1.1 to 1.7 it/s). `--tiny`: the tiny SDXL
+at 128², on the CPU.
+
+    python bench/gpu.py [--only sdxl turbo svd memory train] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
     python bench/gpu.py --tiny --compile-backend eager      # CPU, seconds
+    python bench/gpu.py --only train [--train-steps 40]     # SDXL LoRA training, 1024², rank 16
     python bench/gpu.py --save-turbo /tmp/t && python bench/overhead.py --models-file /tmp/t/models.yaml
                                                             # Turbo end to end through the service
 """
@@ -51,6 +63,13 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "full_size.json"
 TARGETS_S = {"sdxl": 1.5, "turbo": 0.080, "svd": 20.0}  # on one H100 (Turbo: end to end, see BENCHMARKS.md)
 MEMORY_MODES = ("default", "balanced", "minimal")
 MINIMAL_GOAL_BYTES = 1.5e9  # minimal: under 1.5 GB peak (HCP-Diffusion's SD inference in about 1 GB)
+SECTIONS = ("sdxl", "turbo", "svd", "memory", "train")
+TRAIN_ANCHOR = ("Replicate's SDXL trainer takes about 10 to 15 minutes for 1,000 steps on an L40S "
+                "(about 1.1 to 1.7 it/s)")
+TRAIN_ANCHOR_ITS = (1000 / (15 * 60), 1000 / (10 * 60))
+TRAIN_FULL = {"resolution": 1024, "rank": 16, "batch_size": 1, "steps": 40}
+TRAIN_TINY = {"resolution": 128, "rank": 16, "batch_size": 1, "steps": 4}
+TRAIN_WARMUP = {"full": 5, "tiny": 1}  # first steps of the run not timed (allocator, autotuning, first kernels)
 
 FULL = {
     "sdxl": {"width": 1024, "height": 1024, "steps": 30, "guidance_scale": 5.0, "refiner_switch": 0.8},
@@ -367,6 +386,85 @@ def run_memory_modes(args, device: torch.device, out=print) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- LoRA training
+
+
+def training_examples(resolution: int, count: int = 4) -> list:
+    """`count` captioned square images (solid shapes): the training set (its content does not change a
+    step's time)."""
+    from PIL import Image, ImageDraw
+
+    colours = [(220, 40, 40), (40, 60, 220), (40, 200, 60), (230, 200, 40)]
+    out = []
+    for i in range(count):
+        image = Image.new("RGB", (resolution, resolution), (16, 16, 16))
+        m = resolution // 5
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if i % 2 == 0 else draw.rectangle)((m, m, resolution - m, resolution - m),
+                                                          fill=colours[i % len(colours)])
+        out.append((image, f"a shape, number {i}"))
+    return out
+
+
+def run_training(args, device: torch.device, out=print) -> dict:
+    """SDXL LoRA training with Fresco's trainer: steps/s and peak device memory."""
+    from workers.families import FAMILIES
+    from workers.training import Hooks, TrainConfig, train
+    from workers.training.trainer import optimizer_class
+
+    w = TRAIN_TINY if args.tiny else TRAIN_FULL
+    steps = max(2, args.train_steps or w["steps"])  # at least one timed step after the first
+    warmup = min(TRAIN_WARMUP["tiny" if args.tiny else "full"], steps - 1)
+    dtype = (getattr(torch, args.dtype) if args.dtype != "auto"
+             else torch.float16 if device.type == "cuda" else torch.float32)
+
+    class Clock(Hooks):
+        def __init__(self):
+            self.stages, self.steps, self.losses = {}, [], []
+
+        def stage(self, name):
+            self.stages[name] = time.perf_counter()
+
+        def step(self, step, total, loss):
+            self.steps.append(time.perf_counter())  # after the step's loss was read back: the device is done
+            self.losses.append(loss)
+
+    t0 = time.perf_counter()
+    pipe, _ = build("sdxl", args.tiny, device, dtype, base_only=True)
+    built_s = time.perf_counter() - t0
+    config = TrainConfig(steps=steps, rank=w["rank"], resolution=w["resolution"], batch_size=w["batch_size"],
+                         gradient_checkpointing=True, checkpoint_every=0)
+    clock = Clock()
+    peak_reset(device)
+    start = time.perf_counter()
+    train(pipe, FAMILIES["sdxl"], training_examples(w["resolution"]), config, hooks=clock)
+    peak = peak_bytes(device)
+    del pipe
+    peak_reset(device)
+    timed_steps = [b - a for a, b in zip(clock.steps[warmup:], clock.steps[warmup + 1:])]
+    step_s = statistics.median(timed_steps)
+    its = 1.0 / step_s
+    mean_its = len(timed_steps) / (clock.steps[-1] - clock.steps[warmup])
+    precision = "no" if device.type != "cuda" else (
+        "bf16" if torch.cuda.is_bf16_supported() else "fp16")  # the trainer's "auto"
+    row = {"workload": "train", "model": "sdxl", "size": f"{w['resolution']}x{w['resolution']}", "rank": w["rank"],
+           "batch_size": w["batch_size"], "gradient_checkpointing": True, "dtype": str(dtype).removeprefix("torch."),
+           "mixed_precision": precision, "optimizer": optimizer_class(device)[1], "steps": steps,
+           "timed_steps": len(timed_steps), "build_s": built_s, "prepare_s": clock.stages["training"] - start,
+           "step_s": step_s, "it_per_s": its, "mean_it_per_s": mean_its, "minutes_per_1000": 1000 / its / 60,
+           "peak_bytes": peak, "losses": clock.losses, "anchor": TRAIN_ANCHOR,
+           "anchor_it_per_s": list(TRAIN_ANCHOR_ITS)}
+    out(f"train  SDXL LoRA {row['size']}, rank {w['rank']}, batch {w['batch_size']}, gradient checkpointing, "
+        f"weights {row['dtype']}, mixed precision {precision}, {row['optimizer']}; {len(timed_steps)} steps timed "
+        f"after {warmup}")
+    out(f"       {its:.2f} it/s (median step {step_s * 1000:.0f} ms; mean {mean_its:.2f} it/s): 1,000 steps in "
+        f"{row['minutes_per_1000']:.1f} min; peak {_gib(peak).strip()}{' (CPU)' if peak is None else ''}; "
+        f"preparing {row['prepare_s']:.1f} s (built {built_s:.1f} s)")
+    versus = "" if args.tiny else f"  -> x{its / TRAIN_ANCHOR_ITS[1]:.2f} to x{its / TRAIN_ANCHOR_ITS[0]:.2f}"
+    out(f"       anchor: {TRAIN_ANCHOR}{versus}")
+    return row
+
+
 MODELS_YAML = """\
 # Written by bench/gpu.py --save-turbo: random Turbo weights (full size; tiny with --tiny), the tuned path.
 models:
@@ -398,8 +496,8 @@ def save_turbo(directory: Path, args, device: torch.device) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the tiny profile's models at tiny sizes (CPU tests)")
-    parser.add_argument("--only", nargs="+", choices=["sdxl", "turbo", "svd", "memory"],
-                        default=["sdxl", "turbo", "svd", "memory"])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=None,
+                        help="default: all but train; train too when the device is CUDA")
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per path (default: per workload)")
     parser.add_argument("--dtype", default="bfloat16", choices=["auto", "float32", "float16", "bfloat16"],
                         help="the tuned path's dtype (plain diffusers runs float16 on a GPU, float32 on a CPU)")
@@ -407,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile-mode", default=None, help='e.g. "max-autotune-no-cudagraphs"')
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--device", default=None, help="default: cuda when there is one, else cpu")
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help=f"train: steps of the run (default {TRAIN_FULL['steps']}; --tiny {TRAIN_TINY['steps']}), "
+                             f"the first {TRAIN_WARMUP['full']} ({TRAIN_WARMUP['tiny']}) not timed")
     parser.add_argument("--out", default=None, help="write the rows as JSON here too")
     parser.add_argument("--save-turbo", default=None, metavar="DIR",
                         help="instead: save a random Turbo pipeline and a models file for bench/overhead.py there")
@@ -415,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
 
     diffusers_logging.set_verbosity_error()  # not "modules that should be kept in float32: []" per cast
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.only is None:
+        args.only = [s for s in SECTIONS if s != "train" or device.type == "cuda"]
     if args.tiny and args.dtype == "bfloat16" and device.type == "cpu":
         args.dtype = "float32"  # the tiny CPU run checks the path, not bfloat16 CPU kernels
     if args.save_turbo:
@@ -429,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.only:
             if kind == "memory":
                 rows += run_memory_modes(args, device)
+            elif kind == "train":
+                rows.append(run_training(args, device))
             else:
                 rows.append(run_workload(kind, args, device))
     finally:

@@ -11,23 +11,23 @@ from tests.conftest import png_data_url, wait_status
 from tests.faults.test_faults import DONE, FAST
 from tests.stack import Stack
 
-# Each training step takes a fifth of a second more: long enough to kill the worker between checkpoints.
-SLOW_STEPS = {**FAST, "FRESCO_STEP_DELAY_S": "0.2"}
+# Each training step takes 0.15 s more: long enough to kill the worker between checkpoints.
+SLOW_STEPS = {**FAST, "FRESCO_STEP_DELAY_S": "0.15"}
 
 
 def test_a_killed_training_job_resumes_from_its_checkpoint(own_redis, tmp_path):
-    body = {"model": "tiny-sd", "name": "resumed", "steps": 30, "checkpoint_every": 10, "resolution": 256,
+    body = {"model": "tiny-sd", "name": "resumed", "steps": 24, "checkpoint_every": 8, "resolution": 256,
             "rank": 4, "seed": 7, "images": [png_data_url(96, 96), png_data_url(96, 96, (20, 200, 20))]}
     with Stack(own_redis.url, tmp_path, env=SLOW_STEPS, profile=("tiny-sd",), tasks="train") as s, s.client() as c:
         job = c.post("/train", json=body).json()
         running = wait_status(c, job["id"], {"running"} | DONE, 60)
-        while running["status"] == "running" and running["progress"]["step"] < 12:
+        while running["status"] == "running" and running["progress"]["step"] < 10:
             time.sleep(0.05)
             running = c.get(f"/jobs/{job['id']}").json()
-        assert running["status"] == "running" and running["progress"]["step"] < 20, running
+        assert running["status"] == "running" and running["progress"]["step"] < 16, running
         s.workers[0].send_signal(signal.SIGKILL)
         s.workers[0].wait()
-        assert (s.data_dir / "results" / job["id"] / "checkpoint.pt").is_file()  # step 10's, kept to resume from
+        assert (s.data_dir / "results" / job["id"] / "checkpoint.pt").is_file()  # step 8's, kept to resume from
         assert wait_status(c, job["id"], {"queued"} | DONE, 30)["status"] == "queued"
         s.spawn_worker(0)
         steps = []
@@ -38,7 +38,7 @@ def test_a_killed_training_job_resumes_from_its_checkpoint(own_redis, tmp_path):
             time.sleep(0.05)
             view = c.get(f"/jobs/{job['id']}").json()
         assert view["status"] == "succeeded", view
-        assert view["progress"]["resumed_from"] == 10
-        assert steps and min(steps) > 10, steps  # nothing before the checkpoint trained again
+        assert view["progress"]["resumed_from"] == 8
+        assert steps and min(steps) > 8, steps  # nothing before the checkpoint trained again
         assert [a["name"] for a in c.get("/adapters").json()["adapters"]] == ["resumed"]
         assert not (s.data_dir / "results" / job["id"] / "checkpoint.pt").exists()

@@ -161,6 +161,9 @@ class _Run:
         device = acc.device
         if pipe.unet.device != device:
             pipe.to(device)
+        # The frozen weights' dtype, read once: diffusers' `dtype` property walks every submodule (19-34 ms
+        # on the full-size SDXL UNet), which a GPU would wait through every micro-step (BENCHMARKS.md §12).
+        self.unet_dtype = pipe.unet.dtype
         pipe.set_progress_bar_config(disable=True)
         self.encoders = text_encoders(pipe, self.family)
         for module in [pipe.unet, pipe.vae] + [te for _, te, _ in self.encoders]:
@@ -281,7 +284,7 @@ class _Run:
         rows = torch.where(dropped, torch.zeros_like(dropped, dtype=torch.long), batch["caption"].cpu())
         unet = self.modules.get("unet", self.pipe.unet)
         encoders = [self.modules.get(name, te) for name, te, _ in self.encoders]
-        dtype = self.pipe.unet.dtype
+        dtype = self.unet_dtype
 
         def predict(noisy, t):
             hidden, pooled = self.captions.encode(encoders, rows, device)
