@@ -26,7 +26,7 @@ class Output:
     images: Sequence[Any] = field(default_factory=list)  # PIL images, one per seed (pipelines: HostImages)
     frames: Any = None  # video: uint8 array (frames, height, width, 3)
     warnings: list[str] = field(default_factory=list)
-    adapter: dict | None = None  # a training job's product: {"record", "files" by digest, "replace", "losses"}
+    adapter: dict | None = None  # a training job's product: {"record", "files" by digest, "replace"}
 
 
 class TaskPipeline:

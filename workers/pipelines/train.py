@@ -122,7 +122,7 @@ class Train(TaskPipeline):
             if trained.lora is None:
                 record.update(kind="embedding", digest=digest, size_bytes=len(trained.embedding))
         record["digests"] = sorted(files)
-        return {"record": record, "files": files, "replace": params["replace"], "losses": trained.losses}
+        return {"record": record, "files": files, "replace": params["replace"]}
 
 
 def _hooks(pipeline: Train, progress: Progress, job_id: str):

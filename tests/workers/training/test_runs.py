@@ -87,26 +87,26 @@ def test_an_exception_from_the_step_hook_stops_the_run_and_leaves_train(sd):
 def test_a_resumed_run_does_the_remaining_steps_as_the_uninterrupted_one(sd):
     # Everything that draws or carries state at once: LoRA on the UNet and the text encoder, a new token,
     # two buckets, batches of 2, gradient accumulation, caption dropout, min-SNR and noise offset.
-    config = TrainConfig(method="lora+embedding", token="<shp>", init_token="s", steps=12, learning_rate=1e-2,
+    config = TrainConfig(method="lora+embedding", token="<shp>", init_token="s", steps=8, learning_rate=1e-2,
                          rank=2, resolution=128, batch_size=2, gradient_accumulation=2, train_text_encoder=True,
-                         caption_dropout=0.3, min_snr_gamma=5.0, noise_offset=0.05, checkpoint_every=5)
+                         caption_dropout=0.3, min_snr_gamma=5.0, noise_offset=0.05, checkpoint_every=3)
     items = examples(4)
     whole = Recorder()
     trained = copy.deepcopy(sd)
     uninterrupted = train(trained, FAMILIES["sd"], items, config, hooks=whole)
-    assert list(whole.checkpoints) == [5, 10]
+    assert list(whole.checkpoints) == [3, 6]
 
-    stopped = Recorder(cancel_at=11)  # another run, stopped after its step-10 checkpoint
+    stopped = Recorder(cancel_at=7)  # another run, stopped after its step-6 checkpoint
     with pytest.raises(Cancelled):
         train(copy.deepcopy(sd), FAMILIES["sd"], items, config, hooks=stopped)
-    assert list(stopped.checkpoints) == [5, 10]
+    assert list(stopped.checkpoints) == [3, 6]
 
     again = Recorder()
-    resumed = train(copy.deepcopy(sd), FAMILIES["sd"], items, config, hooks=again, resume=stopped.checkpoints[10])
-    assert resumed.resumed_from == 10 and resumed.steps == 12
-    assert [s for s, _, _ in again.steps] == [11, 12] and list(again.checkpoints) == []
+    resumed = train(copy.deepcopy(sd), FAMILIES["sd"], items, config, hooks=again, resume=stopped.checkpoints[6])
+    assert resumed.resumed_from == 6 and resumed.steps == 8
+    assert [s for s, _, _ in again.steps] == [7, 8] and list(again.checkpoints) == []
     assert len(resumed.losses) == 2
-    assert torch.allclose(torch.tensor(resumed.losses), torch.tensor(uninterrupted.losses[10:]), rtol=1e-4)
+    assert torch.allclose(torch.tensor(resumed.losses), torch.tensor(uninterrupted.losses[6:]), rtol=1e-4)
     for key in ("lora", "embedding"):
         a, b = load(getattr(uninterrupted, key)), load(getattr(resumed, key))
         assert set(a) == set(b) and all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a), key
