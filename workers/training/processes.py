@@ -53,7 +53,8 @@ def _environ(values: dict[str, str]):
 
 
 def _leave() -> None:
-    """Rank 0 (the worker's process) out of the process group, accelerate's state reset."""
+    """Rank 0 (the worker's process) out of any process group, accelerate's process-wide state reset (so the
+    next run, of one process or several, starts from the environment)."""
     import torch.distributed as dist
     from accelerate.state import AcceleratorState
 
@@ -85,6 +86,7 @@ def parallel(processes: int, spec, examples, config, resume: bytes | None, rank0
                     for r in range(1, processes)]
         try:
             with _environ({**common, "RANK": "0", "LOCAL_RANK": "0"}):
+                _leave()  # a state an earlier one-process run left would keep this process out of the group
                 try:
                     return rank0()
                 finally:
