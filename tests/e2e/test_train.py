@@ -86,9 +86,9 @@ def test_a_lora_is_trained_with_progress_and_validation_images(lora, alice, keye
 
 
 def test_the_file_loads_into_a_plain_diffusers_pipeline(lora, alice, tmp_path):
-    """What AUTOMATIC1111, ComfyUI and diffusers users do with it: kohya keys, loaded as is."""
+    """What AUTOMATIC1111, ComfyUI and diffusers users do with the downloaded file: kohya keys, loaded as is
+    (that it then changes the images is tests/workers/training/test_lora.py's)."""
     import safetensors.torch
-    import torch
 
     from workers.families.sd import tiny_sd
 
@@ -96,14 +96,13 @@ def test_the_file_loads_into_a_plain_diffusers_pipeline(lora, alice, tmp_path):
     (tmp_path / "red-square.safetensors").write_bytes(data)
     meta = safetensors.safe_open(str(tmp_path / "red-square.safetensors"), "pt").metadata()
     assert meta["ss_network_dim"] == "4" and meta["ss_output_name"] == "red-square"
-    assert all(k.startswith("lora_unet_") for k in safetensors.torch.load(data))
+    state = safetensors.torch.load(data)
+    assert all(k.startswith("lora_unet_") for k in state)
     pipe = tiny_sd()
-    plain = pipe("a red square", num_inference_steps=2, height=64, width=64, output_type="np",
-                 generator=torch.Generator().manual_seed(0)).images
     pipe.load_lora_weights(str(tmp_path), weight_name="red-square.safetensors", adapter_name="red")
-    styled = pipe("a red square", num_inference_steps=2, height=64, width=64, output_type="np",
-                  generator=torch.Generator().manual_seed(0)).images
-    assert np.abs(plain - styled).max() > 1e-4
+    layers = sum(1 for k in state if k.endswith(".lora_down.weight"))
+    assert "red" in pipe.unet.peft_config and layers == sum(
+        1 for name, m in pipe.unet.named_modules() if name.endswith("lora_A.red"))
 
 
 def test_the_lora_is_usable_at_once_by_its_key_and_by_no_other(lora, alice, bob):
