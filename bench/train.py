@@ -269,30 +269,12 @@ def bare_run(base, family: str, examples, config) -> dict:
 # ---------------------------------------------------------------- the parts
 
 
-def fresco_dtype_once_run(base, family: str, examples, config) -> dict:
-    """The trainer with the UNet's `dtype` answered from a value read once: diffusers' `ModelMixin.dtype`
-    walks every submodule (looking for casting hooks) on each read, and the trainer reads it once per
-    micro-batch. What reading it once per run would save (BENCHMARKS.md §12); nothing else changes."""
-    unet_class = type(base.unet)
-    dtype = base.unet.dtype
-    own = unet_class.__dict__.get("dtype")
-    unet_class.dtype = property(lambda self: dtype)
-    try:
-        return fresco_run(base, family, examples, config)
-    finally:
-        if own is None:
-            del unet_class.dtype  # ModelMixin's property again
-        else:
-            unet_class.dtype = own
-
-
-SIDES = {"fresco": ("Fresco trainer", fresco_run), "bare": ("bare diffusers + peft", bare_run),
-         "fresco-dtype-once": ("  unet.dtype read once", fresco_dtype_once_run)}
+SIDES = {"fresco": ("Fresco trainer", fresco_run), "bare": ("bare diffusers + peft", bare_run)}
 
 
 def compare(base, family: str, examples, args, out) -> dict:
-    """Part 1: fresco and bare (and, asked, fresco with the UNet's dtype read once), round by round."""
-    names = ["fresco", "bare"] + (["fresco-dtype-once"] if args.dtype_once else [])
+    """Part 1: fresco and bare, round by round."""
+    names = ["fresco", "bare"]
     config = bench_config(args.resolution, args.round_steps, args.rank, args.gradient_checkpointing)
     if not args.quick:  # an uncounted round first: first-call costs (lazy imports, the allocator's first blocks)
         warm = bench_config(args.resolution, WARMUP_STEPS + 1, args.rank, args.gradient_checkpointing)
@@ -541,8 +523,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="time: per step, side by side; memory: the long run's RSS, then whether it learnt; "
                              "resume: the resumed run against the uninterrupted one")
-    parser.add_argument("--dtype-once", action="store_true",
-                        help="time a third side: the trainer with the UNet's dtype read once per run, not per step")
     parser.add_argument("--quick", action="store_true", help="64², a few steps of each part (seconds; the tests)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write every figure as JSON here too")
     args = parser.parse_args(argv)
@@ -580,7 +560,6 @@ def _report(args, quick: bool) -> list[dict]:
                                      + (["--resolution", str(resolution)] if resolution else [])
                                      + ([] if args.gradient_checkpointing else ["--no-gradient-checkpointing"])
                                      + (["--quick"] if quick else [])
-                                     + (["--dtype-once"] if args.dtype_once else [])
                                      + (["--parts", *args.parts] if list(args.parts) != list(PARTS) else [])),
           flush=True)
     report = []

@@ -121,7 +121,10 @@ def train(r: Rules) -> None:
     p["trigger"] = trigger
     if embedding:
         p["token"] = trigger
-        if any(trigger in a.token for a in r.catalog.adapters.values()):
+        if not (trigger.startswith("<") and trigger.endswith(">") and len(trigger) > 2):
+            r.error("trigger", "an embedding's token is written in angle brackets, like <name>, so that it never "
+                               "is an ordinary word of a prompt")
+        elif any(trigger in a.token for a in r.catalog.adapters.values()):
             r.error("trigger", "is the token of one of this server's embeddings; choose another")
     first = next((item.caption for item in req.images if item.caption), "")
     p["validation"] = {**req.validation.model_dump(),

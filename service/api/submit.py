@@ -61,9 +61,14 @@ async def validate_request(c: Context, data, owner: str | None = None, adapter=g
 
 
 async def owned_adapters(c: Context, req, owner: str | None) -> dict[str, dict]:
-    """The adapters `owner` trained, when the request may use one: a task that takes adapters (by name in
-    `loras`, or by token in the prompt). One Redis read."""
+    """The adapters `owner` trained, when the request may use one: a LoRA it names that is no server
+    adapter, or a prompt with a `<…>` (an embedding's token is written so). One Redis read then; none for
+    the other requests, which POST /generate's hot path keeps free of it."""
     if not TASKS[req.task].adapters:
+        return {}
+    unknown = [ref.name for ref in req.loras if ref.name is not None and ref.name not in c.catalog.adapters]
+    text = f"{getattr(req, 'prompt', '')} {getattr(req, 'negative_prompt', '')}"
+    if not unknown and "<" not in text:
         return {}
     try:
         return await adapter_registry.records(c.redis, owner)

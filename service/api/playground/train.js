@@ -133,7 +133,7 @@ export class TrainForm extends FormBase {
     if (trigger) {
       trigger.querySelector("label").textContent = embedding ? "Token" : "Trigger";
       trigger.querySelector(".hint").textContent = embedding
-        ? "the new token, one word; default: <name>" : "words put before every caption; default: the name";
+        ? "the new token, in angle brackets; default: <name>" : "words put before every caption; default: the name";
     }
   }
 

@@ -124,6 +124,7 @@ def test_an_embedding_gets_a_token_from_its_name_and_a_higher_rate(api):
     ({"init_token": "猫"}, "init_token"),  # a LoRA has no token to start from a word
     ({"trigger": "two words"}, "trigger"),
     ({"method": "embedding", "trigger": "<tiny-cat>"}, "trigger"),  # a server embedding's token
+    ({"method": "embedding", "trigger": "kitten"}, "trigger"),  # a token in angle brackets only
     ({"validation": {"every": -1}}, "validation.every"),
     ({"retries": 3}, "retries"),
     ({"task": "sdxl"}, "task"),

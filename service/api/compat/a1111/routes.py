@@ -68,7 +68,9 @@ async def _generate(request: Request, who: Authorized, mode: str):
     c, owner = who.ctx, who.owner
     await c.auth.rate_limit(owner)
     body = parse_json(await read_body(request, c.settings.max_body_bytes))
-    owned = await adapter_registry.records(c.redis, owner)
+    prompt = body.get("prompt") if isinstance(body, dict) else None
+    # The key's trained LoRAs, read only when a `<lora:…>` tag may name one.
+    owned = await adapter_registry.records(c.redis, owner) if isinstance(prompt, str) and "<" in prompt else {}
     p = plan(c.catalog, mode, body, await state.remembered_checkpoint(c.redis, owner), owned)
     records, timestamp = await _run(c, p, owner)
     answer.check_outcome(records)
