@@ -61,10 +61,19 @@ RUN python3 -m venv /opt/fresco \
 COPY pyproject.toml README.md /src/
 COPY service /src/service
 COPY workers /src/workers
-# torch first (the CUDA build above), then Fresco's worker extra, which leaves that torch in place.
+# torch first (the CUDA build above), then Fresco's worker extra, which leaves that torch in place, then
+# spandrel (the upscalers' loader) without its torchvision requirement (pyproject.toml says why);
+# workers/spandrel_import.py imports it either way. A matching torchvision (same index URL, the version
+# paired with TORCH_VERSION) may be added with TORCHVISION_VERSION; it is used where it imports.
+ARG SPANDREL_VERSION=0.4.2
+ARG TORCHVISION_VERSION=
 RUN /opt/fresco/bin/pip install '/src[worker,s3]' \
+ && /opt/fresco/bin/pip install --no-deps "spandrel==${SPANDREL_VERSION}" \
+ && if [ -n "${TORCHVISION_VERSION}" ]; then /opt/fresco/bin/pip install --no-deps --index-url "${TORCH_INDEX_URL}" \
+      "torchvision==${TORCHVISION_VERSION}"; fi \
  && /opt/fresco/bin/python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch is not a CUDA build')" \
- && /opt/fresco/bin/python -c "import diffusers, workers.jobs, workers.worker, service.storage.s3"
+ && /opt/fresco/bin/python -c "import diffusers, workers.jobs, workers.worker, service.storage.s3" \
+ && /opt/fresco/bin/python -c "from workers.spandrel_import import spandrel; spandrel()"
 
 FROM worker-base AS worker
 RUN groupadd --system --gid 10001 fresco \

@@ -5,6 +5,8 @@ BIN := $(VENV)/bin
 # CPU machines get this torch; a GPU host installs its own CUDA build into $(VENV) first (see README),
 # and then nothing here replaces it.
 TORCH ?= torch==2.13.0
+# The upscalers' loader, without its torchvision requirement (pyproject.toml's worker extra says why).
+SPANDREL ?= spandrel==0.4.2
 EXTRAS ?= local,worker,s3,test
 PYTEST_ARGS ?=
 # The suite runs in this many processes (pytest-xdist): much of it waits on the processes it starts, so three
@@ -19,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install $(TORCH)
 	$(BIN)/python -m pip install -e '.[$(EXTRAS)]'
+	$(if $(findstring worker,$(EXTRAS)),$(BIN)/python -m pip install --no-deps $(SPANDREL))
 	touch $@
 
 install: $(VENV)/.installed
@@ -62,9 +65,9 @@ clean:
 
 # Benchmarks (BENCHMARKS.md): run by hand, each prints its figures next to its target. Not tests.
 .PHONY: bench bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-gpu \
-	bench-enqueue bench-duty bench-train
+	bench-enqueue bench-duty bench-train bench-edit
 bench: bench-overhead bench-throughput bench-memory bench-batching bench-adapters bench-previews bench-duty \
-	bench-train
+	bench-train bench-edit
 
 bench-overhead: install
 	$(BIN)/python bench/overhead.py
@@ -91,6 +94,11 @@ bench-duty: install
 TRAIN_ARGS ?=
 bench-train: install
 	$(BIN)/python -m bench.train $(TRAIN_ARGS)
+
+# Editing, tiny profile: inpaint against img2img, mask_padding against the whole canvas, upscale tiled against whole.
+EDIT_ARGS ?=
+bench-edit: install
+	$(BIN)/python bench/edit.py $(EDIT_ARGS)
 
 # `make run`'s enqueue rate under `hey -c 32` (apt-get install hey), against another checkout side by side:
 # `make bench-enqueue AGAINST=/tmp/orig` (e.g. `git worktree add /tmp/orig <commit>`).

@@ -51,6 +51,7 @@ class Kind:
     refiner: bool = False  # may name a refiner (SDXL's ensemble of experts)
     single_file: bool = False  # may load from one checkpoint file (A1111 / CompVis layout)
     frames: bool = False  # makes video: the model's `num_frames` (14 or 25 by its name, unless given)
+    upscaler: bool = False  # an upscaler (the models file's `upscalers:`): no diffusion, its weights' own factor
 
     @property
     def own_scheduler(self) -> bool:
@@ -68,20 +69,25 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("sd", adapters=True, control=True),
     Family("sdxl", adapters=True, control=True),
     Family("svd"),
+    Family("upscaler"),
 )}
 
 # In the order the models file's docs and GET /models show kinds.
 KINDS: dict[str, Kind] = {k.name: k for k in (
     # SD 1.x and 2.x, PAI-Diffusion's Chinese models included (a BERT tokenizer, `tiny:pai`).
-    Kind("sd", "sd", tasks=("img2img", "txt2img", "train"), size=512, guidance_scale=7.5, text_task="txt2img",
-         tiny_sources=("tiny", "tiny:pai"), single_file=True),
+    Kind("sd", "sd", tasks=("img2img", "txt2img", "inpaint", "train"), size=512, guidance_scale=7.5,
+         text_task="txt2img", tiny_sources=("tiny", "tiny:pai", "tiny:inpaint"), single_file=True),
     # SDXL base (with its refiner for the `sdxl` task; without it for txt2img).
-    Kind("sdxl", "sdxl", tasks=("sdxl", "img2img", "txt2img", "train"), size=1024, guidance_scale=5.0, text_task="sdxl",
-         refiner=True, single_file=True),
+    Kind("sdxl", "sdxl", tasks=("sdxl", "img2img", "txt2img", "inpaint", "train"), size=1024, guidance_scale=5.0,
+         text_task="sdxl", refiner=True, single_file=True),
     Kind("turbo", "sdxl", tasks=("turbo", "img2img"), size=512, guidance_scale=0.0, guidance=False,
          scheduler="turbo", text_task="turbo", single_file=True),
     Kind("svd", "svd", tasks=("svd",), frames=True),
+    # Upscalers: ESRGAN, Real-ESRGAN, SwinIR, HAT... weights spandrel detects, and the built-in `lanczos`
+    # (the models file's `upscalers:` section; `tiny`: a small random ESRGAN).
+    Kind("upscaler", "upscaler", tasks=("upscale",), tiny_sources=("tiny",), upscaler=True),
 )}
+INPAINT_TASKS = ("inpaint",)  # what a dedicated inpainting checkpoint (a 9-channel UNet) serves
 KIND_NAMES: tuple[str, ...] = tuple(KINDS)
 
 

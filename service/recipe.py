@@ -134,6 +134,19 @@ def fresco_version() -> str:
     return versions()["fresco"] or "dev"
 
 
+# A1111's names of the hires upscalers Fresco runs as A1111 does (any other is named as the models file does).
+A1111_HIRES_UPSCALERS = {"latent": "Latent", "lanczos": "Lanczos"}
+
+
+def hires_entries(hires: dict | None) -> dict:
+    """A1111's hires fix entries for a job's resolved `hires` params (its "Size" stays the first pass's;
+    "Denoising strength" is the hires pass's, written apart)."""
+    if not hires:
+        return {}
+    return {"Hires upscale": number(hires["scale"]), "Hires steps": hires.get("steps"),
+            "Hires upscaler": A1111_HIRES_UPSCALERS.get(hires["upscaler"], hires["upscaler"])}
+
+
 def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings: list[dict] = ()) -> str:
     """The infotext of one output of a native job: `model` as `Recipe.model` describes it, `params` as the
     worker ran them, `seed` this output's. LoRAs named in the models file are written as A1111's
@@ -145,6 +158,8 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
     scheduler = params.get("scheduler") or (kind.scheduler if kind is not None and kind.own_scheduler else None)
     sampler, schedule = (None, None) if task == "svd" else (a1111_sampler(scheduler) or (None, None))
     extra: dict = {}
+    hires = params.get("hires")
+    extra.update(hires_entries(hires))
     if task == "sdxl" and params.get("refiner") and model.get("refiner"):
         extra["Refiner"] = PurePosixPath(model["refiner"]["source"].rstrip("/")).stem
         extra["Refiner switch at"] = number(params["refiner_switch"])
@@ -159,6 +174,9 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
     ti = ", ".join(f"{e['name']}: {short_hash(e['digest'], 12)}" for e in embeddings if e.get("digest"))
     if ti:
         extra["TI hashes"] = ti
+    if task == "upscale":  # A1111's "Extras" entries
+        extra["Postprocess upscale by"] = number(params["scale"])
+        extra["Postprocess upscaler"] = model["name"]
     if task == "svd":
         extra.update({"Frames": params.get("num_frames"), "FPS": params.get("fps"),
                       "Motion bucket id": params.get("motion_bucket_id"),
@@ -167,9 +185,11 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
                       "Max guidance scale": params.get("max_guidance_scale")})
     return a1111_infotext(
         prompt, params.get("negative_prompt") or "", steps=params.get("steps"), sampler=sampler, schedule=schedule,
-        cfg_scale=params.get("guidance_scale"), seed=seed, width=params.get("width"), height=params.get("height"),
+        cfg_scale=params.get("guidance_scale"), seed=None if task == "upscale" else seed,  # an upscale has none
+        width=params.get("width"), height=params.get("height"),
         model_hash=model_hash(model), model=model["name"],
-        denoising_strength=params.get("strength") if task == "img2img" else None, extra=extra,
+        denoising_strength=hires["strength"] if hires else params.get("strength") if task == "img2img" else None,
+        extra=extra,
         version=f"fresco {fresco_version()}")
 
 

@@ -8,7 +8,14 @@ either; a pickle that needs more than that is refused, not run.
 
 SRC is a diffusers-layout directory (every `*.bin` weight file, sharded ones and their index included,
 becomes its `.safetensors` twin under the name diffusers and transformers look for; everything else is
-copied) or one checkpoint file (`.ckpt`, `.pt`, `.pth`, `.bin`: its `state_dict`, written to DST).
+copied) or one checkpoint file (`.ckpt`, `.pt`, `.pth`, `.bin`: its state dict, written to DST).
+
+A checkpoint file's state dict is unwrapped as spandrel unwraps it (`WRAPPERS`: a Lightning `.ckpt`'s
+`state_dict`, BasicSR's and Real-ESRGAN's `params_ema` or `params`...), so an upscaler's `.pth` (ESRGAN,
+Real-ESRGAN, SwinIR, HAT...) becomes a `.safetensors` file the models file's `upscalers:` section takes
+without `trust_pickle`. When spandrel recognises the keys as an upscaler's, the written file is loaded
+back through spandrel (workers/upscalers.py's loader) before it counts as converted, and the command says
+what it is (architecture and factor: the `scale` its entry needs).
 """
 
 from __future__ import annotations
@@ -33,6 +40,41 @@ def safetensors_name(name: str) -> str:
     return stem + ".safetensors"
 
 
+# Where training code keeps the weights inside a checkpoint, in the order spandrel's canonicalize_state_dict
+# looks (a training `.ckpt`'s `state_dict`; BasicSR's EMA `params_ema` before its plain `params`).
+WRAPPERS = ("model_state_dict", "state_dict", "params_ema", "params-ema", "params", "model", "net")
+
+
+def unwrap(state: dict) -> dict:
+    """The state dict inside a checkpoint's wrapper (`WRAPPERS`, or a lone key), as spandrel finds it."""
+    for key in WRAPPERS:
+        if isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if len(state) == 1 and isinstance(next(iter(state.values())), dict):
+        state = next(iter(state.values()))
+    return state
+
+
+def upscaler_of(tensors: dict, path: Path) -> str | None:
+    """What the converted file `path` is when its `tensors` are an upscaler's (spandrel recognises the
+    keys): "<architecture> x<scale>", after loading it back through spandrel; None for any other model."""
+    try:
+        from workers.spandrel_import import spandrel
+
+        sp = spandrel()
+    except ImportError:  # spandrel not installed: no upscaler check
+        return None
+    if not any(arch.detect(tensors) for arch in sp.MAIN_REGISTRY.architectures()):
+        return None
+    try:
+        descriptor = sp.ModelLoader().load_from_file(path)
+    except Exception as exc:
+        raise ValueError(f"{path.name}: spandrel recognises an upscaler's keys but cannot load the converted file "
+                         f"({type(exc).__name__}: {exc})") from None
+    return f"{descriptor.architecture.name} x{descriptor.scale}"
+
+
 def read_pickle(path: Path) -> dict:
     """The tensors of a pickled checkpoint, through torch's restricted unpickler."""
     import torch
@@ -42,8 +84,9 @@ def read_pickle(path: Path) -> dict:
     except Exception as exc:  # the restricted unpickler met something that is not tensors and containers
         raise ValueError(f"{path}: not a plain tensor pickle ({type(exc).__name__}); refusing to unpickle it "
                          f"with code execution allowed") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a training checkpoint (CompVis / Lightning `.ckpt`)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds no state dict")
+    state = unwrap(state)
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ValueError(f"{path}: holds no tensors")
@@ -63,15 +106,25 @@ def write_safetensors(tensors: dict, path: Path) -> None:
     save_file(out, str(path), metadata={"format": "pt"})
 
 
-def convert(src: Path, dst: Path) -> list[Path]:
-    """Convert `src` to `dst` (see the module docstring); the safetensors files written."""
+def convert(src: Path, dst: Path, notes: list[str] | None = None) -> list[Path]:
+    """Convert `src` to `dst` (see the module docstring); the safetensors files written. `notes` gets what
+    an upscaler's file was found to be."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and any(dst.iterdir() if dst.is_dir() else [dst]):
         raise ValueError(f"{dst} exists; give a new path")
     if src.is_file():
         dst = dst if dst.suffix == ".safetensors" else dst.with_suffix(".safetensors")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        write_safetensors(read_pickle(src), dst)
+        tensors = read_pickle(src)
+        write_safetensors(tensors, dst)
+        try:
+            upscaler = upscaler_of(tensors, dst)
+        except ValueError:
+            dst.unlink()
+            raise
+        if upscaler is not None and notes is not None:
+            notes.append(f"an upscaler spandrel loads: {upscaler} (its `upscalers:` entry: "
+                         f"scale: {upscaler.rsplit('x', 1)[1]})")
         return [dst]
     if not (src / "model_index.json").is_file() and not (src / "config.json").is_file():
         raise ValueError(f"{src} is no diffusers model directory (no model_index.json or config.json)")

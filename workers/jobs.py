@@ -296,7 +296,9 @@ class JobRunner:
             delay = self.settings.step_delay_s
             progress_.step_hook = lambda step: time.sleep(delay)
         for m in members:  # every input image the request brought, wherever it is in the params
-            m.pixels = {path: self._input(m, entry["name"]) for path, entry in inputs.entries(m.params)}
+            # in RGB, but a mask in its own mode: an RGBA mask is read from its alpha (service/masks.py)
+            m.pixels = {path: self._input(m, entry["name"], keep_mode=path == "mask")
+                        for path, entry in inputs.entries(m.params)}
         # 1. adapters: the batch's LoRAs active (loaded first when not resident), or none
         used = batch.pipeline.use_adapters(members[0].params, progress_)
         if used:
@@ -361,9 +363,13 @@ class JobRunner:
             return None
         return self.recipes.for_job(batch.task, batch.model, member.params)
 
-    def _input(self, member: Member, name: str) -> Image.Image:
-        """One of the job's input images, from storage."""
-        return Image.open(io.BytesIO(self.storage.get(member.id, name))).convert("RGB")
+    def _input(self, member: Member, name: str, keep_mode: bool = False) -> Image.Image:
+        """One of the job's input images, from storage: in RGB, or decoded in its own mode (`keep_mode`)."""
+        image = Image.open(io.BytesIO(self.storage.get(member.id, name)))
+        if keep_mode:
+            image.load()
+            return image
+        return image.convert("RGB")
 
     def report(self, batch: Batch, state: dict, progress_: Progress) -> bool:
         """The progress callback: report `state` to every running job of the batch, in one round trip,

@@ -4,8 +4,8 @@ What differs per family (the pipeline class each mode runs as, the options it is
 denoiser, the tiny builder, the blocks to compile) is its family file's (workers/families/). `tiny`
 entries are built offline with random weights by it; every other source is a hub id or a local
 directory read with `from_pretrained`, or one checkpoint file. A model's pipelines share modules: the
-refiner takes the base's `vae` and last text encoder, img2img and ControlNet pipelines are `from_pipe`
-on the base.
+refiner takes the base's `vae` and last text encoder, img2img, inpainting and ControlNet pipelines are
+`from_pipe` on the base.
 
 The GPU path, per model in the models file (all off by default): `dtype` (bfloat16/float16),
 `channels_last`, `fuse_qkv` (fused attention projections), `compile` (regional torch.compile of the
@@ -70,7 +70,9 @@ class LoadedModel:
     loras: Any = None  # workers/loras.py Loras, for a model LoRAs and embeddings can be used with
     controls: Any = None  # workers/control.py Controls, for a model some ControlNets fit
     previewer: Any = None  # workers/previews.py Previewer: the model's live previews
+    upscalers: dict = field(default_factory=dict)  # the catalogue's upscalers by name, for hires (workers/hires.py)
     _img2img: Any = field(default=None, repr=False)
+    _inpaint: Any = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -98,6 +100,13 @@ class LoadedModel:
         if self._img2img is None:
             self._img2img = self.derive("img2img")
         return self._img2img
+
+    def inpaint(self):
+        """The inpainting pipeline on the same modules, built once: with a 4-channel UNet diffusers blends
+        the latents with the mask at every step; an inpainting checkpoint's 9-channel UNet sees the mask."""
+        if self._inpaint is None:
+            self._inpaint = self.derive("inpaint")
+        return self._inpaint
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")

@@ -78,6 +78,13 @@ def describe_model(loaded) -> dict:
     return out
 
 
+def describe_upscaler(spec) -> dict:
+    """An upscaler (no LoadedModel: workers/upscalers.py) as a recipe names it: its weights and factor."""
+    builtin = spec.source == "lanczos"  # Pillow's filter (service.catalog.models.BUILTIN_UPSCALER)
+    source = {"source": spec.source} if builtin else describe_source(spec.source)
+    return {"name": spec.name, "kind": spec.kind, **source, "scale": spec.scale}
+
+
 class Recipes:
     """The recipes of one worker's jobs. `start()` describes every loaded model on a background thread."""
 
@@ -98,7 +105,10 @@ class Recipes:
             if future is None:
                 if self._pool is None:
                     self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fresco-recipe")
-                future = self._models[name] = self._pool.submit(describe_model, self.runtime.models[name])
+                loaded = self.runtime.models.get(name)  # none for an upscaler (the `upscale` task's model)
+                future = self._models[name] = (
+                    self._pool.submit(describe_model, loaded) if loaded is not None
+                    else self._pool.submit(describe_upscaler, self.runtime.catalog.spec(name)))
         return future
 
     def model(self, name: str) -> dict:
@@ -106,8 +116,8 @@ class Recipes:
 
     def embeddings(self, name: str, params: dict) -> tuple[dict, ...]:
         """The embeddings of model `name` whose tokens the job's prompts hold, with their digests."""
-        loaded = self.runtime.models[name]
-        if loaded.loras is None:
+        loaded = self.runtime.models.get(name)
+        if loaded is None or loaded.loras is None:
             return ()
         text = f"{params.get('prompt') or ''}\n{params.get('negative_prompt') or ''}"
         out = []

@@ -10,6 +10,7 @@ import time
 import torch
 
 from service.catalog import Catalog, ModelSpec
+from service.catalog.models import BUILTIN_UPSCALER
 from service.families import FAMILIES
 from service.jobs.heartbeats import serves
 from service.settings import Settings
@@ -17,6 +18,7 @@ from service.tasks import TASKS, by_priority
 from workers import metrics
 from workers.adapter_files import AdapterFiles
 from workers.control import load_controls
+from workers.hires import load_upscalers
 from workers.loras import Loras
 from workers.models import LoadedModel, freeze_compiled, load_model
 from workers.pipelines.base import TaskPipeline
@@ -36,14 +38,16 @@ class Runtime:
         self.pipelines: dict[tuple[str, str], TaskPipeline] = {}
 
     def plan(self) -> list[tuple[str, str]]:
-        """The (task, model) pairs this worker serves, in task order."""
+        """The (task, model) pairs this worker serves, in task order. The built-in `lanczos` upscaler (no
+        weights, a few CPU milliseconds) goes with every worker that serves `upscale`, named or not, so a
+        deployment that names its models serves upscale (and /readyz sees it) as it did every other task."""
         wanted = self.settings.worker_models
         unknown = [name for name in wanted if name not in self.catalog.models]
         if unknown:
             raise ValueError(f"FRESCO_WORKER_MODELS names {unknown}, which the models file does not have "
                              f"(it has {sorted(self.catalog.models)})")
         return [(task, name) for task in self.settings.worker_tasks for name in self.catalog.models_for(task)
-                if not wanted or name in wanted]
+                if not wanted or name in wanted or name == BUILTIN_UPSCALER]
 
     def load(self) -> "Runtime":
         files = AdapterFiles(self.settings)
@@ -62,6 +66,7 @@ class Runtime:
                         model.loras.prepare_slots(model.spec.lora_rank, model.spec.lora_slots)  # before warm-up
         served = self.plan()
         load_controls(self.catalog, self.models, served)  # after the LoRA slots: control pipelines share them
+        load_upscalers(self.catalog, self.models)  # what a hires pass may name
         for task, name in served:
             if TASKS[task].resident:
                 self.pipelines[(task, name)] = PIPELINES[task](self.models[name])

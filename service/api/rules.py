@@ -6,10 +6,13 @@ per model kind (its own scheduler, no guidance, its defaults) comes from the fam
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from service import adapter_registry
+from PIL import Image
+
+from service import adapter_registry, masks
 from service.api.errors import field_error
 from service.api.inputs import DecodedImage
 from service.catalog import Catalog, ModelSpec, adapter_url_problem
@@ -48,6 +51,7 @@ def sdxl(r: Rules) -> None:
     if r.req.refiner and not r.spec.refiner:
         r.error("refiner", f"model {r.spec.name} has no refiner")
     r.params["refiner"] = bool(r.spec.refiner) if r.req.refiner is None else r.req.refiner
+    hires(r, r.req.width, r.req.height)
 
 
 def turbo(r: Rules) -> None:
@@ -62,9 +66,32 @@ def txt2img(r: Rules) -> None:
         if r.params.get(name) is None:
             r.params[name] = defaults[name]
     r.pixels(r.params["width"], r.params["height"])
+    hires(r, r.params["width"], r.params["height"])
 
 
-def img2img(r: Rules) -> None:
+def hires(r: Rules, width: int, height: int) -> None:
+    """`hires` on txt2img and sdxl: a known upscaler; the final size (sides × scale, floored to multiples
+    of 8) within the pixel limit; its steps default to the job's."""
+    h = r.req.hires
+    if h is None:
+        r.params.pop("hires", None)
+        return
+    upscalers = r.catalog.models_for("upscale")
+    if h.upscaler != "latent" and h.upscaler not in upscalers:
+        r.error("hires.upscaler", f"must be latent or an upscaler of this server: {['latent', *upscalers]}")
+    final = (int(width * h.scale) // 8 * 8, int(height * h.scale) // 8 * 8)
+    if final[0] * final[1] > r.settings.max_pixels:
+        r.error("hires.scale", f"the final size {final[0]}×{final[1]} must be at most {r.settings.max_pixels} "
+                               f"pixels")
+    steps = h.steps or r.req.steps
+    if int(steps * h.strength) < 1:
+        r.error("hires.strength", "steps × strength must be at least 1 (no denoising step would run)")
+    r.params["hires"] = {"scale": h.scale, "upscaler": h.upscaler, "strength": h.strength, "steps": steps,
+                         "width": final[0], "height": final[1]}
+
+
+def _sampling(r: Rules) -> None:
+    """An image-to-image task's steps × strength, scheduler and guidance (the model kind's where not given)."""
     req, kind = r.req, r.spec.kind_row
     if int(req.steps * req.strength) < 1:
         r.error("strength", "steps × strength must be at least 1 (no denoising step would run)")
@@ -80,6 +107,11 @@ def img2img(r: Rules) -> None:
         r.params["guidance_scale"] = 0.0
     elif req.guidance_scale is None:
         r.params["guidance_scale"] = r.spec.defaults()["guidance_scale"]
+
+
+def img2img(r: Rules) -> None:
+    req = r.req
+    _sampling(r)
     image = r.images.get("image")
     if image is not None:
         width = req.width or image.width // 8 * 8
@@ -87,6 +119,54 @@ def img2img(r: Rules) -> None:
         if width < 64 or height < 64:
             r.error("image", "must be at least 64 pixels on each side, or give width and height")
         r.pixels(width, height)
+        r.params["width"], r.params["height"] = width, height
+
+
+def inpaint(r: Rules) -> None:
+    """The mask: the image's aspect ratio, something to repaint (after `invert_mask`), or `expand` without
+    one; the output (the image plus `expand`) within the pixel limit, and its size in `width`/`height`."""
+    req = r.req
+    _sampling(r)
+    image, mask = r.images.get("image"), r.images.get("mask")
+    grow = req.expand.model_dump() if req.expand else {"left": 0, "right": 0, "top": 0, "bottom": 0}
+    expanding = any(grow.values())
+    if req.mask is None and not expanding:
+        r.error("mask", "is required (white = repaint), unless `expand` grows the canvas")
+    if mask is not None and image is not None:
+        if not masks.aspect_matches((mask.width, mask.height), (image.width, image.height)):
+            r.error("mask", f"must have the image's aspect ratio (the image is {image.width}×{image.height}, "
+                            f"the mask {mask.width}×{mask.height})")
+        elif not expanding:
+            with Image.open(io.BytesIO(mask.data)) as opened:
+                if masks.is_empty(masks.read_mask(opened, req.invert_mask)):
+                    r.error("mask", "is all black: nothing to repaint (white = repaint; with `invert_mask`, "
+                                    "black = repaint)")
+    if image is not None:
+        width = image.width + grow["left"] + grow["right"]
+        height = image.height + grow["top"] + grow["bottom"]
+        if width * height > r.settings.max_pixels:
+            r.error("expand" if expanding else "image", f"the output ({width}×{height}) must be at most "
+                                                        f"{r.settings.max_pixels} pixels")
+        if width < 64 or height < 64:
+            r.error("image", "must be at least 64 pixels on each side (with `expand`)")
+        r.params["width"], r.params["height"] = width, height
+    r.params["expand"] = grow if expanding else None
+
+
+def upscale(r: Rules) -> None:
+    """The factor (the upscaler's own unless given) and the output within the pixel limit; tiles of 64 px
+    or more (0: the whole image)."""
+    req = r.req
+    if 0 < req.tile < 64:
+        r.error("tile", "must be 0 (the whole image at once) or at least 64")
+    scale = req.scale if req.scale is not None else float(r.spec.scale)
+    r.params["scale"] = scale
+    image = r.images.get("image")
+    if image is not None:
+        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        if width * height > r.settings.max_pixels:
+            r.error("scale", f"the output ({width}×{height}) must be at most {r.settings.max_pixels} pixels; "
+                             f"the input is {image.width}×{image.height}")
         r.params["width"], r.params["height"] = width, height
 
 

@@ -107,6 +107,22 @@ WebhookEvents = Annotated[list[WebhookEventName], Field(min_length=1, max_length
                           AfterValidator(_unique)]
 
 
+HIRES_UPSCALERS = ("latent", "lanczos")  # built in; any upscaler GET /models lists for `upscale` works too
+
+
+class Hires(BaseModel):
+    """A second pass at a larger size (AUTOMATIC1111's hires fix): the image is made at width × height,
+    upscaled by `scale` (`latent`: its latents, bilinear; `lanczos` or an upscaler's name: its pixels),
+    then refined by an img2img pass of `steps` (default: the job's) at `strength`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    scale: float = Field(2.0, ge=1, le=4, allow_inf_nan=False)
+    upscaler: Annotated[str, Field(min_length=1, max_length=200)] = "latent"
+    strength: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
+    steps: int | None = Field(None, ge=1, le=100)
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
@@ -134,6 +150,7 @@ class SDXLRequest(_Request):
     scheduler: SchedulerName = "euler"
     loras: Loras = []
     control: Controls = []  # applies to the base stage
+    hires: Hires | None = None  # after the base (and refiner): upscale, then an img2img pass on the base
     output_format: ImageFormat = "png"
 
 
@@ -203,6 +220,59 @@ class Txt2ImgRequest(_Request):
     scheduler: SchedulerName = "euler"
     loras: Loras = []
     control: Controls = []
+    hires: Hires | None = None
+    output_format: ImageFormat = "png"
+
+
+FILLS = ("original", "fill", "noise", "nothing")
+MAX_EXPAND = 1024
+
+
+class Expand(BaseModel):
+    """Outpainting: pixels added on each side of the canvas (each a multiple of 8); the new area is masked."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    left: int = Field(0, ge=0, le=MAX_EXPAND, multiple_of=8)
+    right: int = Field(0, ge=0, le=MAX_EXPAND, multiple_of=8)
+    top: int = Field(0, ge=0, le=MAX_EXPAND, multiple_of=8)
+    bottom: int = Field(0, ge=0, le=MAX_EXPAND, multiple_of=8)
+
+
+class InpaintRequest(_Request):
+    """Repaint the masked part of an image (white = repaint; an RGBA mask: transparent = repaint), or extend
+    it (`expand`). Pixels the blurred mask leaves black come back exactly as they went in."""
+
+    task: Literal["inpaint"]
+    prompt: Prompt
+    negative_prompt: NegativePrompt = ""
+    image: ImageRef
+    mask: ImageRef | None = None  # optional only with `expand` (then only the new area is repainted)
+    strength: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    steps: int = Field(30, ge=1, le=100)
+    guidance_scale: Guidance | None = None  # the model's
+    num_images: int = Field(1, ge=1, le=4)
+    scheduler: SchedulerName | None = None
+    mask_blur: int = Field(4, ge=0, le=64)
+    # None: the whole image is the context; N: only the mask's bounding box plus N px, worked at the
+    # model's native size and pasted back (AUTOMATIC1111's "only masked")
+    mask_padding: int | None = Field(None, ge=0, le=1024)
+    invert_mask: bool = False
+    fill: Literal[FILLS] = "original"  # type: ignore[valid-type]
+    expand: Expand | None = None
+    loras: Loras = []
+    control: Controls = []
+    output_format: ImageFormat = "png"
+
+
+class UpscaleRequest(_Request):
+    """Upscale an image with an upscaler (`model`: ESRGAN-family weights from the models file, or the built-in
+    `lanczos`), tile by tile with blended seams."""
+
+    task: Literal["upscale"]
+    image: ImageRef
+    scale: float | None = Field(None, ge=1, le=4, allow_inf_nan=False)  # default: the upscaler's own factor
+    tile: int = Field(512, ge=0, le=2048)  # 0: the whole image at once; else at least 64
     output_format: ImageFormat = "png"
 
 

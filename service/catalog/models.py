@@ -12,12 +12,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.families import KIND_NAMES, KINDS, Kind, tasks_for_kind
+from service.families import INPAINT_TASKS, KIND_NAMES, KINDS, Kind, tasks_for_kind
 
 KindName = Literal[KIND_NAMES]  # type: ignore[valid-type]
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")  # unpickling runs code: loaded only when trusted
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")  # a single-file checkpoint
 PICKLE_HINT = "pickled weights can run code when loaded"
+BUILTIN_UPSCALER = "lanczos"  # the upscaler every catalogue has: Pillow's Lanczos filter, no weights
+INPAINT_CHANNELS = 9  # an inpainting UNet's inputs: 4 latent, 1 mask, 4 masked-image latent channels
 
 
 def _listed(names) -> str:
@@ -57,6 +59,13 @@ class ModelSpec(BaseModel):
     # a local directory) or its kind's (512 for SD, 1024 for SDXL). An SD 2.x 768-v model: 768.
     size: tuple[int, int] | None = None
     num_frames: int | None = Field(None, ge=1, le=128)  # svd: the frames the model was trained for
+    # A dedicated inpainting checkpoint (a UNet with 9 input channels: latents, mask, masked image). None:
+    # read from the files (a local directory's unet/config.json, a .safetensors checkpoint's header).
+    # It serves only `inpaint`, and is that task's default.
+    inpainting: bool | None = None
+    # upscalers: the factor the weights upscale by (spandrel reads it from them; a worker refuses to start
+    # when they disagree). Default: 4 (most ESRGAN-family weights); `lanczos`: 2.
+    scale: int | None = Field(None, ge=1, le=8)
     description: str = ""
     # The GPU path (workers/models.py, BENCHMARKS.md): each option is off unless the models file turns it on.
     channels_last: bool = False  # denoiser and VAE convolutions in channels-last memory format
@@ -108,9 +117,32 @@ class ModelSpec(BaseModel):
             if Path(self.source).suffix.lower() in PICKLE_SUFFIXES and not self.trust_pickle:
                 raise ValueError(f"model {self.name}: {Path(self.source).name} is a pickle ({PICKLE_HINT}); set "
                                  f"`trust_pickle: true` for it if you trust its publisher, or give a .safetensors file")
+        if kind.upscaler:
+            self._check_upscaler()
+        elif self.scale is not None:
+            raise ValueError(f"model {self.name}: `scale` is an upscaler's")
         if self.size is None:
             self.size = native_size(self) if kind.size else None
+        if self.inpainting is None:
+            self.inpainting = kind.size is not None and is_inpainting(self)
         return self
+
+    def _check_upscaler(self) -> None:
+        if self.source == BUILTIN_UPSCALER:
+            self.scale = self.scale or 2
+            return
+        self.scale = self.scale or 4
+        if self.is_tiny:
+            return
+        suffix = Path(self.source).suffix.lower()
+        if suffix in PICKLE_SUFFIXES:
+            if not self.trust_pickle:
+                raise ValueError(f"upscaler {self.name}: {Path(self.source).name} is a pickle ({PICKLE_HINT}); set "
+                                 f"`trust_pickle: true` for it if you trust its publisher, or convert it: "
+                                 f"fresco convert {Path(self.source).name} {Path(self.source).stem}.safetensors")
+        elif suffix != ".safetensors":
+            raise ValueError(f"upscaler {self.name}: its source is a .safetensors file (or a trusted .pth), "
+                             f"or `{BUILTIN_UPSCALER}`")
 
     @property
     def kind_row(self) -> Kind:
@@ -124,7 +156,8 @@ class ModelSpec(BaseModel):
     @property
     def single_file(self) -> bool:
         """A checkpoint in one file (A1111 / CompVis layout), loaded with `from_single_file`."""
-        return not self.is_tiny and Path(self.source).suffix.lower() in CHECKPOINT_SUFFIXES
+        return (not self.is_tiny and not self.kind_row.upscaler
+                and Path(self.source).suffix.lower() in CHECKPOINT_SUFFIXES)
 
     @property
     def family(self) -> str:
@@ -132,6 +165,9 @@ class ModelSpec(BaseModel):
 
     @property
     def tasks(self) -> list[str]:
+        """The tasks this model serves: its kind's, or only `inpaint` for an inpainting checkpoint."""
+        if self.inpainting:
+            return [t for t in tasks_for_kind(self.kind) if t in INPAINT_TASKS]
         return tasks_for_kind(self.kind)
 
     def defaults(self) -> dict:
@@ -143,7 +179,7 @@ class ModelSpec(BaseModel):
     def facts(self) -> dict:
         """What `GET /models` may show about the model, by name (each task row picks its own)."""
         return {"refiner": bool(self.refiner), "max_num_frames": self.num_frames, "defaults": self.defaults(),
-                "family": self.family}
+                "family": self.family, "inpainting": bool(self.inpainting), "scale": self.scale}
 
 
 def native_size(spec: ModelSpec) -> tuple[int, int]:
@@ -160,3 +196,28 @@ def native_size(spec: ModelSpec) -> tuple[int, int]:
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             pass
     return size, size
+
+
+def is_inpainting(spec: ModelSpec) -> bool:
+    """Whether a model's UNet takes 9 input channels: from a local directory's unet/config.json, or from a
+    .safetensors checkpoint's header (its first convolution's shape), without loading any weight. A hub id
+    or a pickle: not known here (say `inpainting: true` in the models file)."""
+    if spec.is_tiny:
+        return spec.source == "tiny:inpaint"
+    source = Path(spec.source)
+    try:
+        if source.is_dir():
+            config = json.loads((source / "unet" / "config.json").read_text())
+            return config.get("in_channels") == INPAINT_CHANNELS
+        if source.suffix.lower() == ".safetensors" and source.is_file():
+            with source.open("rb") as f:
+                length = int.from_bytes(f.read(8), "little")
+                if not 0 < length < 100 * 2**20:
+                    return False
+                header = json.loads(f.read(length))
+            for key in ("model.diffusion_model.input_blocks.0.0.weight", "conv_in.weight"):
+                if key in header:
+                    return header[key]["shape"][1] == INPAINT_CHANNELS
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass
+    return False

@@ -42,6 +42,13 @@ A models file:
         kind: canny                                         # what its control image is (CONTROL_KINDS)
         source: diffusers/controlnet-canny-sdxl-1.0
         base: sdxl                                          # model families, kinds or names it fits
+    upscalers:                                              # optional: the `upscale` task's (and hires's) models
+      4x-ultrasharp:                                        # ESRGAN, Real-ESRGAN, SwinIR, HAT...: spandrel detects it
+        source: /models/upscalers/4x-UltraSharp.safetensors # a .pth only with trust_pickle (or: fresco convert)
+        scale: 4                                            # its factor (default 4; checked against the weights)
+
+Every catalogue also has the upscaler `lanczos` (Pillow's filter, no weights). An upscaler is a model of
+kind `upscaler` (GET /models lists it for `upscale`); a name is either a model's or an upscaler's.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from service.catalog.addons import AdapterSpec, ControlNetSpec, check_bases
-from service.catalog.models import ModelSpec
+from service.catalog.models import BUILTIN_UPSCALER, ModelSpec
 from service.tasks import TASK_NAMES, TASKS
 
 
@@ -75,6 +82,7 @@ class Catalog(BaseModel):
                 if isinstance(data.get(section), dict):
                     data[section] = {name: ({"name": name, **spec} if isinstance(spec, dict) else spec)
                                      for name, spec in data[section].items()}
+            data["models"] = {**data["models"], **_upscalers(data.pop("upscalers", None) or {}, data["models"])}
         return data
 
     @model_validator(mode="after")
@@ -86,7 +94,9 @@ class Catalog(BaseModel):
                 raise ValueError(f"defaults: model {name!r} cannot serve {task}")
         for task in TASK_NAMES:
             if task not in self.defaults:
-                names = self.models_for(task)
+                # a dedicated inpainting checkpoint first; a real upscaler before the built-in one
+                names = sorted(self.models_for(task), key=lambda name: (not self.models[name].inpainting,
+                                                                        name == BUILTIN_UPSCALER))
                 if names:
                     self.defaults[task] = names[0]
         check_bases(self.adapters, self.controlnets, self.models)
@@ -112,6 +122,23 @@ class Catalog(BaseModel):
         return [c for c in self.controlnets.values() if c.fits(spec)]
 
 
+def _upscalers(section: dict, models: dict) -> dict:
+    """The `upscalers:` section as models of kind `upscaler`, then the built-in `lanczos` (unless named)."""
+    if not isinstance(section, dict):
+        raise ValueError("upscalers: a mapping of names to upscalers")
+    out = {}
+    for name, spec in section.items():
+        if name in models:
+            raise ValueError(f"upscalers: {name!r} is also a model's name")
+        if not isinstance(spec, dict):
+            raise ValueError(f"upscalers: {name!r} is a mapping with a `source`")
+        out[name] = {"name": name, "kind": "upscaler", **spec}
+    if BUILTIN_UPSCALER not in out and BUILTIN_UPSCALER not in models:
+        out[BUILTIN_UPSCALER] = {"name": BUILTIN_UPSCALER, "kind": "upscaler", "source": BUILTIN_UPSCALER,
+                                 "description": "Pillow's Lanczos filter: no weights, any factor"}
+    return out
+
+
 def tiny_catalog() -> Catalog:
     note = "tiny profile: random weights, CPU; its images are noise by design"
     return Catalog(
@@ -123,6 +150,12 @@ def tiny_catalog() -> Catalog:
             "tiny-sd": {"kind": "sd", "source": "tiny", "description": note + " (SD 1.x family)"},
             "tiny-pai": {"kind": "sd", "source": "tiny:pai",
                          "description": note + " (PAI-Diffusion style: Chinese prompts, BERT tokenizer)"},
+            "tiny-sd-inpaint": {"kind": "sd", "source": "tiny:inpaint",
+                                "description": note + " (an SD 1.x inpainting checkpoint: a 9-channel UNet)"},
+        },
+        upscalers={
+            "tiny-esrgan": {"source": "tiny", "scale": 2,
+                            "description": "tiny profile: a small random ESRGAN (RRDBNet) that spandrel detects"},
         },
         defaults={"txt2img": "tiny-sd", "train": "tiny-sd"},
         # Built offline from fixed seeds (workers/tiny_adapters.py ADAPTERS), so the tour shows the feature.
@@ -159,7 +192,7 @@ def load_catalog(path: Path | None) -> Catalog:
         raise ValueError(f"{path}: a models file is a mapping with a `models` key")
     base = path.parent
     for section, fields in (("models", ("source", "config", "refiner", "vae")), ("adapters", ("source",)),
-                            ("controlnets", ("source",))):
+                            ("controlnets", ("source",)), ("upscalers", ("source",))):
         for spec in (data.get(section) or {}).values():
             # Relative local paths are relative to the models file.
             for key in fields:

@@ -41,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     gen = sub.add_parser("generate", help="submit a job, follow its progress, save its results")
     gen.add_argument("task", choices=GENERATE_TASKS)
     gen.add_argument("--prompt")
-    gen.add_argument("--image", help="input image file (img2img, svd)")
+    gen.add_argument("--image", help="input image file (img2img, inpaint, upscale, svd)")
+    gen.add_argument("--mask", help="inpaint: the mask image file (white = repaint, or transparent = repaint)")
+    gen.add_argument("--expand", metavar="LEFT,RIGHT,TOP,BOTTOM",
+                     help="inpaint: outpaint, pixels added on each side (multiples of 8), e.g. 0,256,0,0")
+    gen.add_argument("--scale", type=float, help="upscale: the factor (default: the upscaler's own)")
+    gen.add_argument("--hires", metavar="SCALE[:UPSCALER[:STRENGTH]]",
+                     help="txt2img, sdxl: a second pass at SCALE × the size, e.g. 2 or 2:lanczos:0.4")
     gen.add_argument("--model")
     gen.add_argument("--seed", type=int)
     gen.add_argument("--lora", action="append", metavar="NAME[:SCALE]",
@@ -58,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     hk = sub.add_parser("hash-key", help="make an API key's digest for FRESCO_API_KEYS")
     hk.add_argument("name", help="the key's name, e.g. the client it belongs to")
     hk.add_argument("key", nargs="?", help="an existing key (default: make a new random one)")
-    conv = sub.add_parser("convert", help="rewrite a model's pickled (.bin, .ckpt) weights as safetensors")
+    conv = sub.add_parser("convert", help="rewrite a model's or an upscaler's pickled (.bin, .ckpt, .pth) weights "
+                                           "as safetensors")
     conv.add_argument("src", help="a diffusers model directory, or one checkpoint file")
     conv.add_argument("dst", help="a new directory (or .safetensors file) to write")
     wh = sub.add_parser("webhooks", help="deliver webhooks alone (API processes also do, unless "

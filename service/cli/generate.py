@@ -44,6 +44,31 @@ def _lora_arg(item: str) -> dict:
         return {"name": item}
 
 
+def _expand_arg(item: str) -> dict | str:
+    """`--expand LEFT,RIGHT,TOP,BOTTOM` (pixels; missing sides 0) as an `expand` object."""
+    try:
+        sides = [int(v) for v in item.split(",")]
+    except ValueError:
+        sides = []
+    if not 1 <= len(sides) <= 4:
+        return f"--expand takes LEFT,RIGHT,TOP,BOTTOM in pixels, got {item!r}"
+    return dict(zip(("left", "right", "top", "bottom"), sides + [0] * (4 - len(sides))))
+
+
+def _hires_arg(item: str) -> dict | str:
+    """`--hires SCALE[:UPSCALER[:STRENGTH]]` as a `hires` object."""
+    parts = item.split(":")
+    try:
+        out = {"scale": float(parts[0])}
+        if len(parts) > 1 and parts[1]:
+            out["upscaler"] = parts[1]
+        if len(parts) > 2:
+            out["strength"] = float(parts[2])
+    except ValueError:
+        return f"--hires takes SCALE[:UPSCALER[:STRENGTH]], got {item!r}"
+    return out if len(parts) <= 3 else f"--hires takes SCALE[:UPSCALER[:STRENGTH]], got {item!r}"
+
+
 def _request_fields(args) -> dict | str:
     """The request's fields (all but `task`) from the flags; a usage message when a flag is malformed."""
     fields: dict = {}
@@ -52,6 +77,16 @@ def _request_fields(args) -> dict | str:
             fields[flag] = getattr(args, flag)
     if args.image:
         fields["image"] = Path(args.image)
+    if getattr(args, "mask", None):
+        fields["mask"] = Path(args.mask)
+    if getattr(args, "scale", None) is not None:
+        fields["scale"] = args.scale
+    for flag, parse in (("expand", _expand_arg), ("hires", _hires_arg)):
+        if getattr(args, flag, None):
+            value = parse(getattr(args, flag))
+            if isinstance(value, str):
+                return value
+            fields[flag] = value
     if args.lora:
         fields["loras"] = [_lora_arg(item) for item in args.lora]
     for item in args.control or []:

@@ -1,6 +1,6 @@
 """The operator's one-off commands: `fresco hash-key` and `fresco webhook-secret` (secrets for the
-settings), `fresco convert` (pickled weights to safetensors, workers/convert.py), and `fresco webhooks`
-(the webhook dispatcher run alone, service/webhooks/standalone.py).
+settings), `fresco convert` (pickled weights, a model's or an upscaler's, to safetensors: workers/convert.py),
+and `fresco webhooks` (the webhook dispatcher run alone, service/webhooks/standalone.py).
 """
 
 from __future__ import annotations
@@ -26,12 +26,15 @@ def cmd_convert(settings: Settings, args) -> int:
     """Rewrite a model's pickled weights as safetensors (workers/convert.py)."""
     from workers.convert import convert
 
+    notes: list[str] = []
     try:
-        written = convert(Path(args.src), Path(args.dst))
+        written = convert(Path(args.src), Path(args.dst), notes)
     except ValueError as exc:
         print(f"fresco convert: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} safetensors file(s) under {args.dst}; it loads without trust_pickle")
+    for note in notes:
+        print(note)
     return 0
 
 

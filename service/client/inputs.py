@@ -73,10 +73,11 @@ def encode_image(value: Any) -> Any:
 
 
 def encode_inputs(params: dict) -> dict:
-    """A copy of the request's fields with `image` and each `control[i].image` encoded."""
+    """A copy of the request's fields with `image`, `mask` and each `control[i].image` encoded."""
     out = dict(params)
-    if "image" in out:
-        out["image"] = encode_image(out["image"])
+    for name in ("image", "mask"):
+        if name in out:
+            out[name] = encode_image(out[name])
     if isinstance(out.get("control"), (list, tuple)):
         out["control"] = [{**item, "image": encode_image(item["image"])}
                           if isinstance(item, dict) and "image" in item else item for item in out["control"]]

@@ -22,7 +22,8 @@ TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}
 class Stage(StrEnum):
     """What `progress.stage` says: queued, adapters (while the job's LoRAs are fetched and loaded, when
     they are not resident yet), the denoising stages of the task's pipeline (base and refiner for SDXL,
-    denoise for the others), then decode, encode, store, and done. A training job: preparing (its
+    denoise for the others; hires for a second pass at the larger size; upscale for an upscaler's
+    tiles), then decode, encode, store, and done. A training job: preparing (its
     dataset's latents and captions), training (its optimizer steps), saving (the adapter), then done."""
 
     QUEUED = "queued"
@@ -30,6 +31,8 @@ class Stage(StrEnum):
     BASE = "base"
     REFINER = "refiner"
     DENOISE = "denoise"
+    HIRES = "hires"  # a txt2img or sdxl job's second pass at the larger size (`hires`)
+    UPSCALE = "upscale"  # an upscale job's tiles (or a hires pass's upscaler)
     DECODE = "decode"
     ENCODE = "encode"
     STORE = "store"

@@ -294,7 +294,7 @@ def test_compose_mounts_exist_and_models_file_loads():
     worker_mounts = {resolve(v).split(":")[1]: resolve(v).split(":")[0] for v in services["worker"]["volumes"]}
     host_dir = ROOT / worker_mounts["/etc/fresco"]
     catalog = load_catalog(host_dir / "models.yaml")  # what FRESCO_MODELS_FILE=/etc/fresco/models.yaml reads
-    assert set(catalog.models) == {"sdxl-base-1.0", "sdxl-turbo", "svd-xt"}
+    assert set(catalog.models) == {"sdxl-base-1.0", "sdxl-turbo", "svd-xt", "lanczos"}  # and the built-in upscaler
     assert catalog.spec("svd-xt").num_frames == 25
     for name in ("redis", "minio", "api", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name  # the worker's comes from its image
@@ -349,13 +349,13 @@ def test_compose_second_gpu_example_uncomments_into_a_worker_of_its_own():
 
 def test_compose_models_file_commented_example_is_a_valid_model():
     """The commented SD 1.5 model is ready to uncomment: a valid model of kind `sd`, serving txt2img
-    and img2img, and trainable."""
+    img2img and inpaint, and trainable."""
     examples = commented_models(COMPOSE_MODELS)
     assert set(examples) == {"sd-1.5"}
     spec = examples["sd-1.5"]
     assert spec["kind"] == "sd" and spec["source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     model = ModelSpec(name="sd-1.5", **spec)
-    assert set(model.tasks) == {"txt2img", "img2img", "train"}
+    assert set(model.tasks) == {"txt2img", "img2img", "inpaint", "train"}
     data = yaml.safe_load(COMPOSE_MODELS.read_text())
     data["models"].update(examples)
     assert "sd-1.5" in Catalog.model_validate(data).models

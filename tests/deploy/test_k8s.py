@@ -315,7 +315,8 @@ def test_config_map_holds_valid_settings_and_models(monkeypatch):
     assert settings.s3_bucket and settings.models_file == Path("/etc/fresco/models.yaml")
     c = catalog()
     expected = {"sdxl": "sdxl-base-1.0", "turbo": "sdxl-turbo", "img2img": "sdxl-base-1.0", "svd": "svd-xt",
-                "txt2img": "sdxl-base-1.0", "train": "sdxl-base-1.0"}
+                "txt2img": "sdxl-base-1.0", "train": "sdxl-base-1.0", "inpaint": "sdxl-base-1.0",
+                "upscale": "lanczos"}
     assert {t: c.default_for(t) for t in TASKS} == {t: expected[t] for t in TASKS}
     mount = {m["name"]: m["mountPath"] for m in container(by_kind("Deployment")["fresco-api"])["volumeMounts"]}
     assert str(settings.models_file.parent) == mount["models"]

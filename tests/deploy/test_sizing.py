@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from service.catalog import load_catalog
+from service.catalog.models import BUILTIN_UPSCALER
 from service.families import KINDS
 from service.settings import Settings
 from tests.conftest import ROOT
@@ -80,6 +81,11 @@ def models() -> dict[str, dict]:
     return {**yaml.safe_load(COMPOSE_MODELS.read_text())["models"], **commented_models(COMPOSE_MODELS)}
 
 
+def weighed(names: list[str]) -> list[str]:
+    """A group's models that have weights: the built-in upscaler has none."""
+    return [n for n in names if n != BUILTIN_UPSCALER]
+
+
 def prose(lines) -> str:
     """Comment lines as one line of text (a figure may wrap)."""
     return " ".join(line.strip().lstrip("#").strip() for line in lines)
@@ -109,9 +115,10 @@ def readme_table(heading: str) -> list[list[str]]:
 
 def test_readme_groups_state_their_weights(parameters, models):
     rows = [r for r in readme_table("## 3. Worker groups") if "GiB" in r[2] and "→" not in r[2]]
-    assert {r[0].split()[0].strip("`") for r in rows} == set(models)  # a row per example model
+    groups = {r[0].split()[0].strip("`").removesuffix(f",{BUILTIN_UPSCALER}") for r in rows}
+    assert groups == set(models)  # a row per example model
     for group, _serves, weights, peak, gpu, _length in rows:
-        names = group.split()[0].strip("`").split(",")
+        names = weighed(group.split()[0].strip("`").split(","))
         total = sum(gib(parameters[architecture(models[n])]) for n in names)
         assert weights == f"{total:.1f} GiB", (group, weights, total)
         estimate = re.match(r"~(\d+(?:\.\d+)?) GiB", peak)
@@ -180,7 +187,7 @@ def test_k8s_group_comments_state_their_weights(parameters, models):
         if not doc or doc.get("kind") != "Deployment":
             continue
         (c,) = doc["spec"]["template"]["spec"]["containers"]
-        names = next(e["value"] for e in c["env"] if e["name"] == "FRESCO_WORKER_MODELS").split(",")
+        names = weighed(next(e["value"] for e in c["env"] if e["name"] == "FRESCO_WORKER_MODELS").split(","))
         if doc["metadata"]["name"] == "fresco-worker-trainer":  # no resident weights: a copy per job
             assert "GiB" in prose(line for line in chunk.splitlines() if line.startswith("#"))
             continue

@@ -250,7 +250,7 @@ def test_results_unknown_or_traversal_are_404(client):
 
 def test_models_lists_loaded_models_defaults_and_limits(client):
     body = client.get("/models").json()
-    assert set(body["tasks"]) == {"sdxl", "turbo", "img2img", "svd", "txt2img", "train"}
+    assert set(body["tasks"]) == {"sdxl", "turbo", "img2img", "svd", "txt2img", "train", "inpaint", "upscale"}
     sdxl = body["tasks"]["sdxl"]
     assert sdxl["default_model"] == "tiny-sdxl" and sdxl["models"][0]["loaded"] is True
     assert sdxl["models"][0]["refiner"] is True and "euler" in sdxl["schedulers"]

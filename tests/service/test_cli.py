@@ -117,3 +117,28 @@ def test_train_on_a_folder_without_images_says_so(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr == (f"fresco train: {tmp_path / 'empty'}: no training images (PNG, JPEG or WebP files, "
                         f"with optional same-name .txt captions)\n")
+
+
+def test_inpaint_with_a_mask_file_and_expand_then_upscale_the_result(stack, tmp_path):
+    """`--mask` and `--expand` make an outpainted inpaint job; `--image` of its result and `--scale` an upscale."""
+    Image.new("RGB", (64, 64), (40, 90, 200)).save(tmp_path / "in.png")
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(tmp_path / "mask.png")
+    out = tmp_path / "out"
+    r = fresco("inpaint", "--prompt", "a door", "--image", str(tmp_path / "in.png"),
+               "--mask", str(tmp_path / "mask.png"), "--expand", "0,16", "--param", "steps=2", "--url", stack.url, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    [inpainted] = out.glob("*.png")
+    assert Image.open(inpainted).size == (80, 64)  # 16 px added on the right
+    r = fresco("upscale", "--image", str(inpainted), "--model", "tiny-esrgan", "--scale", "2", "--url", stack.url,
+               "--out", str(out / "up"))
+    assert r.returncode == 0, r.stderr
+    [upscaled] = (out / "up").glob("*.png")
+    assert Image.open(upscaled).size == (160, 128)
+
+
+def test_malformed_expand_and_hires_flags_are_usage_errors(tmp_path):
+    for flag, value in (("--expand", "8,x"), ("--hires", "2:latent:0.5:9"), ("--hires", "big")):
+        r = fresco("txt2img", "--prompt", "x", flag, value, "--url", "http://127.0.0.1:9", "--out", str(tmp_path))
+        assert r.returncode == 2 and f"{flag} takes" in r.stderr, (flag, value, r.stderr)

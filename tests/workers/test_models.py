@@ -84,7 +84,7 @@ def test_yaml_relative_paths_resolve_against_the_models_file(weights, tmp_path, 
     catalog = load_catalog(weights["models_file"])
     root = weights["root"].resolve()
     assert catalog.profile == "custom"
-    assert set(catalog.models) == {"local-sdxl", "local-turbo", "local-svd"}
+    assert set(catalog.models) == {"local-sdxl", "local-turbo", "local-svd", "lanczos"}  # lanczos: built in
     sdxl = catalog.spec("local-sdxl")
     assert (sdxl.source, sdxl.refiner) == (str(root / "base"), str(root / "refiner"))
     assert Path(sdxl.source).is_absolute() and Path(sdxl.source, "model_index.json").is_file()
@@ -93,7 +93,8 @@ def test_yaml_relative_paths_resolve_against_the_models_file(weights, tmp_path, 
     svd = catalog.spec("local-svd")
     assert (svd.source, svd.num_frames) == (str(root / "svd"), 4)
     assert catalog.defaults == {"img2img": "local-sdxl", "sdxl": "local-sdxl", "turbo": "local-turbo",
-                                "svd": "local-svd", "txt2img": "local-sdxl", "train": "local-sdxl"}
+                                "svd": "local-svd", "txt2img": "local-sdxl", "train": "local-sdxl",
+                                "inpaint": "local-sdxl", "upscale": "lanczos"}
     assert catalog.models_for("img2img") == ["local-sdxl", "local-turbo"]
 
 

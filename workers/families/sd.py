@@ -17,16 +17,17 @@ SD_UNET = dict(
 SD_VAE = dict(tiny.VAE, scaling_factor=0.18215, sample_size=512)
 
 
-def tiny_sd(seed: int = 4, scheduler: dict | None = None):
+def tiny_sd(seed: int = 4, scheduler: dict | None = None, in_channels: int = 4):
     """An SD 1.x-family pipeline (CLIP tokenizer and text encoder). `scheduler`: config overrides, e.g.
-    `{"prediction_type": "v_prediction"}` as SD 2.x 768 models have."""
+    `{"prediction_type": "v_prediction"}` as SD 2.x 768 models have. `in_channels` 9: an inpainting
+    checkpoint's UNet (latents, mask, masked-image latents), loaded as a plain SD pipeline as real ones are."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tiny.seeded(seed)
     return StableDiffusionPipeline(
         vae=AutoencoderKL(**SD_VAE), text_encoder=CLIPTextModel(CLIPTextConfig(**tiny.TEXT_ENCODER)),
-        tokenizer=tiny.tokenizer(), unet=UNet2DConditionModel(**SD_UNET),
+        tokenizer=tiny.tokenizer(), unet=UNet2DConditionModel(**{**SD_UNET, "in_channels": in_channels}),
         scheduler=EulerDiscreteScheduler(**{**tiny.SCHEDULER, **(scheduler or {})}),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -63,7 +64,11 @@ def tiny_pai(seed: int = 5):
 
 
 def _tiny(spec):
-    return (tiny_pai() if spec.source == "tiny:pai" else tiny_sd()), None
+    if spec.source == "tiny:pai":
+        return tiny_pai(), None
+    if spec.source == "tiny:inpaint":  # an inpainting checkpoint: a 9-channel UNet, its own weights
+        return tiny_sd(seed=6, in_channels=9), None
+    return tiny_sd(), None
 
 
 def _tiny_unet():
@@ -86,6 +91,8 @@ FAMILY = WorkerFamily(
     pipelines={"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
                "control:txt2img": "StableDiffusionControlNetPipeline",
                "control:img2img": "StableDiffusionControlNetImg2ImgPipeline",
+               "inpaint": "StableDiffusionInpaintPipeline",
+               "control:inpaint": "StableDiffusionControlNetInpaintPipeline",
                "train": "StableDiffusionPipeline"},  # a training job's copy, and its validation images
     loads_as="txt2img",
     tiny=_tiny,

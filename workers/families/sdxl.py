@@ -87,6 +87,8 @@ FAMILY = WorkerFamily(
     pipelines={"txt2img": "StableDiffusionXLPipeline", "img2img": "StableDiffusionXLImg2ImgPipeline",
                "control:txt2img": "StableDiffusionXLControlNetPipeline",
                "control:img2img": "StableDiffusionXLControlNetImg2ImgPipeline",
+               "inpaint": "StableDiffusionXLInpaintPipeline",
+               "control:inpaint": "StableDiffusionXLControlNetInpaintPipeline",
                "refiner": "StableDiffusionXLImg2ImgPipeline",
                "train": "StableDiffusionXLPipeline"},  # a training job's copy, and its validation images
     loads_as="txt2img",

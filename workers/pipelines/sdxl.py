@@ -4,6 +4,8 @@
    the base stage runs as the ControlNet pipeline built on the same modules (workers/control.py).
 2. The refiner (sharing the base's VAE and second text encoder) denoises the rest and decodes.
 Without a refiner, the base runs the whole schedule and decodes.
+3. With `hires`, the last stage hands its latents (or images) to the hires pass (workers/hires.py): upscaled
+   to the final size, refined by an img2img pass on the base's modules, decoded.
 A batch of compatible jobs runs as one call of each, with a prompt, negative prompt and generator per image.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 from service.jobs.states import Stage
 from service.tasks import TASKS
+from workers import hires
 from workers.control import control_key
 from workers.loras import no_lora_in
 from workers.models import make_scheduler
@@ -28,9 +31,13 @@ class SDXL(TaskPipeline):
 
     def plan(self, p):
         if not self._use_refiner(p):
-            return [(self.base_stage, p["steps"])]
-        base = max(1, round(p["steps"] * p["refiner_switch"]))
-        return [(Stage.BASE, base), (Stage.REFINER, max(1, p["steps"] - base))]
+            stages = [(self.base_stage, p["steps"])]
+        else:
+            base = max(1, round(p["steps"] * p["refiner_switch"]))
+            stages = [(Stage.BASE, base), (Stage.REFINER, max(1, p["steps"] - base))]
+        if p.get("hires"):
+            stages.append((Stage.HIRES, hires.steps(p["hires"])))
+        return stages
 
     def default_size(self):
         return 1024, 1024
@@ -42,7 +49,8 @@ class SDXL(TaskPipeline):
     def batch_key(self, p):
         refiner = self._use_refiner(p)
         return (self.task, p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
-                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")), control_key(p))
+                p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")), control_key(p),
+                hires.key(p))
 
     def run(self, p, progress):
         return self.run_batch([p], progress)[0]
@@ -70,11 +78,12 @@ class SDXL(TaskPipeline):
         common = dict(**prompts, num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
                       generator=batch_generators(items), callback_on_step_end=progress.on_step_end)
         warnings = [prompt_warnings(base, prompt=q["prompt"], negative_prompt=q["negative_prompt"]) for q in items]
+        # the last stage decodes, unless a hires pass follows (then it hands over latents, or decoded images)
+        last = "latent" if p.get("hires") and p["hires"]["upscaler"] == hires.LATENT else "pt"
         # 2. base
         progress.begin(self.base_stage)
         if not self._use_refiner(p):
-            images = host_images(base(**common, **control, width=p["width"], height=p["height"],
-                                      output_type="pt").images)
+            out = base(**common, **control, width=p["width"], height=p["height"], output_type=last).images
         else:
             switch = float(p["refiner_switch"])  # a numpy float would be ignored silently
             latents = base(**common, **control, width=p["width"], height=p["height"], denoising_end=switch,
@@ -84,6 +93,10 @@ class SDXL(TaskPipeline):
             refiner.scheduler = make_scheduler(p["scheduler"], self.model.refiner_scheduler_config)
             progress.begin(Stage.REFINER)
             with no_lora_in(refiner.text_encoder_2):  # shared with the base; the refiner gets no base LoRA
-                images = host_images(refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
-                                             negative_aesthetic_score=2.5, output_type="pt").images)
+                out = refiner(**common, image=latents, denoising_start=switch, aesthetic_score=6.0,
+                              negative_aesthetic_score=2.5, output_type=last).images
+        # 4. hires: upscaled, refined at the final size (no ControlNet: the base stage's alone)
+        if p.get("hires"):
+            out = hires.refine(self.model, items, out, prompts, progress)
+        images = host_images(out)
         return [Output(images=imgs, warnings=w) for imgs, w in zip(split(images, items), warnings)]

@@ -2,7 +2,8 @@
 
 The SDXL task's base stage, on the model's own pipeline class (StableDiffusionPipeline for `sd` models,
 PAI-Diffusion's Chinese ones included: their tokenizer is the pipeline's), with the model's native size
-and its family's guidance as defaults (resolved by the API), and ControlNets where the request has them.
+and its family's guidance as defaults (resolved by the API), ControlNets where the request has them, and
+`hires` (workers/hires.py) as the SDXL task's.
 """
 
 from __future__ import annotations
