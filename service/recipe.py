@@ -147,6 +147,20 @@ def hires_entries(hires: dict | None) -> dict:
             "Hires upscaler": A1111_HIRES_UPSCALERS.get(hires["upscaler"], hires["upscaler"])}
 
 
+# A1111's "Masked content" names of Fresco's `fill` values (its inpainting_fill 0 to 3).
+A1111_FILLS = {"fill": "fill", "original": "original", "noise": "latent noise", "nothing": "latent nothing"}
+
+
+def inpaint_entries(params: dict) -> dict:
+    """A1111's inpainting entries (its img2img tab's "Inpaint" options) for an inpaint job's params."""
+    out = {"Mask blur": params.get("mask_blur"), "Masked content": A1111_FILLS.get(params.get("fill"))}
+    if params.get("mask_padding") is not None:
+        out.update({"Inpaint area": "Only masked", "Masked area padding": params["mask_padding"]})
+    if params.get("invert_mask"):
+        out["Mask mode"] = "Inpaint not masked"
+    return out
+
+
 def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings: list[dict] = ()) -> str:
     """The infotext of one output of a native job: `model` as `Recipe.model` describes it, `params` as the
     worker ran them, `seed` this output's. LoRAs named in the models file are written as A1111's
@@ -160,6 +174,8 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
     extra: dict = {}
     hires = params.get("hires")
     extra.update(hires_entries(hires))
+    if task == "inpaint":
+        extra.update(inpaint_entries(params))
     if task == "sdxl" and params.get("refiner") and model.get("refiner"):
         extra["Refiner"] = PurePosixPath(model["refiner"]["source"].rstrip("/")).stem
         extra["Refiner switch at"] = number(params["refiner_switch"])
@@ -188,7 +204,7 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
         cfg_scale=params.get("guidance_scale"), seed=None if task == "upscale" else seed,  # an upscale has none
         width=params.get("width"), height=params.get("height"),
         model_hash=model_hash(model), model=model["name"],
-        denoising_strength=hires["strength"] if hires else params.get("strength") if task == "img2img" else None,
+        denoising_strength=hires["strength"] if hires else params.get("strength") if task in ("img2img", "inpaint") else None,
         extra=extra,
         version=f"fresco {fresco_version()}")
 

@@ -51,6 +51,24 @@ def test_a_native_img2img_job_with_control_and_a_refiner_less_model():
             'Guidance End: 0.9"') in text
 
 
+def test_inpaint_hires_and_upscale_jobs_write_a1111s_entries():
+    model = {"name": "tiny-sd", "kind": "sd", "source": "tiny"}
+    base = {"prompt": "a door", "steps": 20, "guidance_scale": 7.5, "scheduler": "euler", "width": 64, "height": 64}
+    text = native_infotext("inpaint", model, {**base, "strength": 0.75, "mask_blur": 4, "fill": "noise",
+                                              "mask_padding": 32, "invert_mask": True}, 3)
+    assert ("Denoising strength: 0.75, Mask blur: 4, Masked content: latent noise, Inpaint area: Only masked, "
+            "Masked area padding: 32, Mask mode: Inpaint not masked") in text
+    whole = native_infotext("inpaint", model, {**base, "strength": 1.0, "mask_blur": 0, "fill": "original",
+                                               "mask_padding": None, "invert_mask": False}, 3)
+    assert "Masked content: original" in whole and "Inpaint area" not in whole and "Mask mode" not in whole
+    hires = native_infotext("txt2img", model, {**base, "hires": {"scale": 2.0, "upscaler": "latent", "strength": 0.5,
+                                                                "steps": None}}, 3)
+    assert "Size: 64x64" in hires and "Denoising strength: 0.5, Hires upscale: 2, Hires upscaler: Latent" in hires
+    up = native_infotext("upscale", {"name": "tiny-esrgan", "kind": "upscaler", "source": "tiny"},
+                         {"scale": 2.0, "width": 128, "height": 128}, 0)
+    assert "Seed" not in up and "Postprocess upscale by: 2, Postprocess upscaler: tiny-esrgan" in up
+
+
 def test_the_model_hash_is_the_checkpoint_listings_or_the_files_own():
     catalog = tiny_catalog()
     assert model_hash({"name": "tiny-pai", "source": "tiny:pai"}) == checkpoint(catalog, "tiny-pai").hash
