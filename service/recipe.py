@@ -204,7 +204,8 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
         cfg_scale=params.get("guidance_scale"), seed=None if task == "upscale" else seed,  # an upscale has none
         width=params.get("width"), height=params.get("height"),
         model_hash=model_hash(model), model=model["name"],
-        denoising_strength=hires["strength"] if hires else params.get("strength") if task in ("img2img", "inpaint") else None,
+        denoising_strength=hires["strength"] if hires else
+        params.get("strength") if task in ("img2img", "inpaint") else None,
         extra=extra,
         version=f"fresco {fresco_version()}")
 

@@ -69,9 +69,10 @@ def to_view(h: dict[str, str], base_url: str, sign: Callable[[str, str], str] = 
     def shown(image: dict) -> dict:
         return {"url": url(image["name"]), "width": image.get("width"), "height": image.get("height")}
 
-    image = params.get("image")
-    if isinstance(image, dict) and "name" in image:
-        params["image"] = shown(image)
+    for key in ("image", "mask"):  # the stored input image, and an inpaint job's mask
+        image = params.get(key)
+        if isinstance(image, dict) and "name" in image:
+            params[key] = shown(image)
     for item in params.get("images") or []:  # a training job's dataset
         if isinstance(item, dict) and isinstance(item.get("image"), dict) and "name" in item["image"]:
             item["image"] = shown(item["image"])

@@ -1,6 +1,7 @@
 """AUTOMATIC1111's API (`/sdapi/v1`) through a real stack (API keys on, a worker): with the real `webuiapi`
-client, and with the request sequences Open WebUI, SillyTavern and LibreChat send, reproduced from their
-sources (each test names the file and version). Every client gets its own API key, as each would in a
+client (inpainting with a mask, the hires fix and Extras' upscale included), and with the request
+sequences Open WebUI, SillyTavern and LibreChat send, reproduced from their sources (each test names the
+file and version). Every client gets its own API key, as each would in a
 deployment, so each has its own remembered checkpoint and its own progress."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import webuiapi
 from PIL import Image
 
+from tests.e2e import inpainting
 from tests.e2e.conftest import KEYS
 INFOTEXT_PARAMS = re.compile(r"^Steps: \d+, Sampler: [^,]+, Schedule type: \w+, CFG scale: [\d.]+, Seed: \d+, "
                              r"Size: \d+x\d+, Model hash: [0-9a-f]{10}, Model: [\w-]+")
@@ -73,6 +75,43 @@ def test_webuiapi_img2img_with_a_pil_image(stack):
     assert r.parameters["init_images"] is None  # A1111 echoes them only with include_init_images
 
 
+def test_webuiapi_img2img_with_a_mask_inpaints(stack):
+    """A mask makes img2img inpaint (on the checkpoint named, tiny-sd): the input's size, and its pixels
+    exactly where the blurred mask is 0."""
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=stack.port, username="me", password=KEYS["webuiapi"])
+    image = inpainting.source()
+    mask = Image.new("L", image.size, 0)
+    mask.paste(255, inpainting.BOX)
+    r = api.img2img(images=[image], mask_image=mask, prompt="a red door", steps=2, seed=3, denoising_strength=1,
+                    inpainting_fill=1, inpaint_full_res=False, mask_blur=4, width=128, height=96,
+                    override_settings={"sd_model_checkpoint": "tiny-sd"})
+    assert r.info["sd_model_name"] == "tiny-sd" and r.info["warnings"] == []
+    assert "Mask blur: 4" in r.info["infotexts"][0] and "Denoising strength: 1" in r.info["infotexts"][0]
+    assert r.images[0].size == image.size
+    inpainting.assert_repainted_only_inside(r.images[0], image)
+
+
+def test_webuiapi_hires_fix_and_extras_upscale(stack):
+    """enable_hr runs hires (the image at width × height × hr_scale; A1111's hires entries in the infotext);
+    extra_single_image runs upscale."""
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=stack.port, username="me", password=KEYS["webuiapi"])
+    r = api.txt2img(prompt="a lighthouse", enable_hr=True, hr_scale=1.5, hr_upscaler=webuiapi.HiResUpscaler.Lanczos,
+                    denoising_strength=0.5, steps=2, width=256, height=256, seed=5,
+                    override_settings={"sd_model_checkpoint": "tiny-sd"})
+    assert r.images[0].size == (384, 384) and (r.info["width"], r.info["height"]) == (256, 256)  # A1111's: 1st pass
+    assert r.info["warnings"] == [] and r.info["denoising_strength"] == 0.5
+    assert "Size: 256x256" in r.info["infotexts"][0]
+    assert "Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Lanczos" in \
+        r.info["infotexts"][0]
+    source = Image.new("RGB", (64, 48), (200, 60, 20))
+    up = api.extra_single_image(image=source, upscaler_1="Lanczos", upscaling_resize=2)
+    assert up.images[0].size == (128, 96) and "Postprocess upscale by: 2, Postprocess upscaler: Lanczos" in up.info
+    assert api.extra_single_image(image=source).images[0].size == (64, 48)  # upscaler_1 "None": as it is
+    with pytest.raises(RuntimeError) as refused:  # webuiapi raises on any status but 200
+        api.extra_single_image(image=source, upscaler_1=webuiapi.Upscaler.ESRGAN_4x)
+    assert refused.value.args[0] == 422 and "upscaler_1" in refused.value.args[1]
+
+
 def test_webuiapi_models_options_samplers_and_interrupt(stack):
     api = webuiapi.WebUIApi(host="127.0.0.1", port=stack.port, username="me", password=KEYS["webuiapi"], steps=2)
     assert api.util_get_model_names() == sorted(titles(stack).values())
@@ -82,7 +121,8 @@ def test_webuiapi_models_options_samplers_and_interrupt(stack):
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "Heun"} == set(api.util_get_sampler_names())
     assert {"automatic", "karras"} <= set(api.util_get_scheduler_names())
     assert [lora["name"] for lora in api.get_loras()] == ["tiny-style", "tiny-sketch"]
-    assert [u["name"] for u in api.get_upscalers()] == ["None"] and api.get_sd_vae() == []
+    assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos"] and api.get_sd_vae() == []
+    assert api.get_latent_upscale_modes() == [{"name": "Latent"}]
     assert api.interrupt() == {}  # nothing running: nothing to stop
     api.util_wait_for_ready(check_interval=0.1)
     api.util_set_model("tiny-sd")
@@ -137,7 +177,8 @@ def test_sillytavern_sequence(stack):
         upscalers = [x["name"] for x in st.get("/sdapi/v1/upscalers").json()]
         upscalers[1:1] = [x["name"] for x in st.get("/sdapi/v1/latent-upscale-modes").json()]
         vaes = st.get("/sdapi/v1/sd-vae").json()
-        assert "Euler a" in samplers and "automatic" in schedulers and upscalers == ["None"] and vaes == []
+        assert "Euler a" in samplers and "automatic" in schedulers and vaes == []
+        assert upscalers == ["None", "Latent", "Lanczos"]
         assert st.get("/sdapi/v1/options").json()["sd_model_checkpoint"] in [m["value"] for m in models]
         st.post("/sdapi/v1/options", json={"sd_model_checkpoint": titles(stack)["tiny-sd"]}).raise_for_status()
         for _ in range(10):

@@ -1,5 +1,6 @@
-"""The OpenAI Images API through a real stack (API keys on, aliases, a worker): with the real `openai` SDK,
-and with the exact requests Open WebUI and LibreChat send, byte for byte."""
+"""The OpenAI Images API through a real stack (API keys on, aliases, a worker): with the real `openai` SDK
+(an edit with a mask included: inpaint), and with the exact requests Open WebUI and LibreChat send, byte
+for byte."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import png_data_url
+from tests.e2e import inpainting
 from tests.e2e.conftest import KEYS
 
 KEY = KEYS["openai"]
@@ -81,6 +83,24 @@ def test_edit_keeps_the_input_size_unless_told(sdk, openai_stack):
     assert image_of(base64.b64decode(r.json()["data"][0]["b64_json"])).size == (256, 256)
 
 
+def test_edit_with_a_mask_inpaints_only_its_transparent_pixels(sdk):
+    """`mask` (OpenAI's convention: transparent = edit) runs inpaint: pixels the blurred mask leaves out are
+    the input's exactly; those under it change."""
+    image = inpainting.source()
+    mask = Image.new("RGBA", image.size, (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), inpainting.BOX)
+    files = {}
+    for name, img in (("image", image), ("mask", mask)):
+        out = io.BytesIO()
+        img.save(out, "PNG")
+        files[name] = (f"{name}.png", out.getvalue(), "image/png")
+    r = sdk.images.edit(image=files["image"], mask=files["mask"], prompt="a red door", model="tiny-sd",
+                        response_format="b64_json", extra_body={"steps": 2, "seed": 7})
+    result = image_of(base64.b64decode(r.data[0].b64_json))
+    assert result.size == image.size
+    inpainting.assert_repainted_only_inside(result, image)
+
+
 def test_sdk_errors_are_its_exception_types(sdk, openai_stack):
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.images.generate(model="tiny-turbo", prompt=PROMPT, size="1792x1024")
@@ -88,10 +108,10 @@ def test_sdk_errors_are_its_exception_types(sdk, openai_stack):
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.images.generate(model="midjourney", prompt=PROMPT)
     assert bad.value.param == "model" and "dall-e-2" in bad.value.message
-    with pytest.raises(openai.BadRequestError) as bad:
-        sdk.images.edit(image=("in.png", png_bytes(), "image/png"), mask=("m.png", png_bytes(), "image/png"),
+    with pytest.raises(openai.BadRequestError) as bad:  # OpenAI's rule: the mask has the image's size
+        sdk.images.edit(image=("in.png", png_bytes(), "image/png"), mask=("m.png", png_bytes(64, 64), "image/png"),
                         prompt="x")
-    assert bad.value.param == "mask" and "inpainting is not supported yet" in bad.value.message
+    assert bad.value.param == "mask" and "the image's size" in bad.value.message
     with openai.OpenAI(base_url=openai_stack.url + "/v1", api_key="sk-wrong") as wrong:
         with pytest.raises(openai.AuthenticationError) as denied:
             wrong.images.generate(prompt=PROMPT)

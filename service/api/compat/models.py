@@ -2,7 +2,8 @@
 
 OpenAI and AUTOMATIC1111 clients name a checkpoint, not a task. Text-to-image on a model runs the task its
 kind is made for (the family table's `text_task`): an SDXL model the `sdxl` task (its refiner too, when it
-has one), a Turbo model `turbo`, an SD 1.x/2.x model `txt2img`. Image-to-image is always `img2img`. A
+has one), a Turbo model `turbo`, an SD 1.x/2.x model `txt2img`. Image-to-image is always `img2img`, and
+with a mask `inpaint` (on the model when it serves it, else the task's default: an inpainting checkpoint). A
 request body is then cut to the fields that task's native request has (`fit`): what a client sends that
 the task has no use for (a guidance scale for Turbo, say) is dropped and named, never a 422.
 """
@@ -29,6 +30,12 @@ def image_task(catalog: Catalog, model: str) -> str | None:
     """`img2img` when `model` serves it, else None."""
     spec = catalog.models.get(model)
     return "img2img" if spec is not None and "img2img" in spec.tasks else None
+
+
+def inpaint_task(catalog: Catalog, model: str) -> str | None:
+    """`inpaint` when `model` serves it (an SD or SDXL model, or a dedicated inpainting checkpoint), else None."""
+    spec = catalog.models.get(model)
+    return "inpaint" if spec is not None and "inpaint" in spec.tasks else None
 
 
 def default_text_model(catalog: Catalog) -> str | None:

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import time
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.api.app import create_app
 from service.api.auth import digest
-from service.api.compat.a1111 import answer, progress
+from service.api.compat.a1111 import answer, extras, progress
 from service.api.compat.a1111.checkpoints import checkpoint, find
 from service.api.compat.a1111.fields import unsupported
 from service.api.compat.a1111.prompt_loras import take_loras
@@ -131,11 +133,118 @@ def test_img2img_and_what_parameters_echo():
 
 def test_only_features_turned_on_are_warned_about():
     assert unsupported(WEBUIAPI_DEFAULTS, img2img=False) == []
+    assert unsupported({**WEBUIAPI_DEFAULTS, "enable_hr": True}, img2img=False) == []  # the hires fix runs
     on = {**WEBUIAPI_DEFAULTS, "enable_hr": True, "restore_faces": True, "alwayson_scripts": {"ADetailer": {}},
-          "styles": ["anime"], "subseed_strength": 0.3, "override_settings": {"CLIP_stop_at_last_layers": 2}}
-    assert len(unsupported(on, img2img=False)) == 6
+          "styles": ["anime"], "subseed_strength": 0.3, "override_settings": {"CLIP_stop_at_last_layers": 2},
+          "hr_checkpoint_name": "other", "hr_sampler_name": "Use same sampler", "hr_prompt": "another"}
+    assert len(unsupported(on, img2img=False)) == 7  # hr_checkpoint_name and hr_prompt; the same sampler is fine
     img = unsupported({"mask": "AAAA", "resize_mode": 1, "init_images": ["a", "b"]}, img2img=True)
-    assert len(img) == 3
+    assert len(img) == 2  # the mask is inpainting
+
+
+MASK = png_data_url(64, 64, (255, 255, 255))
+
+
+def inpaint_body(**fields) -> dict:
+    return {"prompt": "x", "init_images": [png_data_url(64, 64)], "mask": MASK, **fields}
+
+
+def test_img2img_with_a_mask_runs_inpaint():
+    p = plan(CATALOG, "img2img", inpaint_body(steps=4), None)
+    body = p.bodies[0]
+    assert (p.task, p.model, body["task"]) == ("inpaint", "tiny-sd-inpaint", "inpaint")
+    assert body["model"] == "tiny-sd-inpaint"
+    # A1111's API defaults: inpainting_fill 0 (fill), "only masked" with padding 0, mask blur 4 (mask_blur_x)
+    assert (body["mask"], body["fill"], body["mask_padding"], body["invert_mask"], body["strength"]) == (
+        MASK, "fill", 0, False, 0.75)
+    assert "mask_blur" not in body and "width" not in body and p.warnings == []
+    params = {"width": 64, "height": 64, "mask_blur": 4, "fill": "fill", "mask_padding": 0, "invert_mask": False}
+    record = {"id": "j", "status": "succeeded", "params": json.dumps(params), "warnings": "[]"}
+    info = json.loads(answer.build(p, CATALOG, [record], [[b"png"]], "20260101120000", "fresco 1")["info"])
+    assert info["extra_generation_params"] == {"Mask blur": 4, "Masked content": "fill", "Inpaint area": "Only masked",
+                                               "Masked area padding": 0}
+    assert "Denoising strength: 0.75, Mask blur: 4, Masked content: fill, " in info["infotexts"][0]
+    assert info["is_using_inpainting_conditioning"] is True
+    for fill, native in enumerate(("fill", "original", "noise", "nothing")):
+        assert plan(CATALOG, "img2img", inpaint_body(inpainting_fill=fill), None).bodies[0]["fill"] == native
+    p = plan(CATALOG, "img2img", inpaint_body(inpaint_full_res=False, inpaint_full_res_padding=32, mask_blur_x=8,
+                                              inpainting_mask_invert=1, width=512, height=512), None)
+    body = p.bodies[0]
+    assert ("mask_padding" not in body, body["mask_blur"], body["invert_mask"]) == (True, 8, True)
+    assert p.warnings == ["inpainting keeps the input image's size (64×64); width and height were ignored"]
+    assert plan(CATALOG, "img2img", inpaint_body(mask_blur=2, mask_blur_x=8), None).bodies[0]["mask_blur"] == 2
+    # The key's checkpoint when it inpaints (as A1111), else the task's default; a named inpainting checkpoint
+    assert plan(CATALOG, "img2img", inpaint_body(), "tiny-sdxl").model == "tiny-sdxl"
+    turbo = plan(CATALOG, "img2img", inpaint_body(), "tiny-turbo")
+    assert turbo.model == "tiny-sd-inpaint" and "cannot inpaint" in turbo.warnings[0]
+    named = {"override_settings": {"sd_model_checkpoint": "tiny-sd-inpaint"}}
+    assert plan(CATALOG, "img2img", inpaint_body(**named), "tiny-sdxl").model == "tiny-sd-inpaint"
+    assert plan(CATALOG, "img2img", inpaint_body(mask=""), None).task == "img2img"  # an empty mask: no mask
+    with pytest.raises(ValidationFailed) as err:
+        plan(CATALOG, "img2img", inpaint_body(override_settings={"sd_model_checkpoint": "tiny-turbo"}), None)
+    assert err.value.fields[0]["field"] == CHECKPOINT_FIELD
+
+
+@pytest.mark.parametrize("sent, native, warned", [
+    (None, "latent", False), ("Latent", "latent", False), ("latent", "latent", False),
+    ("Latent (nearest)", "latent", True), ("Latent (bicubic antialiased)", "latent", True),
+    ("None", "lanczos", False), ("Lanczos", "lanczos", False), ("tiny-esrgan", "tiny-esrgan", False),
+    ("TINY-ESRGAN", "tiny-esrgan", False),
+])
+def test_hr_upscaler_names(sent, native, warned):
+    p = plan(CATALOG, "txt2img", {"prompt": "x", "enable_hr": True, "hr_upscaler": sent}, None)
+    assert p.bodies[0]["hires"]["upscaler"] == native and bool(p.warnings) == warned
+
+
+def test_txt2img_with_enable_hr_runs_hires():
+    body = {"prompt": "x", "width": 256, "height": 192, "steps": 6, "enable_hr": True, "hr_scale": 1.5,
+            "hr_upscaler": "Lanczos", "denoising_strength": 0.4, "hr_second_pass_steps": 3}
+    p = plan(CATALOG, "txt2img", body, None)
+    assert p.bodies[0]["hires"] == {"scale": 1.5, "upscaler": "lanczos", "strength": 0.4, "steps": 3}
+    assert p.denoising_strength == 0.4 and p.warnings == []
+    assert "hires" not in plan(CATALOG, "txt2img", {**body, "enable_hr": False}, None).bodies[0]
+    default = plan(CATALOG, "txt2img", {"prompt": "x", "enable_hr": True, "hr_second_pass_steps": 0}, None)
+    assert default.bodies[0]["hires"] == {"scale": 2.0, "upscaler": "latent", "strength": 0.7}  # steps: the job's
+    # hr_resize_x / hr_resize_y give the target size: the scale follows; another aspect ratio fits within it
+    resized = {"prompt": "x", "width": 256, "height": 192, "enable_hr": True, "hr_scale": 3}
+    assert plan(CATALOG, "txt2img", {**resized, "hr_resize_x": 512}, None).bodies[0]["hires"]["scale"] == 2.0
+    assert plan(CATALOG, "txt2img", {**resized, "hr_resize_y": 288}, None).bodies[0]["hires"]["scale"] == 1.5
+    uneven = plan(CATALOG, "txt2img", {**resized, "hr_resize_x": 512, "hr_resize_y": 512}, None)
+    assert uneven.bodies[0]["hires"]["scale"] == 2.0 and "not 256×192 scaled evenly" in uneven.warnings[0]
+    assert uneven.names == {"hires.scale": "hr_resize_x"}
+    sdxl = plan(CATALOG, "txt2img", {"prompt": "x", "enable_hr": True}, "tiny-sdxl")  # sdxl runs hires too
+    assert sdxl.task == "sdxl" and sdxl.bodies[0]["hires"]["scale"] == 2.0
+    turbo = plan(CATALOG, "txt2img", {"prompt": "x", "enable_hr": True}, "tiny-turbo")
+    assert "hires" not in turbo.bodies[0] and any("hires fix is not available" in w for w in turbo.warnings)
+
+
+def test_the_hires_answer_carries_a1111s_hires_entries():
+    p = plan(CATALOG, "txt2img", {"prompt": "x", "seed": 5, "steps": 4, "width": 256, "height": 256,
+                                  "enable_hr": True, "hr_upscaler": "Lanczos", "denoising_strength": 0.5}, None)
+    params = {"width": 256, "height": 256, "hires": {"scale": 2.0, "upscaler": "lanczos", "strength": 0.5,
+                                                     "steps": 4, "width": 512, "height": 512}}
+    record = {"id": "j", "status": "succeeded", "params": json.dumps(params), "warnings": "[]"}
+    info = json.loads(answer.build(p, CATALOG, [record], [[b"png"]], "20260101120000", "fresco 1")["info"])
+    assert "Size: 256x256, Model hash: " in info["infotexts"][0]  # A1111's Size: the first pass's
+    assert "Denoising strength: 0.5, Hires upscale: 2, Hires steps: 4, Hires upscaler: Lanczos, Version: " in \
+        info["infotexts"][0]
+    assert info["extra_generation_params"] == {"Hires upscale": "2", "Hires steps": 4, "Hires upscaler": "Lanczos"}
+    assert info["denoising_strength"] == 0.5
+
+
+def test_extras_translate_to_upscale():
+    image = png_data_url(64, 48)
+    p = extras.plan(CATALOG, {"image": image, "upscaler_1": "tiny-esrgan", "upscaling_resize": 3})
+    assert p.body == {"task": "upscale", "model": "tiny-esrgan", "image": image, "scale": 3.0, "output_format": "png"}
+    assert extras.plan(CATALOG, {"image": image, "upscaler_1": "Lanczos"}).body["model"] == "lanczos"
+    assert extras.plan(CATALOG, {"image": image}).body is None  # upscaler_1 "None" (the default): no upscale
+    to_size = extras.plan(CATALOG, {"image": image, "upscaler_1": "lanczos", "resize_mode": 1,
+                                    "upscaling_resize_w": 128, "upscaling_resize_h": 96})
+    assert to_size.body["scale"] == 2.0 and to_size.warnings == []
+    uneven = extras.plan(CATALOG, {"image": image, "upscaler_1": "lanczos", "resize_mode": 1,
+                                   "upscaling_resize_w": 128, "upscaling_resize_h": 128, "gfpgan_visibility": 0.5})
+    assert uneven.body["scale"] == 2.0 and len(uneven.warnings) == 2  # fits within; face restoration ignored
+    assert "Postprocess upscale by: 2, Postprocess upscaler: Lanczos" in extras.html_info(uneven, 2.0)
 
 
 def test_infotext_in_a1111s_format():
@@ -248,6 +357,61 @@ def test_img2img_422_names_the_a1111_field(api, body, field):
     assert [f["field"] for f in r.json()["error"]["fields"]] == [field] and SECRET not in r.text
 
 
+@pytest.mark.parametrize("body, field", [
+    (inpaint_body(inpainting_fill=4), "inpainting_fill"),
+    (inpaint_body(mask="not an image " + SECRET), "mask"),
+    (inpaint_body(mask=png_data_url(64, 32)), "mask"),  # another aspect ratio
+    (inpaint_body(mask=png_data_url(64, 64, (0, 0, 0))), "mask"),  # all black: nothing to repaint
+    (inpaint_body(mask_blur=65), "mask_blur"),
+    (inpaint_body(inpaint_full_res_padding=-1), "inpaint_full_res_padding"),
+    (inpaint_body(override_settings={"sd_model_checkpoint": "tiny-turbo"}), CHECKPOINT_FIELD),
+])
+def test_img2img_inpainting_422_names_the_a1111_field(api, body, field):
+    r = sdapi(api, "POST", "img2img", json=body)
+    assert r.status_code == 422, r.text
+    assert [f["field"] for f in r.json()["error"]["fields"]] == [field] and SECRET not in r.text
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"hr_upscaler": "R-ESRGAN 4x+ " + SECRET}, "hr_upscaler"),
+    ({"hr_scale": 5}, "hr_scale"),
+    ({"hr_scale": "big"}, "hr_scale"),
+    ({"hr_resize_x": 4096}, "hr_resize_x"),  # a scale of 16
+    ({"hr_scale": 4, "width": 1024, "height": 1024}, "hr_scale"),  # 4096² is past the pixel limit
+    ({"denoising_strength": 0}, "denoising_strength"),
+    ({"hr_second_pass_steps": 500}, "hr_second_pass_steps"),
+])
+def test_txt2img_hires_422_names_the_a1111_field(api, body, field):
+    r = sdapi(api, "POST", "txt2img", json={"prompt": "x", "width": 256, "height": 256, "enable_hr": True, **body})
+    assert r.status_code == 422, r.text
+    assert [f["field"] for f in r.json()["error"]["fields"]] == [field] and SECRET not in r.text
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"upscaler_1": "R-ESRGAN 4x+ " + SECRET}, "upscaler_1"),
+    ({"upscaler_1": "Latent"}, "upscaler_1"),  # latent modes are the hires fix's
+    ({"upscaler_1": "Lanczos", "upscaling_resize": 5}, "upscaling_resize"),
+    ({"upscaler_1": "Lanczos", "image": "not an image " + SECRET}, "image"),
+    ({"upscaler_1": "Lanczos", "image": None}, "image"),
+    ({"upscaler_1": "Lanczos", "resize_mode": 2}, "resize_mode"),
+])
+def test_extras_422_names_the_a1111_field(api, body, field):
+    r = sdapi(api, "POST", "extra-single-image", json={"image": png_data_url(64, 64), **body})
+    assert r.status_code == 422, r.text
+    assert [f["field"] for f in r.json()["error"]["fields"]] == [field] and SECRET not in r.text
+
+
+def test_extras_with_no_upscaler_answer_the_image_as_it_is(api):
+    """upscaler_1 "None" (A1111's and webuiapi's default) runs no job: the image comes back, as a PNG."""
+    r = sdapi(api, "POST", "extra-single-image", json={"image": png_data_url(40, 30, fmt="JPEG"),
+                                                       "upscaling_resize": 2})
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert set(data) == {"html_info", "image"} and "Postprocess upscaler: None" in data["html_info"]
+    image = Image.open(io.BytesIO(base64.b64decode(data["image"])))
+    assert (image.format, image.size) == ("PNG", (40, 30))
+
+
 def test_lists_clients_read(api):
     models = sdapi(api, "GET", "sd-models").json()
     assert [m["model_name"] for m in models] == ["tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai"]
@@ -257,8 +421,11 @@ def test_lists_clients_read(api):
     assert [s["label"] for s in sdapi(api, "GET", "schedulers").json()] == ["Automatic", "Uniform", "Karras"]
     assert [(x["name"], x["alias"]) for x in sdapi(api, "GET", "loras").json()] == [("tiny-style", "tiny-style"),
                                                                                  ("tiny-sketch", "tiny-sketch")]
-    assert sdapi(api, "GET", "upscalers").json()[0]["name"] == "None"
-    assert sdapi(api, "GET", "sd-vae").json() == [] and sdapi(api, "GET", "latent-upscale-modes").json() == []
+    listed = sdapi(api, "GET", "upscalers").json()
+    assert [u["name"] for u in listed] == ["None", "Lanczos", "tiny-esrgan"]
+    assert set(listed[2]) == {"name", "model_name", "model_path", "model_url", "scale"} and listed[2]["scale"] == 2
+    assert sdapi(api, "GET", "latent-upscale-modes").json() == [{"name": "Latent"}]
+    assert sdapi(api, "GET", "sd-vae").json() == []
     assert sdapi(api, "GET", "scripts").json() == {"txt2img": [], "img2img": []}
     idle = sdapi(api, "GET", "progress").json()
     assert (idle["progress"], idle["state"]["job_count"], idle["current_image"]) == (0.0, 0, None)

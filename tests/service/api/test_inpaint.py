@@ -59,6 +59,7 @@ def test_a_valid_request_resolves_the_output_size_with_expand(api):
     assert (p["mask_padding"], p["mask_blur"], p["fill"], p["invert_mask"], p["strength"]) == (32, 4, "original",
                                                                                               False, 1.0)
     assert p["mask"]["width"] == 128 and p["image"]["height"] == 96
+    assert p["mask"]["url"].endswith("/mask.png") and api.get(p["mask"]["url"]).status_code == 200  # stored, shown
     assert p["guidance_scale"] == 7.5 and p["scheduler"]
     # no mask: only the new area is repainted
     r = post(api, inpaint(mask=None, expand={"right": 64}, model="tiny-sdxl"))

@@ -1,17 +1,21 @@
 """The OpenAI Images routes without a worker: every error in OpenAI's shape, naming OpenAI's parameter;
-what is accepted and ignored; n split over jobs; the wait's limit. (Jobs that run: tests/e2e/test_openai.py.)"""
+what is accepted and ignored; n split over jobs; the wait's limit; an edit's mask (OpenAI's convention) that
+runs inpaint. (Jobs that run: tests/e2e/test_openai.py.)"""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import time
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service.api.app import create_app
 from service.api.auth import digest
+from service.api.compat.openai_images import mask
 from service.api.compat.openai_images.routes import Plan, bodies
 from service.jobs import heartbeats
 from service.redis import sync_client
@@ -60,18 +64,72 @@ def test_native_validation_is_400_with_the_openai_parameter(app):
     assert "tiny-sd" in error["message"] and "dall-e-2" in error["message"] and "tiny-svd" not in error["message"]
 
 
-def test_stream_mask_and_several_images_are_refused_clearly(app):
+def test_stream_markup_and_several_images_are_refused_clearly(app):
     assert "not supported" in openai_error(app.post(GEN, json={"prompt": "x", "stream": True}), 400, "stream")[
         "message"]
     image = ("a.png", png(), "image/png")
-    r = app.post(EDIT, data={"prompt": "x"}, files={"image": image, "mask": ("m.png", png(), "image/png")})
-    assert "inpainting is not supported yet" in openai_error(r, 400, "mask")["message"]
+    r = app.post(EDIT, data={"prompt": "x"}, files={"image": image, "markup": ("m.png", png(), "image/png")})
+    assert "not supported" in openai_error(r, 400, "markup")["message"]
     r = app.post(EDIT, data={"prompt": "x"}, files=[("image[]", image), ("image[]", image)])
     assert "one image" in openai_error(r, 400, "image")["message"]
     openai_error(app.post(EDIT, data={"prompt": "x", "model": "tiny-turbo"}, files={"other": image}), 400, "image")
     r = app.post(EDIT, data={"prompt": "x"}, files={"image": ("a.png", b"not an image", "image/png")})
     openai_error(r, 400, "image")
     openai_error(app.post(EDIT, data={"prompt": "x", "model": "tiny-svd"}, files={"image": image}), 400, "model")
+
+
+def rgba_mask(size=(64, 64), box=(16, 16, 48, 48), fmt="PNG", mode="RGBA") -> bytes:
+    """OpenAI's mask: opaque, with `box` fully transparent (the area to edit)."""
+    m = Image.new(mode, size, (0, 0, 0, 255) if mode == "RGBA" else (0, 0, 0))
+    if box is not None:
+        m.paste((0, 0, 0, 0) if mode == "RGBA" else (255, 255, 255), box)
+    out = io.BytesIO()
+    m.save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mask, words", [
+    (rgba_mask((64, 32)), "the image's size (the image is 64×64, the mask 64×32)"),
+    (rgba_mask((128, 128), (32, 32, 96, 96)), "the image's size"),  # OpenAI wants the same size, not the ratio
+    (rgba_mask(mode="RGB"), "alpha channel"),  # no alpha: which pixels are transparent?
+    (rgba_mask(fmt="WEBP"), "PNG with an alpha channel"),
+    (rgba_mask(box=None), "no transparent pixels: nothing to edit"),
+    (b"not an image", "is not a readable image"),
+])
+def test_a_mask_openai_would_refuse_is_400_naming_mask(app, mask, words):
+    r = app.post(EDIT, data={"prompt": "x"}, files={"image": ("a.png", png(), "image/png"),
+                                                    "mask": ("m.png", mask, "image/png")})
+    assert words in openai_error(r, 400, "mask")["message"]
+
+
+def test_an_openai_mask_becomes_inpaints_mask():
+    """Transparent = edit becomes white = repaint; alpha 0 everywhere edits the whole image."""
+    settings = type("S", (), {"max_image_bytes": 2**20, "max_pixels": 2048**2})()
+    image = png_data_url(64, 64)
+    native = Image.open(io.BytesIO(base64.b64decode(mask.native_mask(image, base64.b64encode(rgba_mask()).decode(),
+                                                                        settings).split(",", 1)[1])))
+    assert native.mode == "L" and native.getpixel((20, 20)) == 255 and native.getpixel((4, 4)) == 0
+    everything = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    out = io.BytesIO()
+    everything.save(out, "PNG")
+    whole = mask.native_mask(image, base64.b64encode(out.getvalue()).decode(), settings)
+    assert Image.open(io.BytesIO(base64.b64decode(whole.split(",", 1)[1]))).getextrema() == (255, 255)
+
+
+@pytest.mark.parametrize("model, runs_on", [
+    (None, "tiny-sd-inpaint"),  # the inpaint task's default: the inpainting checkpoint
+    ("tiny-sdxl", "tiny-sdxl"),  # a model that inpaints runs it
+    ("dall-e-2", "tiny-sd-inpaint"),  # an alias of Turbo, which cannot: the default
+])
+def test_an_edit_with_a_mask_runs_inpaint(app_settings, module_server, model, runs_on):
+    """Validated as a native inpaint job and submitted; with no live worker, the 503 names the task and model."""
+    settings = app_settings.model_copy(update={"redis_url": module_server.url,
+                                               "openai_model_aliases": {"dall-e-2": "tiny-turbo"}})
+    form = {"prompt": "a red door", **({"model": model} if model else {}), "size": "1024x1024"}  # size: ignored
+    with TestClient(create_app(settings)) as c:
+        r = c.post(EDIT, data=form, files={"image": ("a.png", png(), "image/png"),
+                                           "mask": ("m.png", rgba_mask(), "image/png")})
+    assert f"no live worker serves {runs_on} for inpaint" in openai_error(r, 503, None)["message"]
 
 
 def test_ignored_openai_parameters_are_accepted(app):

@@ -30,8 +30,13 @@ def infotext(plan: Plan, seed: int, width: int, height: int, model_name: str, mo
     return recipe.a1111_infotext(
         plan.prompt, plan.negative_prompt, steps=plan.steps, sampler=plan.sampler_name, schedule=plan.schedule,
         cfg_scale=plan.cfg_scale, seed=seed, width=width, height=height, model_hash=model_hash, model=model_name,
-        denoising_strength=plan.denoising_strength if plan.mode == "img2img" else None, extra=extra,
+        denoising_strength=plan.denoising_strength if plan.mode == "img2img" or hires(plan) else None, extra=extra,
         version=version)
+
+
+def hires(plan: Plan) -> bool:
+    """Whether the call runs the hires fix (then "Denoising strength" is its second pass's)."""
+    return bool(plan.bodies) and "hires" in plan.bodies[0]
 
 
 def _json(h: dict, name: str, default):
@@ -56,7 +61,10 @@ def build(plan: Plan, catalog: Catalog, records: list[dict], images: list[list[b
     width = params.get("width") or plan.parameters["width"]
     height = params.get("height") or plan.parameters["height"]
     hashes = recipe.lora_hashes(params.get("loras"))
-    extra = {"Lora hashes": hashes} if hashes else {}
+    # A1111's entries for the hires fix and inpainting, from what the jobs resolved (as the PNGs' infotext)
+    inpaint = recipe.inpaint_entries(params) if plan.task == "inpaint" else {}
+    extra = {k: v for k, v in {**recipe.hires_entries(params.get("hires")), **inpaint,
+                               "Lora hashes": hashes}.items() if v is not None}
     warnings = list(plan.warnings)
     for h in made:
         warnings += [w for w in _json(h, "warnings", []) if w not in warnings]
@@ -81,7 +89,8 @@ def build(plan: Plan, catalog: Catalog, records: list[dict], images: list[list[b
         "sd_model_hash": ckpt.hash, "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1,
         "seed_resize_from_h": -1, "denoising_strength": plan.denoising_strength, "extra_generation_params": extra,
         "index_of_first_image": 0, "infotexts": texts, "styles": [], "job_timestamp": timestamp, "clip_skip": 1,
-        "is_using_inpainting_conditioning": False, "version": version, "warnings": warnings,
+        "is_using_inpainting_conditioning": bool(catalog.models[plan.model].inpainting), "version": version,
+        "warnings": warnings,
     }
     parameters = {**plan.parameters, "width": plan.parameters["width"] or width,
                   "height": plan.parameters["height"] or height}

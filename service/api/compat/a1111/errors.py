@@ -21,11 +21,20 @@ from service.api.errors import FrescoError, ValidationFailed, app_handler, dedup
 # Native request field -> the A1111 field it came from.
 A1111_FIELD = {"guidance_scale": "cfg_scale", "num_images": "batch_size", "scheduler": "sampler_name",
                "image": "init_images[0]", "strength": "denoising_strength",
-               "model": "override_settings.sd_model_checkpoint", "loras": "prompt"}
+               "model": "override_settings.sd_model_checkpoint", "loras": "prompt",
+               # inpainting (img2img with a mask)
+               "mask_padding": "inpaint_full_res_padding", "fill": "inpainting_fill",
+               "invert_mask": "inpainting_mask_invert",
+               # the hires fix (txt2img with enable_hr)
+               "hires.scale": "hr_scale", "hires.upscaler": "hr_upscaler", "hires.strength": "denoising_strength",
+               "hires.steps": "hr_second_pass_steps", "hires": "enable_hr"}
 _LORA_FIELD = re.compile(r"^loras(\[\d+\])?(\.\w+)?$")
 
 
-def a1111_field(native: str) -> str:
+def a1111_field(native: str, names: dict | None = None) -> str:
+    """The A1111 field a native field came from: `names` (the request's own) first, then A1111_FIELD."""
+    if names and native in names:
+        return names[native]
     if _LORA_FIELD.match(native):  # the LoRAs come from the prompt's <lora:…> tags
         return "prompt"
     return A1111_FIELD.get(native, native)
@@ -33,12 +42,12 @@ def a1111_field(native: str) -> str:
 
 class A1111Error(FrescoError):
     """A FrescoError as `/sdapi/v1` answers it, with a `detail` line; `rename`: its fields are a native
-    request's, to be named as A1111 names them."""
+    request's, to be named as A1111 names them (`names`: the request's own names, before A1111_FIELD)."""
 
-    def __init__(self, err: FrescoError, rename: bool = False):
+    def __init__(self, err: FrescoError, rename: bool = False, names: dict | None = None):
         fields = err.fields
         if fields is not None and rename:
-            fields = [{**f, "field": a1111_field(f["field"])} for f in fields]
+            fields = [{**f, "field": a1111_field(f["field"], names)} for f in fields]
         super().__init__(err.message, fields=fields, headers=err.headers)
         self.status, self.code = err.status, err.code
 

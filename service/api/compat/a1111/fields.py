@@ -5,8 +5,9 @@ A1111's API models (modules/api/models.py, pydantic v1) coerce types ("512" and 
 fields they do not know; clients rely on both: SillyTavern forwards its own `url` and `auth` in the body,
 webuiapi sends every field at its own defaults. So this adapter reads the fields it maps with the same
 leniency, ignores unknown fields silently (and never echoes them), and for A1111 features Fresco does not
-have (hires fix, face restoration, scripts, inpainting masks, …) adds a warning to `info` when a request
-turns one on, instead of refusing it: these clients send them by default.
+have (face restoration, scripts, a second-pass checkpoint, …) adds a warning to `info` when a request
+turns one on, instead of refusing it: these clients send them by default. (The hires fix and inpainting
+masks are Fresco's `hires` and `inpaint`: translate.py.)
 """
 
 from __future__ import annotations
@@ -114,12 +115,12 @@ class Reader:
         return seed
 
 
-def _on(value) -> bool:
+def on(value) -> bool:
     """Whether a feature field is turned on: anything but absent, false, zero, empty or "None"."""
     if isinstance(value, str):
         return value.strip() not in ("", "None", "none")
     if isinstance(value, (list, tuple)):
-        return any(_on(v) for v in value)
+        return any(on(v) for v in value)
     return bool(value)
 
 
@@ -134,26 +135,44 @@ QUIET_OVERRIDES = {"CLIP_stop_at_last_layers": (None, 1), "sd_vae": (None, "", "
                    "forge_additional_modules": (None, [])}
 
 
+# The hires fix's options for a second pass that differs from the first: their "same as the first" values.
+HIRES_SAME = {"hr_checkpoint_name": "Use same checkpoint", "hr_sampler_name": "Use same sampler",
+              "hr_scheduler": "Use same scheduler"}
+
+
+def _hires_extras(body: dict) -> list[str]:
+    """Warnings for the hires fix options Fresco's `hires` has not: its second pass runs on the first's
+    checkpoint, sampler and prompts."""
+    out = []
+    for name, same in HIRES_SAME.items():
+        value = body.get(name)
+        if on(value) and value != same:
+            out.append(f"hires fix: {name} is not supported; the second pass ran with the first pass's")
+    for name, first in (("hr_prompt", "prompt"), ("hr_negative_prompt", "negative_prompt")):
+        value = body.get(name)
+        if on(value) and value != body.get(first):
+            out.append(f"hires fix: {name} is not supported; the second pass ran with {first}")
+    return out
+
+
 def unsupported(body: dict, img2img: bool) -> list[str]:
     """Warnings for the A1111 features a request turns on that Fresco does not have (each is ignored)."""
     out = []
-    if not img2img and _on(body.get("enable_hr")):
-        out.append("hires fix (enable_hr and the hr_* options) is not supported; the image was made at width × height")
+    if not img2img and on(body.get("enable_hr")):
+        out += _hires_extras(body)
     checks = (("restore_faces", "face restoration (restore_faces)"), ("tiling", "tiling"),
               ("styles", "prompt styles (styles)"), ("script_name", "scripts (script_name)"),
               ("refiner_checkpoint", "refiner_checkpoint (SDXL models run their own refiner)"),
               ("firstpass_image", "firstpass_image"))
     for name, what in checks:
-        if _on(body.get(name)):
+        if on(body.get(name)):
             out.append(f"{what} is not supported; ignored")
     strength = body.get("subseed_strength")
     if isinstance(strength, (int, float)) and not isinstance(strength, bool) and strength > 0:
         out.append("variation seeds (subseed, subseed_strength) are not supported; ignored")
-    if _on(body.get("alwayson_scripts")):
+    if on(body.get("alwayson_scripts")):
         out.append(f"alwayson_scripts are not supported; ignored: {_names(body['alwayson_scripts'])}")
     if img2img:
-        if _on(body.get("mask")):
-            out.append("inpainting masks (mask) are not supported; the whole image was redrawn")
         if body.get("resize_mode") not in (None, 0):
             out.append("resize_mode other than 0 (just resize) is not supported; the image was resized to width × "
                        "height")

@@ -78,6 +78,11 @@ class UpscalerItem(BaseModel):
     scale: float | None
 
 
+class ExtrasResponse(BaseModel):
+    html_info: str
+    image: str  # base64 PNG, no data: prefix
+
+
 class NamedItem(BaseModel):
     name: str
 
@@ -104,16 +109,29 @@ _PROPERTIES = {
     "send_images": {"type": "boolean"}, "disable_extra_networks": {"type": "boolean"},
     "override_settings": {"type": "object", "properties": {"sd_model_checkpoint": {"type": "string"}}},
 }
+_HIRES = {"enable_hr": {"type": "boolean"}, "hr_scale": {"type": "number"}, "hr_resize_x": {"type": "integer"},
+          "hr_resize_y": {"type": "integer"}, "hr_upscaler": {"type": "string"},
+          "hr_second_pass_steps": {"type": "integer"}}
+_INPAINT = {"mask": {"type": "string"}, "mask_blur": {"type": "integer"},
+            "inpainting_fill": {"type": "integer", "enum": [0, 1, 2, 3]}, "inpaint_full_res": {"type": "boolean"},
+            "inpaint_full_res_padding": {"type": "integer"}, "inpainting_mask_invert": {"type": "integer",
+                                                                                       "enum": [0, 1]}}
 
 
 def request_body(img2img: bool) -> dict:
-    properties = dict(_PROPERTIES)
+    properties = {**_PROPERTIES, **(_INPAINT if img2img else _HIRES)}
     if img2img:
         properties["init_images"] = {"type": "array", "items": {"type": "string"}, "minItems": 1}
         properties["include_init_images"] = {"type": "boolean"}
     schema = {"type": "object", "properties": properties, **({"required": ["init_images"]} if img2img else {})}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
+
+EXTRAS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string"}, "resize_mode": {"type": "integer", "enum": [0, 1]},
+        "upscaling_resize": {"type": "number"}, "upscaling_resize_w": {"type": "integer"},
+        "upscaling_resize_h": {"type": "integer"}, "upscaler_1": {"type": "string"}}}}}}}
 
 OPTIONS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "properties": {"sd_model_checkpoint": {"type": "string"}}}}}}}

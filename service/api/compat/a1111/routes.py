@@ -4,21 +4,27 @@ may come as HTTP Basic credentials here (`service/api/auth.py`)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import io
+import json
 
 from fastapi import APIRouter, Depends, Query, Request
+from PIL import Image
 
 from service import adapter_registry
-from service.api.compat.a1111 import answer, progress, responses, state
+from service.api.compat.a1111 import answer, extras, progress, responses, state, upscalers
 from service.api.compat.a1111.checkpoints import checkpoint, checkpoints, find
 from service.api.compat.a1111.errors import A1111Error, A1111Route, CallTimedOut
 from service.api.compat.a1111.prompt_loras import lora_listing
 from service.api.compat.a1111.samplers import sampler_listing, schedule_listing
-from service.api.compat.a1111.translate import Plan, model_for, plan
+from service.api.compat.a1111.translate import model_for, plan
 from service.api.compat.models import text_task
 from service.api.compat.waiting import WaitTimedOut, result_files, run_to_end
 from service.api.deps import Authorized, Context
 from service.api.errors import FrescoError, ValidationFailed, field_error, json_response
+from service.api.inputs import ImageRejected, read_image
 from service.api.routes.generate import parse_json, read_body
 from service.jobs import protocol
 from service.jobs.states import JobStatus
@@ -42,23 +48,24 @@ async def _cancel_all(c: Context, job_ids: list[str], owner: str | None) -> None
             await c.jobs.cancel(job_id, owner)
 
 
-async def _run(c: Context, p: Plan, owner: str | None) -> tuple[list[dict], str]:
-    """Submit the plan's jobs as the key's current run, wait for them: their records and the run's
-    timestamp. An interrupt (POST /interrupt) cancels the run's jobs, and any the run submits after it."""
-    run = await state.begin(c.redis, owner, len(p.bodies), c.settings.compat_wait_s)
+async def _run(c: Context, bodies: list[dict], names: dict, owner: str | None) -> tuple[list[dict], str]:
+    """Submit the native bodies as the key's current run, wait for them: their records and the run's
+    timestamp. An interrupt (POST /interrupt) cancels the run's jobs, and any the run submits after it.
+    `names`: the request's own A1111 names of native fields, for its 422s."""
+    run = await state.begin(c.redis, owner, len(bodies), c.settings.compat_wait_s)
 
     async def on_submit(job_id: str) -> None:
         if await state.add_job(c.redis, run, job_id):
             await _cancel_all(c, [job_id], owner)
 
     try:
-        return await run_to_end(c, p.bodies, owner, on_submit), run.timestamp
+        return await run_to_end(c, bodies, owner, on_submit), run.timestamp
     except WaitTimedOut as exc:
         raise CallTimedOut(str(exc)) from None
     except Exception as exc:  # a later job could not be submitted: the earlier ones have nobody to wait for them
         await _cancel_all(c, run.jobs, owner)
         if isinstance(exc, ValidationFailed):
-            raise A1111Error(exc, rename=True) from None
+            raise A1111Error(exc, rename=True, names=names) from None
         raise
     finally:
         await state.end(c.redis, run)
@@ -72,7 +79,7 @@ async def _generate(request: Request, who: Authorized, mode: str):
     # The key's trained LoRAs, read only when a `<lora:…>` tag may name one.
     owned = await adapter_registry.records(c.redis, owner) if isinstance(prompt, str) and "<" in prompt else {}
     p = plan(c.catalog, mode, body, await state.remembered_checkpoint(c.redis, owner), owned)
-    records, timestamp = await _run(c, p, owner)
+    records, timestamp = await _run(c, p.bodies, p.names, owner)
     answer.check_outcome(records)
     images = [await result_files(c, h) if h["status"] == JobStatus.SUCCEEDED else [] for h in records]
     return json_response(answer.build(p, c.catalog, records, images, timestamp, f"fresco {request.app.version}"))
@@ -171,15 +178,53 @@ async def loras(who: Authorized = Caller):
     return lora_listing(who.ctx.catalog, await adapter_registry.records(who.ctx.redis, who.owner))
 
 
+@router.post("/extra-single-image", response_model=responses.ExtrasResponse, responses=responses.GENERATE_ERRORS,
+             openapi_extra=responses.EXTRAS_BODY)
+async def extra_single_image(request: Request, who: Authorized = Caller):
+    """Upscale one image with `upscaler_1` (A1111's Extras tab): a native `upscale` job; answers when done."""
+    c, owner = who.ctx, who.owner
+    await c.auth.rate_limit(owner)
+    p = extras.plan(c.catalog, parse_json(await read_body(request, c.settings.max_body_bytes)))
+    if p.body is None:  # upscaler "None": the image as it is, as a PNG
+        return json_response({"html_info": extras.html_info(p, None), "image": await _as_png(c, p.image)})
+    records, _ = await _run(c, [p.body], p.names, owner)
+    answer.check_outcome(records)
+    files = await result_files(c, records[0]) if records[0]["status"] == JobStatus.SUCCEEDED else []
+    if not files:
+        p.warnings.append("interrupted: no image was made")
+    params = json.loads(records[0].get("params") or "{}")
+    return json_response({"html_info": extras.html_info(p, params.get("scale")),
+                          "image": base64.b64encode(files[0]).decode() if files else ""})
+
+
+async def _as_png(c: Context, ref: str) -> str:
+    """An input image, checked as any input is, as base64 PNG."""
+    try:
+        decoded = await read_image(ref, c.settings)
+    except ImageRejected as exc:
+        raise ValidationFailed([field_error("image", str(exc))]) from None
+    if decoded.format == "png":
+        return base64.b64encode(decoded.data).decode()
+
+    def convert() -> bytes:
+        out = io.BytesIO()
+        with Image.open(io.BytesIO(decoded.data)) as img:
+            img.save(out, "PNG")
+        return out.getvalue()
+
+    return base64.b64encode(await asyncio.to_thread(convert)).decode()
+
+
 @router.get("/upscalers", response_model=list[responses.UpscalerItem])
-async def upscalers(who: Authorized = Caller):
-    """Only A1111's "None": Fresco has no upscalers (hires fix is ignored, with a warning)."""
-    return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}]
+async def list_upscalers(who: Authorized = Caller):
+    """"None", then the upscalers of the models file and the built-in Lanczos (hr_upscaler, upscaler_1)."""
+    return upscalers.listing(who.ctx.catalog)
 
 
 @router.get("/latent-upscale-modes", response_model=list[responses.NamedItem])
 async def latent_upscale_modes(who: Authorized = Caller):
-    return []
+    """The hires fix's latent upscaling: "Latent" (bilinear; A1111's other modes run as it)."""
+    return upscalers.latent_modes()
 
 
 @router.get("/sd-vae", response_model=list[responses.VaeItem])

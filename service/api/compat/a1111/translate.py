@@ -1,5 +1,8 @@
 """An AUTOMATIC1111 txt2img or img2img request -> the native request bodies that make its images.
 
+txt2img runs the model's text-to-image task, with `hires` when `enable_hr` asks for the hires fix; img2img
+runs `img2img`, or `inpaint` when the request has a `mask` (A1111's inpainting fields map onto inpaint's).
+
 A1111 makes `batch_size` × `n_iter` images, image i with seed `seed + i` (a random seed when -1, drawn once).
 A native job makes at most its task's `num_images` limit, image i with its seed + i: so the images are
 split into jobs of at most that many, each job's seed where its first image's falls. The model is the
@@ -10,21 +13,31 @@ dropped with a warning: Turbo has its own sampler, no guidance and no negative p
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import math
 import secrets
 from dataclasses import dataclass, field
 
-from service.api.compat.a1111 import samplers
+from PIL import Image
+
+from service.api.compat.a1111 import samplers, upscalers
 from service.api.compat.a1111.checkpoints import find
-from service.api.compat.a1111.fields import IMG2IMG, MAX_SEED, TXT2IMG, Reader, unsupported
+from service.api.compat.a1111.fields import IMG2IMG, MAX_SEED, TXT2IMG, Reader, on, unsupported
 from service.api.compat.a1111.prompt_loras import take_loras
-from service.api.compat.models import default_text_model, fit, image_task, limit, text_task
+from service.api.compat.models import default_text_model, fit, image_task, inpaint_task, limit, text_task
 from service.api.errors import ValidationFailed, field_error
+from service.api.inputs import is_url
+from service.api.requests import REQUESTS
 from service.catalog import Catalog
 
 MAX_IMAGES = 16  # batch_size × n_iter of one call: the answer carries every image, base64, in one JSON body
 CHECKPOINT_FIELD = "override_settings.sd_model_checkpoint"
 TURBO_MAX_STEPS = 4
+# inpainting_fill (A1111's "Masked content") -> inpaint's `fill`
+FILLS = ("fill", "original", "noise", "nothing")
+HR_STRENGTH = 0.7  # A1111's hires denoising strength when a request gives none (its UI's default, webuiapi's)
 
 
 @dataclass
@@ -33,7 +46,7 @@ class Plan:
 
     mode: str  # "txt2img" | "img2img"
     model: str
-    task: str
+    task: str  # the native task: txt2img, sdxl or turbo for txt2img; img2img, or inpaint (a mask)
     bodies: list[dict]  # native request bodies, in image order
     seeds: list[int]  # each image's seed
     prompt: str  # as sent, with its <lora:…> tags (A1111 reports it so)
@@ -49,23 +62,40 @@ class Plan:
     send_images: bool
     parameters: dict  # the request as A1111 echoes it
     warnings: list[str] = field(default_factory=list)
+    names: dict = field(default_factory=dict)  # native field -> the A1111 field it came from, for this request
+
+
+SERVES = {"txt2img": text_task, "img2img": image_task, "inpaint": inpaint_task}
+
+
+def _inpainting_model(catalog: Catalog, name) -> str | None:
+    """A model that serves only inpaint (an inpainting checkpoint: not in sd-models), by its name."""
+    if not isinstance(name, str):
+        return None
+    bare = name.strip().rsplit(" [", 1)[0].lower()
+    return next((m for m in catalog.models_for("inpaint") if m.lower() == bare), None)
 
 
 def model_for(catalog: Catalog, mode: str, requested, remembered: str | None) -> tuple[str, list[str]]:
-    """The Fresco model a call runs on, and warnings. `requested`: the request's checkpoint (a 422 when it is
-    not one); `remembered`: the key's (POST /options), falling back to the default when it no longer fits."""
-    serves = text_task if mode == "txt2img" else image_task
+    """The Fresco model a call runs on, and warnings. `mode`: txt2img, img2img or inpaint (img2img with a
+    mask). `requested`: the request's checkpoint (a 422 when it is not one); `remembered`: the key's (POST
+    /options), falling back to the default when it no longer fits. Inpainting runs on the key's checkpoint
+    as A1111 does, else on the inpaint task's default (an inpainting checkpoint where there is one)."""
+    serves = SERVES[mode]
     if requested not in (None, ""):
-        model = find(catalog, requested)
+        model = find(catalog, requested) or (_inpainting_model(catalog, requested) if mode == "inpaint" else None)
         if model is None or serves(catalog, model) is None:
-            raise ValidationFailed([field_error(CHECKPOINT_FIELD, f"is no checkpoint of this server for {mode}; "
+            what = "inpainting" if mode == "inpaint" else mode
+            raise ValidationFailed([field_error(CHECKPOINT_FIELD, f"is no checkpoint of this server for {what}; "
                                                                   f"GET /sdapi/v1/sd-models lists them")])
         return model, []
     if remembered is not None and remembered in catalog.models and serves(catalog, remembered):
         return remembered, []
     warnings = [f"the checkpoint set with /sdapi/v1/options ({remembered}) is no longer served; used the default"] \
-        if remembered is not None else []
-    model = default_text_model(catalog)
+        if remembered is not None and remembered not in catalog.models else []
+    model = catalog.default_for("inpaint") if mode == "inpaint" else default_text_model(catalog)
+    if mode == "inpaint" and remembered in catalog.models and model is not None:
+        warnings.append(f"the checkpoint set with /sdapi/v1/options ({remembered}) cannot inpaint; used {model}")
     if mode == "img2img" and (model is None or not image_task(catalog, model)):
         model = catalog.default_for("img2img")
     if model is None:
@@ -101,6 +131,38 @@ class Asked:
     send_images: bool
     apply_loras: bool  # false: A1111's disable_extra_networks
     include_init_images: bool  # echo init_images in `parameters`
+    inpaint: dict | None = None  # img2img with a mask: inpaint's native fields (mask, mask_blur, fill, …)
+    hires: dict | None = None  # txt2img with enable_hr: the hr_* fields, as sent
+
+
+def _read_inpaint(read: Reader, body: dict) -> dict | None:
+    """img2img's inpainting fields (None without a mask) as inpaint's native fields."""
+    mask = body.get("mask")
+    if not on(mask):
+        return None
+    if not isinstance(mask, str):
+        read.errors.append(field_error("mask", "must be an image (base64 or a data URL)"))
+    fill = read.int("inpainting_fill", 0)
+    if isinstance(fill, int) and not 0 <= fill < len(FILLS):
+        read.errors.append(field_error("inpainting_fill", "must be 0 (fill), 1 (original), 2 (latent noise) or 3 "
+                                                          "(latent nothing)"))
+        fill = 0
+    blur = read.int("mask_blur")
+    if blur is None:
+        blur = read.int("mask_blur_x")
+    only_masked = read.flag("inpaint_full_res", True)  # A1111's default: "only masked"
+    padding = read.int("inpaint_full_res_padding", 0)
+    return {"mask": mask, "mask_blur": blur, "fill": FILLS[fill], "mask_padding": padding if only_masked else None,
+            "invert_mask": read.flag("inpainting_mask_invert", False)}
+
+
+def _read_hires(read: Reader) -> dict | None:
+    """txt2img's hires fix fields (None unless `enable_hr`)."""
+    if not read.flag("enable_hr", False):
+        return None
+    return {"scale": read.number("hr_scale", 2.0), "resize_x": read.int("hr_resize_x", 0),
+            "resize_y": read.int("hr_resize_y", 0), "upscaler": read.body.get("hr_upscaler"),
+            "steps": read.int("hr_second_pass_steps", 0)}
 
 
 def read_request(mode: str, body) -> Asked:
@@ -124,6 +186,9 @@ def read_request(mode: str, body) -> Asked:
             read.errors.append(field_error("init_images", "must hold at least one image (base64 or a data URL)"))
         else:
             asked.image = images[0]
+        asked.inpaint = _read_inpaint(read, body)
+    else:
+        asked.hires = _read_hires(read)
     for name in ("batch_size", "n_iter"):
         if isinstance(getattr(asked, name), int) and getattr(asked, name) < 1:
             read.errors.append(field_error(name, "must be at least 1"))
@@ -156,13 +221,18 @@ def plan(catalog: Catalog, mode: str, body, remembered: str | None, owned: dict[
     """The native bodies of an A1111 `mode` ("txt2img" | "img2img") request; 422 naming A1111 fields.
     `owned`: the LoRAs the caller's key trained, which `<lora:…>` tags may name."""
     asked = read_request(mode, body)
-    model, warnings = model_for(catalog, mode, asked.checkpoint, remembered)
-    task = text_task(catalog, model) if mode == "txt2img" else image_task(catalog, model)
+    inpainting = asked.inpaint is not None
+    model, warnings = model_for(catalog, "inpaint" if inpainting else mode, asked.checkpoint, remembered)
+    task = text_task(catalog, model) if mode == "txt2img" else "inpaint" if inpainting else image_task(catalog, model)
     taken = take_loras(catalog, model, asked.prompt, asked.apply_loras, owned)
     warnings += taken.warnings + unsupported(body, mode == "img2img")
     fields = {"model": model, "prompt": taken.prompt or " ",  # A1111 allows an empty prompt: run it unconditioned
               "negative_prompt": asked.negative_prompt, "width": asked.width, "height": asked.height,
               "loras": taken.loras, "image": asked.image, "strength": asked.strength if mode == "img2img" else None}
+    names: dict = {}
+    if inpainting:
+        fields.update(asked.inpaint)
+        _check_inpaint_size(asked, warnings)
     kind = catalog.models[model].kind_row
     if kind.own_scheduler:  # Turbo: its own sampler, no guidance, 1 to 4 steps
         choice, cfg = samplers.Choice(kind.scheduler, "Euler a", "Automatic"), 0.0
@@ -173,6 +243,14 @@ def plan(catalog: Catalog, mode: str, body, remembered: str | None, owned: dict[
         cfg = 7.0 if asked.cfg_scale is None else asked.cfg_scale
         steps = 50 if asked.steps is None else asked.steps
         fields.update(steps=steps, guidance_scale=cfg, scheduler=choice.scheduler)
+    strength = asked.strength
+    if asked.hires is not None:
+        if "hires" in REQUESTS[task].model_fields:
+            fields["hires"] = _hires(catalog, model, task, asked, warnings, names)
+            strength = fields["hires"]["strength"]
+        else:
+            warnings.append(f"the hires fix is not available on {kind.name} models; the image was made at "
+                            f"width × height")
     base, dropped = fit(task, {k: v for k, v in fields.items() if v is not None})
     if "loras" in dropped and taken.loras:
         warnings.append(f"model {model} takes no LoRAs; the prompt's were skipped")
@@ -190,5 +268,56 @@ def plan(catalog: Catalog, mode: str, body, remembered: str | None, owned: dict[
     return Plan(mode=mode, model=model, task=task, bodies=bodies, seeds=seeds, prompt=asked.prompt,
                 negative_prompt=asked.negative_prompt, steps=steps, cfg_scale=cfg, sampler_name=choice.sampler_name,
                 schedule=choice.schedule_label, batch_size=asked.batch_size, n_iter=asked.n_iter,
-                subseed=asked.subseed, denoising_strength=asked.strength, send_images=asked.send_images,
-                parameters=parameters, warnings=warnings)
+                subseed=asked.subseed, denoising_strength=strength, send_images=asked.send_images,
+                parameters=parameters, warnings=warnings, names=names)
+
+
+def image_size(ref: str | None) -> tuple[int, int] | None:
+    """An inline image's size, from its header (None for a URL or what is no readable image: the native
+    rules name it)."""
+    if not isinstance(ref, str) or is_url(ref):
+        return None
+    try:
+        data = base64.b64decode(ref.split(",", 1)[1] if ref.startswith("data:") else ref)
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (binascii.Error, ValueError, OSError, IndexError, Image.DecompressionBombError):
+        return None
+
+
+def _check_inpaint_size(asked: Asked, warnings: list[str]) -> None:
+    """A warning when width and height ask for another size than the image's (inpaint keeps the input's)."""
+    size = image_size(asked.image)
+    if size is not None and (asked.width or asked.height) and (asked.width or size[0], asked.height or size[1]) != size:
+        warnings.append(f"inpainting keeps the input image's size ({size[0]}×{size[1]}); width and height were "
+                        f"ignored")
+
+
+def _hires(catalog: Catalog, model: str, task: str, asked: Asked, warnings: list[str], names: dict) -> dict:
+    """The native `hires` of A1111's hires fix. `hr_resize_x`/`hr_resize_y`, when set, give the target size and
+    the scale is derived from it (a target of another aspect ratio: the largest even scale that fits it, as
+    Fresco scales both sides alike and crops nothing); else `hr_scale`. `hr_second_pass_steps` 0: the job's
+    steps."""
+    h = asked.hires
+    spec = catalog.models[model]
+    width = asked.width or REQUESTS[task].model_fields["width"].default or spec.defaults().get("width")
+    height = asked.height or REQUESTS[task].model_fields["height"].default or spec.defaults().get("height")
+    x, y = max(h["resize_x"] or 0, 0), max(h["resize_y"] or 0, 0)
+    if (x or y) and width and height:
+        sx, sy = x / width, y / height
+        scale = sx if not y else sy if not x else min(sx, sy)
+        names["hires.scale"] = "hr_resize_x" if x else "hr_resize_y"
+        if x and y and not math.isclose(sx, sy):
+            warnings.append(f"hires fix: {x}×{y} (hr_resize_x × hr_resize_y) is not {width}×{height} scaled evenly; "
+                            f"upscaled by {scale:g} to fit within it")
+    else:
+        scale = h["scale"]
+    try:
+        upscaler = upscalers.for_hires(catalog, h["upscaler"], warnings)
+    except upscalers.UnknownUpscaler as exc:
+        raise ValidationFailed([field_error("hr_upscaler", str(exc))]) from None
+    hires = {"scale": float(scale), "upscaler": upscaler,
+             "strength": HR_STRENGTH if asked.strength is None else asked.strength}
+    if h["steps"] and h["steps"] > 0:
+        hires["steps"] = h["steps"]
+    return hires

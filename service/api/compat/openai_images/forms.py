@@ -3,7 +3,7 @@
 The adapter checks only what it translates: the parameters' types (JSON strictly, as the native API does;
 multipart form values are text, so there "2" is the integer 2), `n` (it splits jobs by it), `size` (it
 becomes width and height), `response_format`, `model` (an alias or a model name, which decides the task),
-and what Fresco cannot do (`stream`, `mask`). Everything the native request has (prompt, sizes' limits,
+and what Fresco cannot do (`stream`, `markup`). Everything the native request has (prompt, sizes' limits,
 output_format, the image, steps...) is left to the native schema and rules, whose field names are then
 mapped back to OpenAI's (`width`/`height` -> `size`, `num_images` -> `n`).
 
@@ -28,9 +28,9 @@ from service.api.routes.generate import read_body, read_json
 MAX_N = 10  # OpenAI's own cap on `n`; more than one job's worth is split into several jobs
 _SIZE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 IMAGE_FIELDS = ("image", "image[]")
+MASK_FIELD = "mask"
 # What OpenAI can do and Fresco cannot, refused with a reason rather than ignored.
-UNSUPPORTED = {"mask": "inpainting is not supported yet; send the image without a mask",
-               "markup": "markup images are not supported; send the image alone"}
+UNSUPPORTED = {"markup": "markup images are not supported; send the image alone"}
 NO_STREAM = "streaming is not supported; leave `stream` out or send false (the answer comes when the images are done)"
 
 
@@ -106,10 +106,15 @@ async def _once(body: bytes):
     yield body
 
 
-async def read_multipart(request: Request, limit: int) -> tuple[EditForm, str]:
-    """The edit request and its one image as base64 (the native decoder tells the format from the bytes,
-    so the part's content type, often application/octet-stream, does not matter). The body is read within
-    its limit first, then parsed from memory."""
+async def _as_base64(value) -> str:
+    """A file part's bytes as base64; a plain field (a data URL or base64) as it is."""
+    return base64.b64encode(await value.read()).decode() if isinstance(value, UploadFile) else value
+
+
+async def read_multipart(request: Request, limit: int) -> tuple[EditForm, str, str | None]:
+    """The edit request, its one image and its mask (None without one) as base64 (the native decoder tells
+    the format from the bytes, so the part's content type, often application/octet-stream, does not
+    matter). The body is read within its limit first, then parsed from memory."""
     if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
         raise UnsupportedMediaType("send the body as multipart/form-data")
     body = await read_body(request, limit)
@@ -119,13 +124,14 @@ async def read_multipart(request: Request, limit: int) -> tuple[EditForm, str]:
     except MultiPartException as exc:
         raise BadRequest(f"the multipart body is malformed: {exc.message}") from None
     try:
-        fields, images = {}, []
+        fields, images, masks = {}, [], []
         for name, value in form.multi_items():
             if name in UNSUPPORTED:
                 raise ValidationFailed([field_error(name, UNSUPPORTED[name])])
             if name in IMAGE_FIELDS:
-                images.append(base64.b64encode(await value.read()).decode() if isinstance(value, UploadFile)
-                              else value)  # a data URL or base64 as a plain field also does
+                images.append(await _as_base64(value))  # a data URL or base64 as a plain field also does
+            elif name == MASK_FIELD:
+                masks.append(await _as_base64(value))
             else:
                 fields[name] = value
     finally:
@@ -134,4 +140,6 @@ async def read_multipart(request: Request, limit: int) -> tuple[EditForm, str]:
         message = "is required (a PNG, JPEG or WebP file)" if not images else \
             "give one image: Fresco edits one image at a time"
         raise ValidationFailed([field_error("image", message)])
-    return checked(EditForm, fields, strict=False), images[0]
+    if len(masks) > 1:
+        raise ValidationFailed([field_error(MASK_FIELD, "give one mask")])
+    return checked(EditForm, fields, strict=False), images[0], masks[0] if masks else None

@@ -1,6 +1,7 @@
 """`POST /v1/images/generations` and `POST /v1/images/edits`: OpenAI's Images API over the native path.
 
-A request becomes one or more native request bodies (text-to-image on the model's task, or img2img),
+A request becomes one or more native request bodies (text-to-image on the model's task, img2img, or
+inpaint for an edit with a mask),
 validated and queued through `service.api.submit` like `POST /generate`'s and held until they end
 (`run_to_end`); the finished jobs become OpenAI's answer,
 `{"created", "data": [{"url" | "b64_json", "revised_prompt"}]}`.
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 
-from service.api.compat.models import default_text_model, fit, image_task, limit, text_task
+from service.api.compat.models import default_text_model, fit, image_task, inpaint_task, limit, text_task
+from service.api.compat.openai_images import mask as masks
 from service.api.compat.openai_images.errors import OpenAIError, OpenAIRoute
 from service.api.compat.openai_images.forms import GenerationForm, parse_size, read_generation, read_multipart
 from service.api.compat.openai_images.schema import EDIT_BODY, GENERATION_BODY, RESPONSES
 from service.api.compat.waiting import WaitTimedOut, result_files, run_to_end
 from service.api.deps import Context, Ctx
+from service.api.requests import REQUESTS
 from service.api.errors import ValidationFailed, field_error, json_response
 
 router = APIRouter(route_class=OpenAIRoute)
@@ -63,15 +66,18 @@ def size_rule(c: Context, plan: Plan) -> str:
 def translate(c: Context, plan: Plan, form: GenerationForm, **extra) -> None:
     """The native fields of `form` (and `extra`) into `plan.fields`. A prompt longer than the native limit is
     cut to it (and `revised_prompt` says so) rather than refused."""
+    sized = "width" in REQUESTS[plan.task].model_fields  # inpaint keeps the image's size
     try:
         size = parse_size(form.size)
     except ValueError:
-        raise ValidationFailed([field_error("size", size_rule(c, plan))]) from None
+        rule = size_rule(c, plan) if sized else 'must be "auto" or WIDTHxHEIGHT (with a mask the output keeps ' \
+                                                'the image\'s size)'
+        raise ValidationFailed([field_error("size", rule)]) from None
     prompt = form.prompt and form.prompt[:limit(plan.task, "prompt", "max_length")]  # OpenAI's limit is 32000
     native = {"prompt": prompt, "model": plan.model, "output_format": form.output_format,
               "negative_prompt": form.negative_prompt, "steps": form.steps, "guidance_scale": form.guidance_scale,
               **extra}
-    if size is not None:
+    if size is not None and sized:
         native["width"], native["height"] = size
     plan.fields = {k: v for k, v in native.items() if v is not None}
 
@@ -156,13 +162,39 @@ async def generations(request: Request, c: Ctx):
     return json_response(await run(c, request, plan, form, owner))
 
 
+def edit_task(catalog, model: str) -> str | None:
+    """What an edit with a mask may name: a model that inpaints, or one that does img2img (then the
+    inpaint task's default model runs it)."""
+    return inpaint_task(catalog, model) or image_task(catalog, model)
+
+
+def choose_inpaint(c: Context, form: GenerationForm) -> Plan:
+    """An edit with a mask runs `inpaint`: on the named model when it inpaints, else on the task's
+    default model (a dedicated inpainting checkpoint where there is one): OpenAI clients name one model for
+    every edit, often an alias of a model that cannot inpaint (Turbo)."""
+    default = c.catalog.default_for("inpaint")
+    plan = choose(c, form, edit_task, default)
+    if inpaint_task(c.catalog, plan.model):
+        return Plan(plan.model, "inpaint")
+    if default is None:
+        raise ValidationFailed([field_error("mask", "this server has no model that inpaints; send the image "
+                                                    "without a mask")])
+    return Plan(default, "inpaint")
+
+
 @router.post("/v1/images/edits", responses=RESPONSES, openapi_extra=EDIT_BODY,
-             summary="Edit an image (OpenAI Images API): img2img")
+             summary="Edit an image (OpenAI Images API): img2img, or inpaint with a mask")
 async def edits(request: Request, c: Ctx):
-    """img2img on one image (multipart, `image` or `image[]`), answered when the images are done."""
+    """img2img on one image (multipart, `image` or `image[]`), or inpaint with a `mask` (transparent =
+    edit), answered when the images are done."""
     owner = c.auth.owner(request)
-    form, image = await read_multipart(request, c.settings.max_body_bytes)
+    form, image, mask = await read_multipart(request, c.settings.max_body_bytes)
     await c.auth.rate_limit(owner)
-    plan = choose(c, form, image_task, c.catalog.default_for("img2img"))
-    translate(c, plan, form, image=image, strength=EDIT_STRENGTH if form.strength is None else form.strength)
+    if mask is None:
+        plan = choose(c, form, image_task, c.catalog.default_for("img2img"))
+        translate(c, plan, form, image=image, strength=EDIT_STRENGTH if form.strength is None else form.strength)
+    else:  # the output keeps the image's size: `size` is dropped with the width and height inpaint has none of
+        plan = choose_inpaint(c, form)
+        translate(c, plan, form, image=image, mask=masks.native_mask(image, mask, c.settings),
+                  strength=form.strength)
     return json_response(await run(c, request, plan, form, owner))

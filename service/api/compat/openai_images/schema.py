@@ -41,6 +41,8 @@ def _multipart(form: type[BaseModel]) -> dict:
     binary = {"type": "string", "format": "binary"}
     props["image"] = {**binary, "description": "the image to edit: PNG, JPEG or WebP (or send it as image[])"}
     props["image[]"] = {"type": "array", "items": binary, "maxItems": 1}
+    props["mask"] = {**binary, "description": "inpainting: a PNG of the image's size whose fully transparent "
+                                              "pixels mark the area to edit"}
     return {"type": "object", "properties": props, "required": ["prompt", "image"]}
 
 
