@@ -37,9 +37,24 @@ minutes 1,000 steps would take, the preparing stage's time, and the peak device 
 takes about 10 to 15 minutes for 1,000 steps on an L40S (about 1.1 to 1.7 it/s). `--tiny`: the tiny SDXL
 at 128², on the CPU.
 
-    python bench/gpu.py [--only sdxl turbo svd memory train] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
+The `edit` section (issue: native editing) times the editing tasks at full size:
+- inpaint: SDXL base 1024², 30 steps, strength 1.0, guidance 5.0, a centred square mask of half the side;
+  plain diffusers (`StableDiffusionXLInpaintPipeline.from_pipe` on the same modules, float16, called
+  directly) against Fresco's `inpaint` task pipeline (workers/pipelines/inpaint.py: the fill, the mask's
+  4 px blur, the composite over the original) on the tuned modules, warmed at 1024² first; median latency
+  and peak device memory of each, as the workloads above;
+- upscale: a Real-ESRGAN-sized RRDBNet (RealESRGAN_x4plus's layout: 64 filters, 23 RRDB blocks, growth
+  32, x4; 16.7 M parameters) with random weights, written to a .safetensors file and loaded through
+  spandrel by `workers.upscalers.load_upscaler` as a models file's upscaler would be (float16 on CUDA),
+  a 1024² input made 4096²: `tile` 512 (the API's default) against the whole image in one call; median
+  latency, megapixels of input per second, peak device memory of each (`torch.cuda.max_memory_allocated`,
+  reset before each), the tiles' share of extra work (their overlaps) and the largest pixel difference.
+`--tiny`: the tiny SDXL at 128², 2 steps, and the catalogue's tiny ESRGAN (x2) on a 96² input, 64 px tiles.
+
+    python bench/gpu.py [--only sdxl turbo svd memory edit train] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
     python bench/gpu.py --tiny --compile-backend eager      # CPU, seconds
     python bench/gpu.py --only train [--train-steps 40]     # SDXL LoRA training, 1024², rank 16
+    python bench/gpu.py --only edit                         # SDXL inpaint 1024², Real-ESRGAN-sized 4x of 1024²
     python bench/gpu.py --save-turbo /tmp/t && python bench/overhead.py --models-file /tmp/t/models.yaml
                                                             # Turbo end to end through the service
 """
@@ -63,7 +78,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "full_size.json"
 TARGETS_S = {"sdxl": 1.5, "turbo": 0.080, "svd": 20.0}  # on one H100 (Turbo: end to end, see BENCHMARKS.md)
 MEMORY_MODES = ("default", "balanced", "minimal")
 MINIMAL_GOAL_BYTES = 1.5e9  # minimal: under 1.5 GB peak (HCP-Diffusion's SD inference in about 1 GB)
-SECTIONS = ("sdxl", "turbo", "svd", "memory", "train")
+SECTIONS = ("sdxl", "turbo", "svd", "memory", "edit", "train")
 TRAIN_ANCHOR = ("Replicate's SDXL trainer takes about 10 to 15 minutes for 1,000 steps on an L40S "
                 "(about 1.1 to 1.7 it/s)")
 TRAIN_ANCHOR_ITS = (1000 / (15 * 60), 1000 / (10 * 60))
@@ -76,6 +91,11 @@ FULL = {
     "turbo": {"width": 512, "height": 512, "steps": 1},
     "svd": {"width": 1024, "height": 576, "num_frames": 25, "steps": 25, "decode_chunk_size": 8},
 }
+EDIT_FULL = {"width": 1024, "height": 1024, "steps": 30, "guidance_scale": 5.0, "strength": 1.0,
+             "upscale_size": 1024, "tile": 512}
+EDIT_TINY = {"width": 128, "height": 128, "steps": 2, "guidance_scale": 5.0, "strength": 1.0,
+             "upscale_size": 96, "tile": 64}
+ESRGAN_FULL = {"filters": 64, "blocks": 23, "growth": 32, "scale": 4}  # RealESRGAN_x4plus's RRDBNet
 TINY = {
     "sdxl": {"width": 256, "height": 256, "steps": 4, "guidance_scale": 5.0, "refiner_switch": 0.75},
     "turbo": {"width": 256, "height": 256, "steps": 1},
@@ -189,11 +209,11 @@ def plain_call(kind: str, pipe, refiner, w: dict, device: torch.device):
                 num_inference_steps=w["steps"], decode_chunk_size=w["decode_chunk_size"], generator=gen).frames
 
 
-def fresco_spec(kind: str, args, w: dict):
+def fresco_spec(kind: str, args, w: dict, refiner: bool = True):
     from service.catalog import ModelSpec
 
     return ModelSpec(name=f"bench-{kind}", kind=kind, source="tiny" if args.tiny else "random",
-                     refiner=("tiny" if args.tiny else "random") if kind == "sdxl" else None,
+                     refiner=("tiny" if args.tiny else "random") if kind == "sdxl" and refiner else None,
                      dtype=args.dtype, channels_last=True, fuse_qkv=True, compile=not args.no_compile,
                      compile_backend=args.compile_backend, compile_mode=args.compile_mode,
                      buckets=[(w["width"], w["height"])], num_frames=w.get("num_frames"))
@@ -212,14 +232,15 @@ def fresco_params(kind: str, w: dict) -> dict:
             "output_format": "mp4"}
 
 
-def tune(kind: str, pipe, refiner, args, w: dict, device: torch.device):
+def tune(kind: str, pipe, refiner, args, w: dict, device: torch.device, task: str | None = None):
     """Fresco's path: the models file's options applied by workers/models.py, the task pipeline of
-    workers/pipelines, warmed at the workload's size. Returns (TaskPipeline, warm-up seconds)."""
+    workers/pipelines (`task`'s, default the workload's), warmed at the workload's size. Returns
+    (TaskPipeline, warm-up seconds)."""
     from workers.models import LoadedModel, freeze_compiled, optimize
     from workers.pipelines.registry import PIPELINES
     from workers.runtime import warm_up
 
-    spec = fresco_spec(kind, args, w)
+    spec = fresco_spec(kind, args, w, refiner=refiner is not None)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else pipe.dtype
     for p in (pipe, refiner):
         if p is not None:
@@ -231,7 +252,7 @@ def tune(kind: str, pipe, refiner, args, w: dict, device: torch.device):
     optimize(spec, pipe, refiner)
     model = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config,
                         refiner=refiner, refiner_scheduler_config=refiner.scheduler.config if refiner else None)
-    pipeline = PIPELINES[kind](model)
+    pipeline = PIPELINES[task or kind](model)
     torch.compiler.set_stance("default")  # an earlier workload froze compilation: this one compiles its own
     seconds = warm_up(pipeline, spec, 1)
     if spec.compile:
@@ -386,6 +407,170 @@ def run_memory_modes(args, device: torch.device, out=print) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------- editing: inpaint and upscale
+
+
+def edit_inputs(width: int, height: int):
+    """The image (noise: its content does not change a step's time) and a centred square mask of half the
+    side (white: repaint)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.effect_noise((width, height), 64).convert("RGB")
+    mask = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(mask).rectangle((width // 4, height // 4, width * 3 // 4 - 1, height * 3 // 4 - 1), fill=255)
+    return image, mask
+
+
+def plain_inpaint(pipe, w: dict, image, mask):
+    """How the diffusers documentation inpaints: the pipeline called directly."""
+    gen = torch.Generator("cpu").manual_seed(0)
+    return pipe(prompt="a lighthouse", image=image, mask_image=mask, width=w["width"], height=w["height"],
+                strength=w["strength"], num_inference_steps=w["steps"], guidance_scale=w["guidance_scale"],
+                generator=gen).images
+
+
+def fresco_inpaint(pipeline, w: dict, image, mask):
+    """The `inpaint` task's parameters as the API resolves them (its defaults: `fill` original, `mask_blur`
+    4, the whole canvas), run as a worker runs a job."""
+    from workers.pipelines.base import input_image
+    from workers.progress import Progress
+
+    params = {"prompt": "a lighthouse", "negative_prompt": "", "width": w["width"], "height": w["height"],
+              "steps": w["steps"], "seed": 0, "num_images": 1, "output_format": "png",
+              "guidance_scale": w["guidance_scale"], "scheduler": "euler", "strength": w["strength"],
+              "loras": [], "control": [], "image": input_image(image), "mask": input_image(mask, "mask.png"),
+              "mask_blur": 4, "mask_padding": None, "invert_mask": False, "fill": "original", "expand": None}
+    with torch.inference_mode():
+        return pipeline.run(params, Progress(lambda state: False, pipeline.plan(params)))
+
+
+def run_inpaint(args, device: torch.device, out=print) -> dict:
+    """SDXL inpainting: plain diffusers against Fresco's `inpaint` task on the same (then tuned) modules."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    w = EDIT_TINY if args.tiny else EDIT_FULL
+    repeats = args.repeats or (2 if args.tiny else 5)
+    plain_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    image, mask = edit_inputs(w["width"], w["height"])
+    t0 = time.perf_counter()
+    pipe, _ = build("sdxl", args.tiny, device, plain_dtype, base_only=True)
+    built_s = time.perf_counter() - t0
+    plain_pipe = StableDiffusionXLInpaintPipeline.from_pipe(pipe)
+    plain_pipe.set_progress_bar_config(disable=True)
+    peak_reset(device)
+    with torch.inference_mode():
+        plain = timed(lambda: plain_inpaint(plain_pipe, w, image, mask), device, repeats)
+    plain_peak = peak_bytes(device)
+    pipeline, warm_s = tune("sdxl", pipe, None, args, w, device, task="inpaint")
+    peak_reset(device)
+    fresco = timed(lambda: fresco_inpaint(pipeline, w, image, mask), device, repeats)
+    fresco_peak = peak_bytes(device)
+    row = {"workload": "inpaint", "model": "sdxl", "size": f"{w['width']}x{w['height']}", "steps": w["steps"],
+           "strength": w["strength"], "repeats": repeats, "build_s": built_s, "warmup_s": warm_s,
+           "plain_s": statistics.median(plain), "fresco_s": statistics.median(fresco),
+           "plain_peak_bytes": plain_peak, "fresco_peak_bytes": fresco_peak}
+    row["speedup"] = row["plain_s"] / row["fresco_s"]
+    out(f"inpaint SDXL {row['size']:>9} {w['steps']:>3} steps  plain {row['plain_s'] * 1000:9.1f} ms "
+        f"{_gib(plain_peak)}  fresco {row['fresco_s'] * 1000:9.1f} ms {_gib(fresco_peak)}  x{row['speedup']:.2f}  "
+        f"(built {built_s:.1f} s, warm-up {warm_s:.1f} s)")
+    return row
+
+
+def esrgan_state_dict(filters: int, blocks: int, growth: int, seed: int = 0, std: float = 0.02) -> dict:
+    """A Real-ESRGAN x4 RRDBNet's state dict (its key layout, which spandrel detects: `conv_first`,
+    `body.N.rdbK.convJ`, `conv_body`, `conv_up1`, `conv_up2`, `conv_hr`, `conv_last`), random weights
+    small enough that float16 stays finite through 23 blocks (the time does not depend on them)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def conv(name: str, out_c: int, in_c: int) -> None:
+        state[f"{name}.weight"] = torch.randn(out_c, in_c, 3, 3, generator=g) * std
+        state[f"{name}.bias"] = torch.zeros(out_c)
+
+    state: dict = {}
+    conv("conv_first", filters, 3)
+    for b in range(blocks):
+        for k in (1, 2, 3):
+            for j in range(1, 6):
+                conv(f"body.{b}.rdb{k}.conv{j}", growth if j < 5 else filters, filters + (j - 1) * growth)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        conv(name, filters, filters)
+    conv("conv_last", 3, filters)
+    return state
+
+
+def bench_upscaler(args, device: torch.device, directory: Path):
+    """The upscaler the section times, loaded by workers.upscalers as a worker loads a models file's:
+    `--tiny`, the catalogue's tiny ESRGAN; else a Real-ESRGAN-sized RRDBNet written to `directory`."""
+    from safetensors.torch import save_file
+
+    from service.catalog import ModelSpec, tiny_catalog
+    from workers.upscalers import load_upscaler
+
+    if args.tiny:
+        return load_upscaler(tiny_catalog().spec("tiny-esrgan"), device)
+    path = directory / "bench-esrgan-x4.safetensors"
+    save_file(esrgan_state_dict(ESRGAN_FULL["filters"], ESRGAN_FULL["blocks"], ESRGAN_FULL["growth"]), str(path))
+    spec = ModelSpec(name="bench-esrgan", kind="upscaler", source=str(path), scale=ESRGAN_FULL["scale"])
+    return load_upscaler(spec, device)
+
+
+def run_upscale(args, device: torch.device, out=print) -> dict:
+    """One input upscaled tile by tile (the API's default tile) against the whole image in one call."""
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    w = EDIT_TINY if args.tiny else EDIT_FULL
+    repeats = args.repeats or (2 if args.tiny else 5)
+    size, tile = w["upscale_size"], w["tile"]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as directory:
+        upscaler = bench_upscaler(args, device, Path(directory))
+    built_s = time.perf_counter() - t0
+    params = sum(p.numel() for p in upscaler.descriptor.model.parameters())
+    image = Image.effect_noise((size, size), 64).convert("RGB")
+    results, times, peaks = {}, {}, {}
+    for name, t in (("whole", 0), ("tiled", tile)):
+        peak_reset(device)
+
+        def call(t=t, name=name):
+            results[name] = upscaler.upscale(image, upscaler.scale, t)  # its read-back to the CPU syncs
+
+        times[name] = timed(call, device, repeats)
+        peaks[name] = peak_bytes(device)
+    spans = upscaler._spans(size, tile)
+    work = (sum(b - a for a, b in spans) / size) ** 2  # the tiles' pixels over the image's
+    diff = int(np.abs(np.asarray(results["whole"], np.int16) - np.asarray(results["tiled"], np.int16)).max())
+    mp = size * size / 1e6
+    row = {"workload": "upscale", "architecture": upscaler.architecture, "parameters": params,
+           "dtype": str(upscaler.dtype).removeprefix("torch."), "scale": upscaler.scale, "size": f"{size}x{size}",
+           "output": f"{size * upscaler.scale}x{size * upscaler.scale}", "tile": tile, "tiles": len(spans) ** 2,
+           "work": work, "repeats": repeats, "build_s": built_s,
+           "whole_s": statistics.median(times["whole"]), "tiled_s": statistics.median(times["tiled"]),
+           "whole_peak_bytes": peaks["whole"], "tiled_peak_bytes": peaks["tiled"], "max_diff": diff}
+    row["whole_mp_s"], row["tiled_mp_s"] = mp / row["whole_s"], mp / row["tiled_s"]
+    row["rate_ratio"] = row["whole_s"] / row["tiled_s"]
+    row["peak_ratio"] = peaks["tiled"] / peaks["whole"] if peaks["whole"] else None
+    peak_ratio = f"x{row['peak_ratio']:.2f}" if row["peak_ratio"] is not None else "n/a (CPU)"
+    out(f"upscale {upscaler.architecture} x{upscaler.scale} ({params / 1e6:.1f} M parameters, {row['dtype']}) "
+        f"{row['size']} -> {row['output']}: whole {row['whole_s'] * 1000:.1f} ms {row['whole_mp_s']:.2f} MP/s "
+        f"{_gib(peaks['whole']).strip()}; tiled ({tile} px, {row['tiles']} tiles, {work:.2f}x the pixels) "
+        f"{row['tiled_s'] * 1000:.1f} ms {row['tiled_mp_s']:.2f} MP/s {_gib(peaks['tiled']).strip()}; "
+        f"tiled/whole rate x{row['rate_ratio']:.2f}, peak {peak_ratio}; largest pixel difference {diff} "
+        f"(loaded in {built_s:.1f} s)")
+    return row
+
+
+def run_edit(args, device: torch.device, out=print) -> list[dict]:
+    rows = []
+    for run in (run_inpaint, run_upscale):
+        peak_reset(device)
+        rows.append(run(args, device, out))
+        peak_reset(device)  # the models are gone with run()'s frame
+    return rows
+
+
 # ---------------------------------------------------------------- LoRA training
 
 
@@ -532,6 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in args.only:
             if kind == "memory":
                 rows += run_memory_modes(args, device)
+            elif kind == "edit":
+                rows += run_edit(args, device)
             elif kind == "train":
                 rows.append(run_training(args, device))
             else:

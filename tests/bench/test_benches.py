@@ -75,15 +75,38 @@ def test_gpu_bench_tiny(tmp_path):
     out = tmp_path / "rows.json"
     assert gpu.main(["--tiny", "--compile-backend", "eager", "--repeats", "1", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())
-    assert [r["workload"] for r in rows] == ["sdxl", "turbo", "svd", "memory", "memory", "memory"]
+    assert [r["workload"] for r in rows] == ["sdxl", "turbo", "svd", "memory", "memory", "memory", "inpaint",
+                                             "upscale"]
     for r in rows[:3]:
         assert r["plain_s"] > 0 and r["fresco_s"] > 0 and r["speedup"] > 0
     # The memory modes section: each mode timed, no peak on the CPU, the same latents as the default mode.
-    memory = rows[3:]
+    memory = rows[3:6]
     assert [r["mode"] for r in memory] == ["default", "balanced", "minimal"]
     for r in memory:
         assert r["latency_s"] > 0 and r["latency_ratio"] > 0 and r["peak_bytes"] is None
         assert r["latents_max_abs_diff"] == 0.0
+    # The edit section: SDXL inpainting, plain diffusers against the inpaint task; an ESRGAN tiled and whole.
+    inpaint, upscale = rows[6:]
+    assert inpaint["model"] == "sdxl" and inpaint["size"] == "128x128" and inpaint["strength"] == 1.0
+    assert inpaint["plain_s"] > 0 and inpaint["fresco_s"] > 0 and inpaint["speedup"] > 0
+    assert inpaint["plain_peak_bytes"] is None and inpaint["fresco_peak_bytes"] is None  # the CPU: no peak to read
+    assert (upscale["architecture"], upscale["scale"], upscale["size"], upscale["output"]) == ("ESRGAN", 2, "96x96",
+                                                                                              "192x192")
+    assert upscale["tiles"] == 4 and upscale["work"] > 1 and upscale["whole_mp_s"] > 0 and upscale["tiled_mp_s"] > 0
+    assert 0 < upscale["max_diff"] <= 16 and upscale["peak_ratio"] is None  # only the seams differ, faintly
+
+
+def test_gpu_bench_builds_a_real_esrgan_sized_upscaler(tmp_path):
+    """The edit section's full-size upscaler: RealESRGAN_x4plus's RRDBNet (16.7 M parameters) with random
+    weights, written as a .safetensors file and loaded by workers.upscalers as spandrel detects it."""
+    import argparse
+
+    import torch
+
+    upscaler = gpu.bench_upscaler(argparse.Namespace(tiny=False), torch.device("cpu"), tmp_path)
+    assert (upscaler.architecture, upscaler.scale, upscaler.dtype) == ("ESRGAN", 4, torch.float32)
+    assert sum(p.numel() for p in upscaler.descriptor.model.parameters()) == 16_697_987
+    assert upscaler.tiles(1024, 1024, 512) == 9  # 3 x 3 tiles of 512 px over 1024 px with 32 px of overlap
 
 
 def test_gpu_bench_saves_a_turbo_for_the_end_to_end_benches(tmp_path):

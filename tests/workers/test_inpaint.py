@@ -263,3 +263,18 @@ def test_sides_that_are_not_multiples_of_8_are_worked_at_multiples_and_come_back
     keep = outside(src.shape, box)
     assert (out[keep] == src[keep]).all()
     assert repainted(out, src, box)
+
+
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sdxl", "tiny-sd-inpaint"])
+def test_the_vae_encodes_the_masked_image_only_for_a_unet_that_reads_it(runner, model):
+    """One VAE encode a job at strength 1: a 4-channel UNet's is the image's (for the per-step blend), as
+    img2img's, not also the masked image's, which it never reads (bench/edit.py: inpaint / img2img 1.2x ->
+    1.07x); a 9-channel UNet's is the masked image's, which it reads (it starts from pure noise)."""
+    pipeline = runner.runtime.pipeline("inpaint", model)
+    calls = []
+    handle = pipeline.pipe.vae.encoder.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        [out] = run(pipeline, params(), picture(), rect_mask())
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and out.shape == (64, 96, 3)

@@ -145,9 +145,10 @@ def context(alpha: np.ndarray, padding: int | None, native: tuple[int, int]) -> 
 def unread_masked_image(pipe, size: tuple[int, int]) -> dict:
     """For a 4-channel UNet, `masked_image_latents` as zeros of the latents' shape: diffusers' inpainting
     pipelines (SD and SDXL) VAE-encode the masked image for every UNet, and only a 9-channel one reads it
-    (a second VAE encode per job, a quarter of a short tiny SD job; bench/edit.py). Given latents they skip
-    the encode. Nothing else changes: the encode's sample is drawn after the job's start noise, and only
-    an ancestral or SDE scheduler's later draws from the same generator shift. {} for a 9-channel UNet."""
+    (a second VAE encode per job: inpaint / img2img 1.19-1.27x before, 1.07x after, tiny SD 256², 4 steps;
+    BENCHMARKS.md §13). Given latents they skip the encode. Nothing else changes: the encode's sample was
+    drawn after the job's start noise, so only an ancestral or SDE scheduler's later draws from the same
+    generator shift. {} for a 9-channel UNet (or a pipeline without a UNet)."""
     unet = getattr(pipe, "unet", None)
     if unet is None or unet.config.in_channels != 4:
         return {}
