@@ -1,10 +1,14 @@
 // The request form, built from GET /models: per task its models, per parameter its range, default and
 // choices, per model its LoRAs, embeddings and ControlNets. collect() gives the POST /generate body;
 // showErrors() (fields.js) puts a 422's messages next to the fields the server names; useAdapter() sets it up
-// for an adapter just trained.
+// for an adapter just trained. Editing: a task with an input `image` and a `mask` (inpaint) gets a mask
+// painted over the image (mask.js); `expand` and `hires` are laid out by edit.js, their parts named
+// `expand.left`, `hires.scale`… and gathered into one object each.
 
+import { HIRES_PARTS, expandGroup, hiresGroup } from "./edit.js";
 import { FormBase, control, el, label, value as inputValue } from "./fields.js";
 import { dropZone, readImageUrl } from "./images.js";
+import { MaskPainter } from "./mask.js";
 
 // Fields the page does not offer (webhooks need a receiver; retries are for scripts).
 const HIDDEN = new Set(["task", "model", "retries", "webhook", "webhook_events_filter"]);
@@ -16,6 +20,13 @@ const CARRY = new Set(["prompt", "negative_prompt", "seed"]);
 // (service/api/schemas.py), which GET /models shows with this length limit (base64 of an image).
 export const IMAGE_MAX_LENGTH = 64 * 1024 * 1024;
 const isImage = (spec) => spec.maxLength === IMAGE_MAX_LENGTH;
+// What a few editing parameters mean, where their range says too little.
+const HINTS = {
+  mask_padding: "empty: the whole image is the context; N: only the mask's box plus N px, at the model's size",
+  mask_blur: "px of blur on the mask's edge (0 to 64); default 4",
+  fill: "what the masked area starts from",
+  tile: "px per tile (0: the whole image at once); default 512",
+};
 
 export class RequestForm extends FormBase {
   /** `form`: the <form>; `models`: GET /models's body. */
@@ -107,7 +118,7 @@ export class RequestForm extends FormBase {
     if (!sameTask) {
       const wanted = this.model.value;
       this.model.replaceChildren(...info.models.map((m) =>
-        el("option", { value: m.name, text: m.loaded ? m.name : `${m.name} (no live worker)` })));
+        el("option", { value: m.name, text: `${m.name}${m.inpainting ? " (inpainting)" : ""}${m.loaded ? "" : " (no live worker)"}` })));
       const names = info.models.map((m) => m.name);
       this.model.value = names.includes(wanted) ? wanted : info.default_model || names[0];
     }
@@ -119,19 +130,25 @@ export class RequestForm extends FormBase {
       .filter(([name, spec]) => !HIDDEN.has(name) && !(spec.minimum !== undefined && spec.minimum === spec.maximum));
     params.sort(([a, specA], [b, specB]) => rank(a, specA) - rank(b, specB));
     const nodes = [];
+    const painted = "mask" in info.parameters && isImage(info.parameters.mask) && "image" in info.parameters;
     for (const [name, spec] of params) {
       if (name === "loras") nodes.push(this.adapters(model, info));
       else if (name === "control") nodes.push(this.controls(model, info));
+      else if (name === "mask" && painted) nodes.push(this.maskField());
+      else if (name === "expand") nodes.push(expandGroup(this));
+      else if (name === "hires") nodes.push(hiresGroup(this, this.models));
       else nodes.push(this.field(name, spec, model));
     }
     this.fields.replaceChildren(...nodes.filter(Boolean));
     this.restore(values, keep);
+    if (painted) this.paintOver(this.fields.querySelector('[data-field="image"]')); // after the image is back
     this.clearErrors();
   }
 
   field(name, spec, model) {
     const id = `f-${name}`;
-    const modelDefault = (model.defaults || {})[name] ?? (name === "num_frames" ? model.max_num_frames : undefined);
+    const modelDefault = (model.defaults || {})[name] ?? (name === "num_frames" ? model.max_num_frames : undefined) ??
+      (name === "scale" ? model.scale : undefined); // an upscaler's own factor
     if (isImage(spec)) {
       const zone = dropZone(id, (z, promise) => this.images.set(z, promise));
       return this.wrap(name, label(name), zone, "PNG, JPEG or WebP: drop it here or choose a file");
@@ -144,8 +161,40 @@ export class RequestForm extends FormBase {
     const seed = name === "seed";
     const { input, hint } = control(id, name, spec, {
       fallback: modelDefault, max: name === "num_frames" ? model.max_num_frames : undefined, boolean: name === "refiner",
-      placeholder: seed ? "random" : undefined, hint: seed ? "empty: a random seed, reported with the result" : undefined });
+      placeholder: seed ? "random" : undefined, hint: seed ? "empty: a random seed, reported with the result" : HINTS[name] });
     return this.wrap(name, label(name), input, hint);
+  }
+
+  /** The mask, painted over the input image (one painter for the page: what is painted survives a change of
+   * model or task while the image stays). */
+  maskField() {
+    this.painter = this.painter || new MaskPainter("f-mask-size");
+    const box = el("fieldset", { class: "group mask", "data-name": "mask" }, el("legend", { text: "Mask" }),
+      el("p", { class: "hint", id: "hint-mask", text: "Paint over what to repaint (mouse, pen or finger); what is left " +
+        "unpainted comes back exactly as it went in." }),
+      this.painter.element, el("p", { class: "field-error", id: "err-mask", hidden: true }));
+    this.painter.size.setAttribute("aria-label", "Brush size");
+    this.painter.size.setAttribute("aria-describedby", "hint-mask err-mask");
+    return box;
+  }
+
+  /** The painter follows the image the drop zone of `input` shows (the painted mask is kept while the zone
+   * holds the image it was painted over: the zone's own image shows it again, and the same image keeps it). */
+  paintOver(input) {
+    const zone = input && input.closest(".drop");
+    if (!zone) return;
+    zone.closest(".field").classList.add("with-mask");
+    const show = zone.showImage;
+    zone.showImage = (dataUrl) => {
+      show(dataUrl);
+      this.painter.setImage(dataUrl);
+    };
+    if (!this.images.get(zone)) this.painter.setImage("");
+  }
+
+  /** The painter, when the form shows it. */
+  get shownPainter() {
+    return this.painter && this.fields.contains(this.painter.element) ? this.painter : null;
   }
 
   adapters(model, info) {
@@ -249,6 +298,7 @@ export class RequestForm extends FormBase {
     const out = {};
     for (const input of this.fields.querySelectorAll("[data-field]")) {
       if (input.type === "file") out[input.dataset.field] = this.images.get(input.closest(".drop"));
+      else if (input.type === "checkbox") out[input.dataset.field] = input.checked;
       else out[input.dataset.field] = input.value;
     }
     return out;
@@ -263,7 +313,8 @@ export class RequestForm extends FormBase {
         const zone = input.closest(".drop");
         this.images.set(zone, value);
         Promise.resolve(value).then((v) => zone.showImage?.(v)).catch(() => {});
-      } else input.value = value;
+      } else if (input.type === "checkbox") setChecked(input, value);
+      else input.value = value;
     }
   }
 
@@ -277,9 +328,21 @@ export class RequestForm extends FormBase {
         if (image) body[name] = image;
         continue;
       }
+      if (input.dataset.kind === "switch") {
+        if (input.checked) body[name] = body[name] || {}; // a section sent (its parts' defaults) while on
+        continue;
+      }
+      const [group, part] = name.split(".");
       const v = inputValue(input);
-      if (v !== undefined) body[name] = v;
+      if (part) { // a part of an object (`hires.scale`): sent when its section is on (or has no switch)
+        const box = input.closest("[data-group]");
+        const on = !box || box.querySelector('[data-kind="switch"]').checked;
+        if (on && v !== undefined) body[group] = { ...body[group], [part]: v };
+      } else if (v !== undefined) body[name] = v;
     }
+    if (body.expand && Object.values(body.expand).every((v) => v === 0)) delete body.expand; // no margins: none
+    const painter = this.shownPainter;
+    if (painter && painter.painted()) body.mask = painter.toDataUrl();
     const loras = [...this.fields.querySelectorAll("[data-lora]")].filter((c) => c.checked);
     if (loras.length) {
       body.loras = loras.map((check) => {
@@ -330,8 +393,10 @@ export class RequestForm extends FormBase {
     const pending = [];
     for (const input of this.fields.querySelectorAll("[data-field]")) {
       const name = input.dataset.field;
-      const value = params[name];
-      if (value === undefined || value === null) continue;
+      const [group, part] = name.split(".");
+      const value = part ? (params[group] || {})[part] : params[name];
+      if (input.type === "checkbox") setChecked(input, value !== undefined && value !== null && value !== false);
+      if (value === undefined || value === null || input.type === "checkbox") continue;
       if (input.type === "file") {
         if (value && value.url) {
           const zone = input.closest(".drop");
@@ -341,6 +406,14 @@ export class RequestForm extends FormBase {
         }
       } else if (typeof value === "boolean") input.value = String(value);
       else if (typeof value !== "object") input.value = String(value);
+    }
+    const painter = this.shownPainter;
+    if (painter) painter.clear();
+    if (painter && params.mask && params.mask.url) { // after the image: the mask is resized to it
+      const image = this.images.get(this.fields.querySelector('[data-field="image"]')?.closest(".drop"));
+      pending.push(Promise.resolve(image).then((url) => painter.setImage(url))
+        .then(() => painter.loadMask(readImageUrl(params.mask.url)))
+        .catch(() => this.showFormError("The mask could not be fetched: paint it again.")));
     }
     for (const lora of params.loras || []) this.tick(lora.name, lora.scale);
     for (const control of params.control || []) {
@@ -364,10 +437,18 @@ export class RequestForm extends FormBase {
     for (const [name, value] of Object.entries(job.params || {})) {
       if (!(name in info.parameters) || HIDDEN.has(name) || isImage(info.parameters[name]) || value === null) continue;
       if (name === "loras") body.loras = value.map((l) => (l.name ? { name: l.name, scale: l.scale } : { url: l.url, scale: l.scale }));
-      else if (name !== "control") body[name] = value;
+      else if (name === "hires") { // the resolved section adds its final size, which a request does not take
+        body.hires = Object.fromEntries(HIRES_PARTS.map((part) => [part, value[part]]));
+      } else if (name !== "control") body[name] = value;
     }
     return body;
   }
+}
+
+/** Tick or untick a checkbox, and tell its listeners (a section's switch shows or hides its parts). */
+function setChecked(input, on) {
+  input.checked = Boolean(on);
+  input.dispatchEvent(new Event("change"));
 }
 
 function rank(name, spec) {
@@ -375,6 +456,8 @@ function rank(name, spec) {
   if (i >= 0) return i;
   if (isImage(spec)) return FIRST.length;
   if (name === "seed") return 90;
+  if (name === "expand") return 85;
+  if (name === "hires") return 88;
   if (name === "loras") return 95;
   if (name === "control") return 96;
   return 50;

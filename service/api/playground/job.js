@@ -286,7 +286,8 @@ export class JobPanel {
         a.href = value.url;
         a.target = "_blank";
         a.rel = "noopener";
-        a.textContent = value.width ? `input image, ${value.width}×${value.height}` : "input image";
+        const what = name === "image" ? "input image" : name; // `mask`: an inpaint job's
+        a.textContent = value.width ? `${what}, ${value.width}×${value.height}` : what;
         dd.append(a);
       } else {
         dd.textContent = typeof value === "object" ? JSON.stringify(value) : String(value);

@@ -4,6 +4,7 @@ tests/e2e/test_playground.py.)"""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -30,7 +31,8 @@ def test_the_page_and_its_files_are_public_with_keys_on(keyed):
     modules = set(re.findall(r'src="/playground/([\w.]+\.js)"', page.text))
     for js in STATIC.glob("*.js"):
         modules |= set(re.findall(r'from "\./([\w.]+\.js)"', js.read_text()))
-    assert {"app.js", "api.js", "form.js", "fields.js", "job.js", "chart.js", "train.js", "history.js"} <= modules
+    assert {"app.js", "api.js", "form.js", "fields.js", "job.js", "chart.js", "train.js", "history.js", "edit.js",
+            "mask.js"} <= modules
     for name in modules | {"style.css"}:
         r = keyed.get(f"/playground/{name}")
         assert r.status_code == 200, name
@@ -82,3 +84,40 @@ def test_the_train_form_finds_its_task_by_route_and_what_it_reads_is_there(api):
     assert laid_out <= set(info["parameters"])
     assert {"prompt", "every"} <= set(info["parameters"]["validation"]["default"])
     assert all("defaults" in m and "width" in m["defaults"] for m in info["models"])  # the resolution's default
+
+
+def _js_object(source: str, name: str):
+    """`export const NAME = {...};` (or [...]) in a playground module, read as JSON (quoted keys, no comments)."""
+    match = re.search(rf"export const {name} = (.+?);(?: *//.*)?$", source, re.S | re.M)
+    assert match, name
+    return json.loads(re.sub(r",(\s*[}\]])", r"\1", match.group(1)))
+
+
+def test_the_editing_sections_ranges_are_the_request_schemas(api):
+    """GET /models shows `expand` and `hires` only as objects (`{"default": null}`): edit.js lays their parts
+    out with the ranges of the request schemas, which it copies; they must agree."""
+    from service.api.schemas import HIRES_UPSCALERS, Expand, Hires
+
+    edit = (STATIC / "edit.js").read_text()
+    tasks = api.get("/models").json()["tasks"]
+    assert tasks["inpaint"]["parameters"]["expand"] == {"default": None}
+    assert tasks["txt2img"]["parameters"]["hires"] == tasks["sdxl"]["parameters"]["hires"] == {"default": None}
+
+    expand = _js_object(edit, "EXPAND")
+    schema = Expand.model_json_schema()["properties"]
+    assert expand["sides"] == list(Expand.model_fields)
+    for side in expand["sides"]:
+        assert {k: schema[side][k] for k in ("minimum", "maximum", "multipleOf")} == {
+            k: expand[k] for k in ("minimum", "maximum", "multipleOf")}, side
+
+    hires = _js_object(edit, "HIRES")
+    assert _js_object(edit, "HIRES_PARTS") == list(Hires.model_fields)
+    assert _js_object(edit, "HIRES_BUILTIN") == list(HIRES_UPSCALERS)
+    schema = Hires.model_json_schema()["properties"]
+    keys = ("default", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    for part, spec in hires.items():
+        want = dict(schema[part])
+        for option in want.pop("anyOf", []):  # `steps`: an integer or null
+            want.update(option)
+        assert {k: v for k, v in spec.items() if k in keys} == {k: v for k, v in want.items() if k in keys}, part
+    assert set(hires) == {name for name, s in schema.items() if "type" in s or "anyOf" in s} - {"upscaler"}
