@@ -322,7 +322,7 @@ def test_compose_workers_name_models_of_the_models_file(monkeypatch):
         monkeypatch.setenv("FRESCO_WORKER_MODELS", value)
         settings = Settings()
         assert settings.worker_models == models
-        assert {m for _, m in plan(settings, catalog)} == set(models)
+        assert {m for _, m in plan(settings, catalog)} == set(models) | {"lanczos"}  # built in: upscale's, everywhere
     assert named_anywhere == set(catalog.models)  # the docs show a GPU for every model of the file
     monkeypatch.delenv("FRESCO_WORKER_MODELS")
     old = Settings(worker_tasks=["sdxl", "img2img"])

@@ -122,7 +122,7 @@ def test_worker_models_loads_only_what_it_names(tmp_path):
     settings = Settings(worker_models="a-sdxl", data_dir=tmp_path)
     runtime = Runtime(settings, catalog)
     assert runtime.plan() == [("sdxl", "a-sdxl"), ("img2img", "a-sdxl"), ("txt2img", "a-sdxl"), ("inpaint", "a-sdxl"),
-                              ("train", "a-sdxl")]
+                              ("upscale", "lanczos"), ("train", "a-sdxl")]  # lanczos: built in, no weights
     # Without it, a worker for img2img loads every model img2img runs on, Turbo and SD too.
     assert Runtime(Settings(worker_tasks="img2img"), catalog).plan() == \
         [("img2img", "a-sdxl"), ("img2img", "a-turbo"), ("img2img", "a-sd")]
