@@ -11,8 +11,8 @@
   from a fixed seed and loaded through spandrel like a file, so detection and the model code are real.
   Its weights are near an average-then-enlarge filter plus noise, so its output still looks like the input.
 
-Tiling (`Upscaler.upscale`): the image is cut into tiles of `tile` px that overlap by `overlap(tile)` px,
-evenly spread, each upscaled alone (spandrel pads a tile to the model's size requirements and crops the
+Tiling (`Upscaler.upscale`): the image is cut into as few tiles of at most `tile` px as share `overlap(tile)` px,
+shrunk to one size and evenly spread, each upscaled alone (spandrel pads a tile to the model's size requirements and crops the
 padding off), and blended with feathered weights: a linear ramp across each overlap, normalised per axis
 so the weights of every output pixel sum to 1 (seams do not show, however the tiles fall). Memory is a
 tile's for the model, plus the output canvas (uint8) and one strip of float32 rows (a row of tiles' output
@@ -49,22 +49,26 @@ TINY_FILTERS, TINY_GROWTH = 16, 32  # spandrel's RRDBNet always has 32 growth ch
 
 
 def overlap(tile: int) -> int:
-    """How many px neighbouring tiles share: 32, less for tiles under 256 px."""
-    return min(32, tile // 8)
+    """How many px neighbouring tiles share: 32 (ComfyUI's default at its 512 px tiles), a quarter of a
+    tile under 128 px."""
+    return min(32, tile // 4)
 
 
 def tile_spans(length: int, tile: int, align: int = 1) -> list[tuple[int, int]]:
-    """The tiles along one side of `length` px, as (start, end): evenly spread, overlapping by about
-    `overlap(tile)` px, the first at 0 and the last ending at `length`. Starts are multiples of `align`
-    (the model's `multiple_of`: a pixel-unshuffle model groups pixels from its input's origin, so a tile
-    must start on the whole image's grid to give what the whole image gives); the last tile is then up
-    to `align - 1` px larger."""
-    if tile <= 0 or length <= tile:
+    """The tiles along one side of `length` px, as (start, end): as few as fit in `tile` px with about
+    `overlap(tile)` px shared between neighbours, then shrunk to one size and spread evenly, the first at 0
+    and the last ending at `length` (1024 px in tiles of 512: three of 363 px, 1.06x the pixels, not three
+    of 512, 1.5x). Starts are multiples of `align` (the model's `multiple_of`: a pixel-unshuffle model
+    groups pixels from its input's origin, so a tile must start on the whole image's grid to give what the
+    whole image gives); the last tile is then up to `align - 1` px larger."""
+    if tile <= 0 or length <= tile or tile <= 2 * align:  # (a tile must hold more than the model's grid)
         return [(0, length)]
-    step = max(1, tile - overlap(tile) - (align - 1))
-    count = math.ceil((length - tile) / step) + 1
-    starts = [round(i * (length - tile) / (count - 1)) // align * align for i in range(count)]
-    return [(start, start + tile if i < count - 1 else length) for i, start in enumerate(starts)]
+    shared = overlap(tile)
+    count = math.ceil((length - shared) / max(1, tile - shared))
+    while (size := -(-math.ceil((length + (count - 1) * shared) / count) // align) * align) > tile:
+        count += 1  # rounded up to the grid, one more tile is needed
+    starts = [round(i * (length - size) / (count - 1)) // align * align for i in range(count)]
+    return [(start, start + size if i < count - 1 else length) for i, start in enumerate(starts)]
 
 
 def _axis_weights(spans: list[tuple[int, int]], scale: int) -> list[np.ndarray]:

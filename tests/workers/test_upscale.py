@@ -96,8 +96,12 @@ def test_tiles_start_on_the_models_grid():
     spans = tile_spans(1000, 256, align=4)
     assert spans[0][0] == 0 and spans[-1][1] == 1000
     assert all(start % 4 == 0 for start, _ in spans)
-    assert all(b - a == 256 for a, b in spans[:-1]) and 256 <= spans[-1][1] - spans[-1][0] < 260
+    size = spans[0][1]
+    assert size <= 256 and all(b - a == size for a, b in spans[:-1]) and size <= spans[-1][1] - spans[-1][0] < size + 4
     assert all(prev_end - start >= overlap(256) - 3 for (_, prev_end), (start, _) in zip(spans, spans[1:]))
+    # as few tiles as fit, shrunk to share about the overlap, not full tiles sharing whatever is left
+    assert tile_spans(1024, 512) == [(0, 363), (330, 693), (661, 1024)]
+    assert sum(b - a for a, b in tile_spans(1024, 512)) / 1024 < 1.07
     assert tile_spans(200, 0) == [(0, 200)] and tile_spans(200, 512) == [(0, 200)]
 
 
