@@ -11,13 +11,14 @@
   from a fixed seed and loaded through spandrel like a file, so detection and the model code are real.
   Its weights are near an average-then-enlarge filter plus noise, so its output still looks like the input.
 
-Tiling (`Upscaler.upscale`): the image is cut into as few tiles of at most `tile` px as share `overlap(tile)` px,
-shrunk to one size and evenly spread, each upscaled alone (spandrel pads a tile to the model's size requirements and crops the
-padding off), and blended with feathered weights: a linear ramp across each overlap, normalised per axis
-so the weights of every output pixel sum to 1 (seams do not show, however the tiles fall). Memory is a
-tile's for the model, plus the output canvas (uint8) and one strip of float32 rows (a row of tiles' output
-height × the output width, reused), where a row of tiles is blended: with 512 px tiles at ×4, a 2048 px wide
-input's strip is 2048 × 8192 × 12 bytes, 200 MB, against 800 MB for a float copy of a 2048² input's output
+Tiling (`Upscaler.upscale`): the image is cut into as few tiles of at most `tile` px as share `overlap(tile)`
+px, shrunk to one size and evenly spread, each upscaled alone (spandrel pads a tile to the model's size
+requirements and crops the padding off), and blended with feathered weights: a linear ramp across each
+overlap, normalised per axis so the weights of every output pixel sum to 1 (seams do not show, however the
+tiles fall). Memory is a tile's for the model, plus the output canvas (uint8) and one strip of float32 rows (a
+row of tiles' output height × the output width, reused), where a row of tiles is blended: with 512 px tiles at
+×4, a 2048 px wide input's strip is 2048 × 8192 × 12 bytes, 200 MB, against 800 MB for a float copy of a 2048²
+input's output
 (tests/workers/test_upscale.py measures it).
 `tile` 0: the whole image in one call. Then, when the requested factor is not the native one, the model's
 output is resized with Lanczos to round(w × scale) × round(h × scale).
