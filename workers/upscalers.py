@@ -18,8 +18,7 @@ overlap, normalised per axis so the weights of every output pixel sum to 1 (seam
 tiles fall). Memory is a tile's for the model, plus the output canvas (uint8) and one strip of float32 rows (a
 row of tiles' output height × the output width, reused), where a row of tiles is blended: with 512 px tiles at
 ×4, a 2048 px wide input's strip is 2048 × 8192 × 12 bytes, 200 MB, against 800 MB for a float copy of a 2048²
-input's output
-(tests/workers/test_upscale.py measures it).
+input's output (tests/workers/test_upscale.py measures it).
 `tile` 0: the whole image in one call. Then, when the requested factor is not the native one, the model's
 output is resized with Lanczos to round(w × scale) × round(h × scale).
 """
