@@ -32,11 +32,30 @@ def percentile(values, q: float) -> float:
     return data[lo] + (data[hi] - data[lo]) * (k - lo)
 
 
-def rss_bytes(pid: int) -> int:
+def _status_bytes(field: str, pid: int | str = "self") -> int:
+    """A size field of /proc/PID/status (VmRSS, VmHWM) in bytes; 0 where there is none."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    return _status_bytes("VmRSS", pid)
+
+
+def peak_rss() -> int:
+    """This process's peak RSS (VmHWM) since it started, or since reset_peak_rss()."""
+    return _status_bytes("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Linux: set VmHWM to the current RSS (clear_refs 5); False where the kernel does not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
 
 
 def turbo_body(size: int = 512, steps: int = 1, seed: int = 7, prompt: str = "a red fox in the snow") -> dict:

@@ -183,7 +183,7 @@ def upscale_figures(size: int, tile: int, rounds: int, out) -> dict:
 _RSS_CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-import bench.common
+from bench.common import peak_rss, reset_peak_rss, rss_bytes
 import torch
 if {threads}:
     torch.set_num_threads({threads})
@@ -191,20 +191,14 @@ from PIL import Image
 from service.catalog import tiny_catalog
 from workers.upscalers import upscaler_for
 
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) * 1024
-
 upscaler = upscaler_for(tiny_catalog().spec({name!r}))
 image = Image.effect_noise(({size}, {size}), 64).convert("RGB")
 upscaler.upscale(image.crop((0, 0, 64, 64)), upscaler.scale, 0)  # warm: lazy initialisation is not the job's
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # VmHWM := VmRSS
-before = status("VmRSS")
+assert reset_peak_rss(), "VmHWM cannot be reset here"
+before = rss_bytes()
 started = time.perf_counter()
 upscaler.upscale(image, upscaler.scale, {tile})
-print(status("VmHWM") - before, time.perf_counter() - started, upscaler.tiles({size}, {size}, {tile}), upscaler.scale)
+print(peak_rss() - before, time.perf_counter() - started, upscaler.tiles({size}, {size}, {tile}), upscaler.scale)
 """
 
 

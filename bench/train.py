@@ -59,7 +59,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import rss_bytes  # noqa: E402  (first: tunes malloc as a worker process does)
+from bench.common import peak_rss, reset_peak_rss, rss_bytes  # noqa: E402  (first: tunes malloc as a worker process does)
 
 import torch  # noqa: E402
 
@@ -113,22 +113,6 @@ def bench_config(resolution: int, steps: int, rank: int, gradient_checkpointing:
 
 def rss() -> int:
     return rss_bytes(os.getpid())
-
-
-def peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def reset_peak_rss() -> bool:
-    """Linux: set VmHWM to the current RSS (clear_refs 5); False where the kernel does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------- the two sides

@@ -14,15 +14,20 @@ from PIL import Image, ImageOps
 ASPECT_TOLERANCE = 0.01  # a mask's aspect ratio may differ from its image's by 1% (it is resized to it)
 
 
-def read_mask(image: Image.Image, invert: bool = False) -> Image.Image:
-    """The mask as an "L" image: 255 = repaint, 0 = keep."""
+def alpha(image: Image.Image) -> Image.Image | None:
+    """The image's alpha channel ("L"), or None when it has none (a paletted image's transparency counts)."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
-        alpha = image.getchannel("A")
-        low, high = alpha.getextrema()
+    return image.getchannel("A") if image.mode in ("RGBA", "LA", "PA") else None
+
+
+def read_mask(image: Image.Image, invert: bool = False) -> Image.Image:
+    """The mask as an "L" image: 255 = repaint, 0 = keep."""
+    alpha_ = alpha(image)
+    if alpha_ is not None:
+        low, high = alpha_.getextrema()
         if low != high or high == 0:  # varying alpha, or fully transparent: transparent = repaint
-            return alpha if invert else ImageOps.invert(alpha)
+            return alpha_ if invert else ImageOps.invert(alpha_)
     mask = image.convert("L")
     return ImageOps.invert(mask) if invert else mask
 

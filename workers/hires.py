@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 
 from service.catalog import Catalog, ModelSpec
-from service.catalog.models import BUILTIN_UPSCALER
 from service.jobs.states import Stage
 from workers.models import make_scheduler
 from workers.pipelines.base import batch_generators
@@ -51,9 +50,7 @@ def load_upscalers(catalog: Catalog, models: dict) -> None:
 
 def upscaler_spec(model, name: str) -> ModelSpec:
     """The upscaler `name` of the model's catalogue (the built-in `lanczos` is in every one)."""
-    spec = (getattr(model, "upscalers", None) or {}).get(name)
-    if spec is None and name == BUILTIN_UPSCALER:
-        spec = ModelSpec(name=BUILTIN_UPSCALER, kind="upscaler", source=BUILTIN_UPSCALER)
+    spec = model.upscalers.get(name)
     if spec is None:
         raise ValueError(f"hires: this worker has no upscaler {name!r}")
     return spec

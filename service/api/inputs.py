@@ -71,6 +71,19 @@ async def read_image(ref: str, settings) -> DecodedImage:
     return check_image_bytes(data, max_pixels=settings.max_pixels)
 
 
+def inline_image_size(ref) -> tuple[int, int] | None:
+    """An inline image's (data URL or bare base64) size from its header, nothing decoded; None for a URL
+    or what is no readable image (the native rules then name it, with their limits)."""
+    if not isinstance(ref, str) or is_url(ref):
+        return None
+    try:
+        data = base64.b64decode(ref.split(",", 1)[1] if ref.startswith("data:") else ref)
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except (binascii.Error, ValueError, OSError, IndexError, Image.DecompressionBombError):
+        return None
+
+
 def decode_image(ref: str, *, max_bytes: int, max_pixels: int) -> DecodedImage:
     """A data URL or bare base64."""
     return check_image_bytes(_b64_bytes(ref, max_bytes), max_pixels=max_pixels)

@@ -127,7 +127,8 @@ def test_inpaint_with_a_mask_file_and_expand_then_upscale_the_result(stack, tmp_
     mask.save(tmp_path / "mask.png")
     out = tmp_path / "out"
     r = fresco("inpaint", "--prompt", "a door", "--image", str(tmp_path / "in.png"),
-               "--mask", str(tmp_path / "mask.png"), "--expand", "0,16", "--param", "steps=2", "--url", stack.url, "--out", str(out))
+               "--mask", str(tmp_path / "mask.png"), "--expand", "0,16", "--param", "steps=2",
+               "--url", stack.url, "--out", str(out))
     assert r.returncode == 0, r.stderr
     [inpainted] = out.glob("*.png")
     assert Image.open(inpainted).size == (80, 64)  # 16 px added on the right

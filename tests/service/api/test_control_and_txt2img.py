@@ -182,6 +182,6 @@ def test_the_readme_models_file_examples_are_valid():
         data.update(yaml.safe_load(block))
     catalog = Catalog.model_validate(data)
     assert {spec.kind for spec in catalog.models.values()} == {"sd", "sdxl", "turbo", "svd", "upscaler"}
-    assert catalog.spec("realesrgan-x2").scale == 4 and catalog.spec("4x-ultrasharp").scale == 4
+    assert catalog.spec("realesrgan-x2").scale == 2 and catalog.spec("4x-ultrasharp").scale == 4
     assert any(spec.single_file for spec in catalog.models.values())
     assert any(spec.trust_pickle for spec in catalog.models.values()) and catalog.controlnets and catalog.adapters

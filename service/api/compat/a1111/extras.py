@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from service.api.compat.a1111 import upscalers
 from service.api.compat.a1111.fields import Reader, on
-from service.api.compat.a1111.translate import image_size
 from service.api.errors import ValidationFailed, field_error
+from service.api.inputs import inline_image_size
 from service.catalog import Catalog
 from service.recipe import number
 
@@ -65,7 +65,7 @@ def plan(catalog: Catalog, body) -> ExtrasPlan:
 def _scale_to(image: str, target: tuple[int, int], out: ExtrasPlan) -> float:
     """resize_mode 1: the factor that takes the image to the target size (the largest that fits in it, when
     the target has another aspect ratio: Fresco scales both sides alike and crops nothing)."""
-    size = image_size(image)
+    size = inline_image_size(image)
     width, height = target
     if size is None:
         raise ValidationFailed([field_error("image", "must be an inline PNG, JPEG or WebP image (base64) with "

@@ -13,14 +13,9 @@ dropped with a warning: Turbo has its own sampler, no guidance and no negative p
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 import math
 import secrets
 from dataclasses import dataclass, field
-
-from PIL import Image
 
 from service.api.compat.a1111 import samplers, upscalers
 from service.api.compat.a1111.checkpoints import find
@@ -28,7 +23,7 @@ from service.api.compat.a1111.fields import IMG2IMG, MAX_SEED, TXT2IMG, Reader, 
 from service.api.compat.a1111.prompt_loras import take_loras
 from service.api.compat.models import default_text_model, fit, image_task, inpaint_task, limit, text_task
 from service.api.errors import ValidationFailed, field_error
-from service.api.inputs import is_url
+from service.api.inputs import inline_image_size
 from service.api.requests import REQUESTS
 from service.catalog import Catalog
 
@@ -272,22 +267,9 @@ def plan(catalog: Catalog, mode: str, body, remembered: str | None, owned: dict[
                 parameters=parameters, warnings=warnings, names=names)
 
 
-def image_size(ref: str | None) -> tuple[int, int] | None:
-    """An inline image's size, from its header (None for a URL or what is no readable image: the native
-    rules name it)."""
-    if not isinstance(ref, str) or is_url(ref):
-        return None
-    try:
-        data = base64.b64decode(ref.split(",", 1)[1] if ref.startswith("data:") else ref)
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
-    except (binascii.Error, ValueError, OSError, IndexError, Image.DecompressionBombError):
-        return None
-
-
 def _check_inpaint_size(asked: Asked, warnings: list[str]) -> None:
     """A warning when width and height ask for another size than the image's (inpaint keeps the input's)."""
-    size = image_size(asked.image)
+    size = inline_image_size(asked.image)
     if size is not None and (asked.width or asked.height) and (asked.width or size[0], asked.height or size[1]) != size:
         warnings.append(f"inpainting keeps the input image's size ({size[0]}×{size[1]}); width and height were "
                         f"ignored")

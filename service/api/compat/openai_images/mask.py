@@ -16,7 +16,8 @@ import io
 from PIL import Image, ImageOps
 
 from service.api.errors import ValidationFailed, field_error
-from service.api.inputs import ImageRejected, decode_image, is_url
+from service import masks
+from service.api.inputs import ImageRejected, decode_image, inline_image_size, is_url
 
 FIELD = "mask"
 NEEDS_ALPHA = ("must be a PNG with an alpha channel: its fully transparent pixels mark the area to edit "
@@ -25,18 +26,6 @@ NEEDS_ALPHA = ("must be a PNG with an alpha channel: its fully transparent pixel
 
 def _refused(message: str) -> ValidationFailed:
     return ValidationFailed([field_error(FIELD, message)])
-
-
-def image_size(image: str, settings) -> tuple[int, int] | None:
-    """The image's size from its header, or None when it is a URL or unreadable (the native rules then
-    name `image`)."""
-    if is_url(image):
-        return None
-    try:
-        decoded = decode_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_pixels)
-    except ImageRejected:
-        return None
-    return decoded.width, decoded.height
 
 
 def native_mask(image: str, mask: str, settings) -> str:
@@ -50,17 +39,16 @@ def native_mask(image: str, mask: str, settings) -> str:
         raise _refused(str(exc)) from None
     if decoded.format != "png":
         raise _refused(NEEDS_ALPHA)
-    size = image_size(image, settings)
+    size = inline_image_size(image)
     if size is not None and size != (decoded.width, decoded.height):
         raise _refused(f"must have the image's size (the image is {size[0]}×{size[1]}, the mask "
                        f"{decoded.width}×{decoded.height})")
     with Image.open(io.BytesIO(decoded.data)) as opened:
-        if opened.mode == "P" and "transparency" in opened.info:
-            opened = opened.convert("RGBA")
-        if opened.mode not in ("RGBA", "LA", "PA"):
-            raise _refused(NEEDS_ALPHA)
-        repaint = ImageOps.invert(opened.getchannel("A"))
-    if repaint.getextrema()[1] == 0:
+        alpha = masks.alpha(opened)
+    if alpha is None:
+        raise _refused(NEEDS_ALPHA)
+    repaint = ImageOps.invert(alpha)
+    if masks.is_empty(repaint):
         raise _refused("has no transparent pixels: nothing to edit (fully transparent pixels mark the area to "
                        "edit)")
     out = io.BytesIO()
