@@ -155,14 +155,14 @@ def run(task: str, jobs: int, rounds: int, storages: list[str], put_delay_ms: fl
         models_file: Path | None = None, torch_threads: int = 1, warmup: int = 3, modes: tuple[int, ...] = (2, 0),
         out=print) -> dict:
     """`modes`: the FRESCO_WORKER_PENDING_OUTPUTS of each phase (2: the finishing stage on, 0: off)."""
-    from tests.deploy.s3server import S3Server
-
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the S3 server's line per request
 
     results: dict[tuple[str, int], list[dict]] = {}
     with contextlib.ExitStack() as stack:
         s3 = None
         if "s3" in storages:
+            from tests.deploy.s3server import S3Server  # boto3 and moto: only where S3 is measured
+
             s3 = S3Server(put_delay_s=put_delay_ms / 1000)
             stack.callback(s3.stop)
         deployments = {storage: stack.enter_context(deployment(task, storage, s3, models_file)) for storage in storages}

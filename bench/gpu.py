@@ -244,8 +244,9 @@ def tune(kind: str, pipe, refiner, args, w: dict, device: torch.device, task: st
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else pipe.dtype
     for p in (pipe, refiner):
         if p is not None:
-            if p.dtype != dtype:
-                p.to(device=device, dtype=dtype)
+            # Every module, not only when `p.dtype` differs: a pipeline's dtype is its first module's, and
+            # the refiner's first (the VAE it shares with the base) is already converted with the base.
+            p.to(device=device, dtype=dtype)
             vae = getattr(p, "vae", None)
             if vae is not None and getattr(vae.config, "force_upcast", False):
                 vae.register_to_config(force_upcast=False)  # the fp16-fix VAE's config: decode in `dtype`
