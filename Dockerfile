@@ -65,14 +65,17 @@ COPY workers /src/workers
 # spandrel (the upscalers' loader) without its torchvision requirement (pyproject.toml says why);
 # workers/spandrel_import.py imports it either way. A matching torchvision (same index URL, the version
 # paired with TORCH_VERSION) may be added with TORCHVISION_VERSION; it is used where it imports.
+# Quantized weights (`quantize:` in the models file): torchao (the `quant` extra, no torch requirement) and,
+# for `nf4`, bitsandbytes, pinned: its torch>=2.4,<3 is met by the CUDA torch above, so it pulls no other.
 ARG SPANDREL_VERSION=0.4.2
 ARG TORCHVISION_VERSION=
-RUN /opt/fresco/bin/pip install '/src[worker,s3]' \
+ARG BITSANDBYTES_VERSION=0.50.2
+RUN /opt/fresco/bin/pip install '/src[worker,quant,s3]' "bitsandbytes==${BITSANDBYTES_VERSION}" \
  && /opt/fresco/bin/pip install --no-deps "spandrel==${SPANDREL_VERSION}" \
  && if [ -n "${TORCHVISION_VERSION}" ]; then /opt/fresco/bin/pip install --no-deps --index-url "${TORCH_INDEX_URL}" \
       "torchvision==${TORCHVISION_VERSION}"; fi \
  && /opt/fresco/bin/python -c "import torch, sys; sys.exit(0 if torch.version.cuda else 'torch is not a CUDA build')" \
- && /opt/fresco/bin/python -c "import diffusers, workers.jobs, workers.worker, service.storage.s3" \
+ && /opt/fresco/bin/python -c "import diffusers, torchao, bitsandbytes, workers.jobs, workers.worker, service.storage.s3" \
  && /opt/fresco/bin/python -c "from workers.spandrel_import import spandrel; spandrel()"
 
 FROM worker-base AS worker

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 # The upscalers' loader, without its torchvision requirement (pyproject.toml's worker extra says why).
 SPANDREL ?= spandrel==0.4.2
-EXTRAS ?= local,worker,s3,test
+EXTRAS ?= local,worker,quant,s3,test
 PYTEST_ARGS ?=
 # The suite runs in this many processes (pytest-xdist): much of it waits on the processes it starts, so three
 # keep two cores busy. Tests that share a stack, and the fault tests, stay together in one

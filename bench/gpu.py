@@ -37,6 +37,18 @@ minutes 1,000 steps would take, the preparing stage's time, and the peak device 
 takes about 10 to 15 minutes for 1,000 steps on an L40S (about 1.1 to 1.7 it/s). `--tiny`: the tiny SDXL
 at 128², on the CPU.
 
+The `flux` and `sd3` sections (issue 22) time FLUX.1-schnell (1024², 4 steps, no guidance, 256 T5 tokens)
+and SD 3.5 large (1024², 28 steps, guidance 3.5, 256 T5 tokens), each with its T5-XXL, built with random
+weights from their published configs directly on the device in `--dtype`, through Fresco's own `txt2img`
+task pipeline, once per weights setting: unquantized, then each `quantize:` of the models file (`int8`,
+`fp8`, `nf4`: workers/quantize.py, applied to the built pipeline as a worker applies it to a model built in
+memory: the transformer's and T5's Linear layers), each on a fresh pipeline, regionally compiled but nf4
+(which `compile` cannot trace); median latency and peak device memory (`torch.cuda.max_memory_allocated`,
+reset before each) with their ratios to the unquantized run. A setting this host cannot run (fp8 below
+compute capability 8.9, nf4 without bitsandbytes, int8 without torchao, anything but int8 on the CPU) is
+a row marked skipped, with the reason. `--tiny`: the tiny profile's `tiny-flux-schnell` and `tiny-sd3` at
+64², 2 steps.
+
 The `edit` section (issue: native editing) times the editing tasks at full size:
 - inpaint: SDXL base 1024², 30 steps, strength 1.0, guidance 5.0, a centred square mask of half the side;
   plain diffusers (`StableDiffusionXLInpaintPipeline.from_pipe` on the same modules, float16, called
@@ -51,10 +63,12 @@ The `edit` section (issue: native editing) times the editing tasks at full size:
   reset before each), the tiles' share of extra work (their overlaps) and the largest pixel difference.
 `--tiny`: the tiny SDXL at 128², 2 steps, and the catalogue's tiny ESRGAN (x2) on a 96² input, 64 px tiles.
 
-    python bench/gpu.py [--only sdxl turbo svd memory edit train] [--repeats N] [--dtype bfloat16] [--compile-mode MODE]
+    python bench/gpu.py [--only sdxl turbo svd memory flux sd3 edit train] [--repeats N] [--dtype bfloat16]
+                        [--compile-mode MODE]
     python bench/gpu.py --tiny --compile-backend eager      # CPU, seconds
     python bench/gpu.py --only train [--train-steps 40]     # SDXL LoRA training, 1024², rank 16
     python bench/gpu.py --only edit                         # SDXL inpaint 1024², Real-ESRGAN-sized 4x of 1024²
+    python bench/gpu.py --only flux sd3                     # FLUX.1-schnell, SD 3.5 large: bf16, int8, fp8, nf4
     python bench/gpu.py --save-turbo /tmp/t && python bench/overhead.py --models-file /tmp/t/models.yaml
                                                             # Turbo end to end through the service
 """
@@ -78,7 +92,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs" / "full_size.json"
 TARGETS_S = {"sdxl": 1.5, "turbo": 0.080, "svd": 20.0}  # on one H100 (Turbo: end to end, see BENCHMARKS.md)
 MEMORY_MODES = ("default", "balanced", "minimal")
 MINIMAL_GOAL_BYTES = 1.5e9  # minimal: under 1.5 GB peak (HCP-Diffusion's SD inference in about 1 GB)
-SECTIONS = ("sdxl", "turbo", "svd", "memory", "edit", "train")
+SECTIONS = ("sdxl", "turbo", "svd", "memory", "flux", "sd3", "edit", "train")
 TRAIN_ANCHOR = ("Replicate's SDXL trainer takes about 10 to 15 minutes for 1,000 steps on an L40S "
                 "(about 1.1 to 1.7 it/s)")
 TRAIN_ANCHOR_ITS = (1000 / (15 * 60), 1000 / (10 * 60))
@@ -96,6 +110,23 @@ EDIT_FULL = {"width": 1024, "height": 1024, "steps": 30, "guidance_scale": 5.0, 
 EDIT_TINY = {"width": 128, "height": 128, "steps": 2, "guidance_scale": 5.0, "strength": 1.0,
              "upscale_size": 96, "tile": 64}
 ESRGAN_FULL = {"filters": 64, "blocks": 23, "growth": 32, "scale": 4}  # RealESRGAN_x4plus's RRDBNet
+# The transformer families (issue 22): what each section runs, full size and tiny. `source` is what the
+# model stands for (its defaults follow it: FLUX.1-schnell's guidance-free 4 steps); the weights are built.
+TRANSFORMER_FULL = {
+    "flux": {"model": "FLUX.1-schnell", "source": "black-forest-labs/FLUX.1-schnell",
+             "transformer": "FLUX1_SCHNELL_TRANSFORMER", "width": 1024, "height": 1024, "steps": 4,
+             "guidance_scale": 0.0, "max_sequence_length": 256},
+    "sd3": {"model": "SD 3.5 large", "source": "stabilityai/stable-diffusion-3.5-large",
+            "transformer": "SD35_LARGE_TRANSFORMER", "width": 1024, "height": 1024, "steps": 28,
+            "guidance_scale": 3.5, "max_sequence_length": 256},
+}
+TRANSFORMER_TINY = {
+    "flux": {"model": "tiny-flux-schnell", "width": 64, "height": 64, "steps": 2, "guidance_scale": 0.0,
+             "max_sequence_length": 32},
+    "sd3": {"model": "tiny-sd3", "width": 64, "height": 64, "steps": 2, "guidance_scale": 3.5,
+            "max_sequence_length": 32},
+}
+WEIGHTS = (None, "int8", "fp8", "nf4")  # unquantized, then each `quantize:` setting
 TINY = {
     "sdxl": {"width": 256, "height": 256, "steps": 4, "guidance_scale": 5.0, "refiner_switch": 0.75},
     "turbo": {"width": 256, "height": 256, "steps": 1},
@@ -405,6 +436,154 @@ def run_memory_modes(args, device: torch.device, out=print) -> list[dict]:
         out(f"  {mode:9} {row['latency_s'] * 1000:9.1f} ms x{row['latency_ratio']:.2f}  {memory}  "
             f"latents max|d| vs default {row['latents_max_abs_diff']:.2g}{goal}")
     peak_reset(device)
+    return rows
+
+
+# ---------------------------------------------------------------- SD 3.5 and FLUX.1: bf16 and quantized
+
+
+def build_transformer_family(kind: str, args, device: torch.device, dtype: torch.dtype):
+    """A FLUX.1-schnell or SD 3.5 large pipeline (T5-XXL included) with random weights, built in place on
+    `device` in `dtype` from the published configs; `--tiny`: the tiny profile's model of the section."""
+    from workers.families import FAMILIES
+
+    if args.tiny:
+        from service.catalog import tiny_catalog
+
+        pipe, _ = FAMILIES[kind].tiny(tiny_catalog().spec(TRANSFORMER_TINY[kind]["model"]))
+        pipe.to(device=device, dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+    from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
+                           SD3Transformer2DModel, StableDiffusion3Pipeline)
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from workers import tiny as tiny_profile
+    from workers.families.flux import FLUX_SCHNELL_SCHEDULER
+    from workers.families.sd3 import SD3_SCHEDULER
+
+    cfg = json.loads(CONFIGS.read_text())
+    with torch.device(device), default_dtype(dtype), torch.no_grad():
+        t5 = T5EncoderModel(T5Config(**cfg["T5_XXL_ENCODER"]))
+        if kind == "flux":
+            parts = dict(transformer=FluxTransformer2DModel(**cfg[TRANSFORMER_FULL[kind]["transformer"]]),
+                         vae=AutoencoderKL(**cfg["FLUX_VAE"]),
+                         text_encoder=CLIPTextModel(CLIPTextConfig(**cfg["CLIP_L_TEXT"])), text_encoder_2=t5)
+        else:
+            parts = dict(transformer=SD3Transformer2DModel(**cfg[TRANSFORMER_FULL[kind]["transformer"]]),
+                         vae=AutoencoderKL(**cfg["SD3_VAE"]),
+                         text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**cfg["CLIP_L_TEXT"])),
+                         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**cfg["OPENCLIP_BIGG_TEXT"])),
+                         text_encoder_3=t5)
+    # Tokenizers and the scheduler stay on the CPU: the tiny profile's offline tokenizers (their vocabularies
+    # are smaller than the encoders', which changes no shape: T5 pads to max_sequence_length, CLIP to 77).
+    if kind == "flux":
+        pipe = FluxPipeline(**parts, tokenizer=tiny_profile.tokenizer(), tokenizer_2=tiny_profile.t5_tokenizer(),
+                            scheduler=FlowMatchEulerDiscreteScheduler(**FLUX_SCHNELL_SCHEDULER))
+    else:
+        pipe = StableDiffusion3Pipeline(**parts, tokenizer=tiny_profile.tokenizer(),
+                                        tokenizer_2=tiny_profile.tokenizer(), tokenizer_3=tiny_profile.t5_tokenizer(),
+                                        scheduler=FlowMatchEulerDiscreteScheduler(**SD3_SCHEDULER))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def transformer_spec(kind: str, args, w: dict, setting: str | None):
+    from service.catalog import ModelSpec, tiny_catalog
+
+    source = tiny_catalog().spec(w["model"]).source if args.tiny else w["source"]
+    return ModelSpec(name=f"bench-{kind}-{setting or 'none'}", kind=kind, source=source, dtype=args.dtype,
+                     quantize=setting, compile=not args.no_compile and setting != "nf4",
+                     compile_backend=args.compile_backend, compile_mode=args.compile_mode,
+                     buckets=[(w["width"], w["height"])], steps=w["steps"], guidance_scale=w["guidance_scale"],
+                     max_sequence_length=w["max_sequence_length"])
+
+
+def transformer_params(pipeline, w: dict) -> dict:
+    """A txt2img job as the API resolves it: the task pipeline's own warm-up parameters (every field the
+    task reads) with the workload's prompt, size, steps, guidance and T5 tokens."""
+    params = pipeline.warmup_params(w["width"], w["height"])
+    params.update(prompt="a red fox in the snow, detailed fur", seed=0, steps=w["steps"],
+                  guidance_scale=w["guidance_scale"], max_sequence_length=w["max_sequence_length"])
+    return params
+
+
+def transformer_setting(kind: str, setting: str | None, args, device: torch.device, dtype: torch.dtype,
+                        w: dict, repeats: int) -> dict:
+    """One weights setting on a fresh pipeline: built, quantized as a worker quantizes a model built in
+    memory (workers/quantize.py), tuned (regional compile), warmed at the workload's size, timed."""
+    from workers import quantize
+    from workers.models import LoadedModel, freeze, freeze_compiled, no_needless_upcast, optimize
+    from workers.pipelines.registry import PIPELINES
+    from workers.progress import Progress
+    from workers.runtime import warm_up
+
+    spec = transformer_spec(kind, args, w, setting)
+    row = {"workload": kind, "model": w["model"], "quantize": setting or "none",
+           "dtype": str(dtype).removeprefix("torch."), "size": f"{w['width']}x{w['height']}", "steps": w["steps"],
+           "repeats": repeats, "compile": spec.compile}
+    try:
+        quantize.check_host(spec, device)
+    except quantize.QuantizeUnavailable as exc:
+        return {**row, "skipped": str(exc)}
+    t0 = time.perf_counter()
+    pipe = build_transformer_family(kind, args, device, dtype)
+    no_needless_upcast(pipe, dtype)
+    freeze(pipe)
+    try:
+        layers = quantize.apply(pipe, spec, device)
+    except (ImportError, RuntimeError, NotImplementedError) as exc:  # a library that cannot run it here
+        return {**row, "skipped": f"{type(exc).__name__}: {exc}"}
+    optimize(spec, pipe)
+    row["build_s"] = time.perf_counter() - t0
+    row["quantized_layers"] = layers
+    model = LoadedModel(spec=spec, pipe=pipe, device=device, dtype=dtype, scheduler_config=pipe.scheduler.config)
+    pipeline = PIPELINES["txt2img"](model)
+    torch.compiler.set_stance("default")  # an earlier setting froze compilation: this one compiles its own
+    row["warmup_s"] = warm_up(pipeline, spec, 1)
+    if spec.compile:
+        freeze_compiled()
+    params = transformer_params(pipeline, w)
+
+    def call():
+        with torch.inference_mode():
+            return pipeline.run(params, Progress(lambda state: False, pipeline.plan(params)))
+
+    peak_reset(device)
+    times = timed(call, device, repeats)
+    row.update(latency_s=statistics.median(times), peak_bytes=peak_bytes(device))
+    return row
+
+
+def run_transformer(kind: str, args, device: torch.device, out=print) -> list[dict]:
+    """FLUX.1-schnell or SD 3.5 large unquantized and in each `quantize:` setting: latency and peak memory,
+    as ratios to the unquantized run."""
+    w = (TRANSFORMER_TINY if args.tiny else TRANSFORMER_FULL)[kind]
+    repeats = args.repeats or (2 if args.tiny else 5)
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else (
+        torch.bfloat16 if device.type == "cuda" else torch.float32)
+    out(f"{kind}: {w['model']} {w['width']}x{w['height']}, {w['steps']} steps, guidance {w['guidance_scale']}, "
+        f"{w['max_sequence_length']} T5 tokens, {str(dtype).removeprefix('torch.')}, txt2img task, median of "
+        f"{repeats}; ratios to unquantized")
+    rows = []
+    for setting in WEIGHTS:
+        peak_reset(device)
+        row = transformer_setting(kind, setting, args, device, dtype, w, repeats)
+        peak_reset(device)  # the pipeline is gone with transformer_setting()'s frame
+        rows.append(row)
+        name = setting or "none"
+        if "skipped" in row:
+            out(f"  {name:5} skipped: {row['skipped']}")
+            continue
+        base = rows[0] if "latency_s" in rows[0] else None
+        row["latency_ratio"] = row["latency_s"] / base["latency_s"] if base else None
+        row["peak_ratio"] = (row["peak_bytes"] / base["peak_bytes"]
+                             if base and row["peak_bytes"] and base["peak_bytes"] else None)
+        ratios = (f"x{row['latency_ratio']:.2f}" if row["latency_ratio"] else "",
+                  f"x{row['peak_ratio']:.2f}" if row["peak_ratio"] else "")
+        out(f"  {name:5} {row['latency_s'] * 1000:9.1f} ms {ratios[0]:>6}  peak {_gib(row['peak_bytes'])} "
+            f"{ratios[1]:>6}  ({row['quantized_layers']} Linear layers quantized; built {row['build_s']:.1f} s, "
+            f"warm-up {row['warmup_s']:.1f} s{'' if row['compile'] else ', not compiled'})")
     return rows
 
 
@@ -720,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += run_memory_modes(args, device)
             elif kind == "edit":
                 rows += run_edit(args, device)
+            elif kind in TRANSFORMER_FULL:
+                rows += run_transformer(kind, args, device)
             elif kind == "train":
                 rows.append(run_training(args, device))
             else:

@@ -1,8 +1,10 @@
 """Live previews: what they cost a job's inference, side by side with previews off (BENCHMARKS.md §9).
 
 In one run, a real job runner (workers/jobs.py `JobRunner`, the tiny profile, an embedded Redis) runs the
-same tiny SDXL job (the API's defaults: 1024², 30 steps, base then refiner at 0.8, euler, seed fixed)
-over and over, in rounds of three, each round in another order:
+same tiny SDXL job (the API's defaults: 1024², 30 steps, base then refiner at 0.8, euler, seed fixed), or
+with `--model tiny-sd3` / `tiny-flux` the same text-to-image job on SD 3 or FLUX.1 (16-channel latents;
+FLUX's packed 2×2, unpacked for each preview; flow_euler), over and over, in rounds of three, each round in
+another order:
 
 - watched by nobody (previews off: what every job without a watcher costs),
 - watched, previews every `preview_every_steps` steps (the default, 2),
@@ -15,7 +17,7 @@ store, publish), as a share of the job's inference time; goal under 3% with the 
 default cadence. Beside it, each variant's inference time, and its ratio to the "off" job of the same
 round (paired, median): the same cost seen from outside, within this machine's noise of ±10% per job.
 
-    .venv/bin/python bench/previews.py [--rounds 15] [--size 1024] [--steps 30]
+    .venv/bin/python bench/previews.py [--rounds 15] [--size 1024] [--steps 30] [--model tiny-sdxl]
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import percentile  # noqa: E402  (tunes the process as a worker's)
 
 TARGET_SHARE = 0.03
+# --model -> its task, what its job adds to the common parameters, and how the report names it
+JOBS = {
+    "tiny-sdxl": ("sdxl", {"negative_prompt": "", "guidance_scale": 5.0, "refiner": True, "refiner_switch": 0.8,
+                           "scheduler": "euler"}, "SDXL job ({size}², {steps} steps, base + refiner)"),
+    "tiny-sd3": ("txt2img", {"negative_prompt": "", "guidance_scale": 3.5, "scheduler": "flow_euler"},
+                 "SD 3 job ({size}², {steps} steps, 16-channel latents)"),
+    "tiny-flux": ("txt2img", {"guidance_scale": 3.5, "scheduler": "flow_euler"},
+                  "FLUX.1-dev job ({size}², {steps} steps, packed latents)"),
+}
 
 
 def main() -> None:
@@ -41,6 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--model", choices=list(JOBS), default="tiny-sdxl")
     args = parser.parse_args()
 
     import torch
@@ -56,13 +68,13 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="fresco-bench-previews-"))
     server = EmbeddedRedis(data / "redis")
     redis = sync_client(server.url)
-    settings = Settings(redis_url=server.url, data_dir=data, worker_tasks=["sdxl"], preview_every_steps=2,
-                        worker_pending_outputs=0)  # each job ended before `run` returns
+    task, extra, title = JOBS[args.model]
+    settings = Settings(redis_url=server.url, data_dir=data, worker_tasks=[task], worker_models=[args.model],
+                        preview_every_steps=2, worker_pending_outputs=0)  # each job ended before `run` returns
     runner = JobRunner(Runtime(settings, tiny_catalog()).load(), redis, LocalStorage(data / "results"), settings,
                        "bench-previews")
-    params = {"prompt": "a lighthouse on a cliff at dusk", "negative_prompt": "", "width": args.size,
-              "height": args.size, "steps": args.steps, "guidance_scale": 5.0, "num_images": 1, "refiner": True,
-              "refiner_switch": 0.8, "scheduler": "euler", "seed": 11, "output_format": "png"}
+    params = {"prompt": "a lighthouse on a cliff at dusk", "width": args.size, "height": args.size,
+              "steps": args.steps, "num_images": 1, "seed": 11, "output_format": "png", **extra}
 
     spent = {"report": 0.0}  # seconds in the progress callback (where previews are made) of the current job
     report = runner.report
@@ -80,16 +92,16 @@ def main() -> None:
         """One job, watched with previews every `every` steps (None: not watched): its inference seconds,
         the seconds of those its progress reports took, and how many previews it published."""
         job_id = str(uuid.uuid4())
-        protocol.submit(job_id, "sdxl", "tiny-sdxl", params, owner=None, retries=0, timeout_s=600, cap=0).run(redis)
+        protocol.submit(job_id, task, args.model, params, owner=None, retries=0, timeout_s=600, cap=0).run(redis)
         if every is not None:
             runner.settings.preview_every_steps = every
             redis.set(keys.watched(job_id), "1", px=600_000)
         pubsub = redis.pubsub()
         pubsub.subscribe(keys.events(job_id))
         pubsub.get_message(timeout=2)
-        redis.lpop(keys.rq_queue("sdxl", "tiny-sdxl"))
+        redis.lpop(keys.rq_queue(task, args.model))
         spent["report"] = 0.0
-        assert runner.run({"id": job_id, "task": "sdxl", "model": "tiny-sdxl"}) == {"status": "succeeded"}
+        assert runner.run({"id": job_id, "task": task, "model": args.model}) == {"status": "succeeded"}
         previews = 0
         while (m := pubsub.get_message(timeout=0.05)) is not None:
             previews += "preview" in json.loads(m["data"])
@@ -114,7 +126,7 @@ def main() -> None:
 
     base = statistics.median(times["off"])
     base_reports = statistics.median(reports["off"])
-    print(f"Live previews, tiny SDXL job ({args.size}², {args.steps} steps, base + refiner), {args.rounds} rounds, "
+    print(f"Live previews, tiny {title.format(size=args.size, steps=args.steps)}, {args.rounds} rounds, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'variant':<26} {'previews/job':>12} {'inference p50':>14} {'p95':>10} {'paired':>8} "
           f"{'in progress reports':>20} {'added':>8}")

@@ -26,7 +26,8 @@ from importlib import metadata
 from pathlib import PurePosixPath
 from urllib.parse import urlsplit, urlunsplit
 
-from service.families import KINDS
+from service.catalog.models import variant_of
+from service.families import KINDS, Kind
 
 RECIPE_VERSION = 1  # the JSON's "recipe" field: its layout, raised when a field changes meaning
 PNG_PARAMETERS_KEY = "parameters"  # A1111's PNG text chunk
@@ -48,6 +49,7 @@ class Sampler:
     plain: str = "euler"  # the Fresco scheduler with the uniform schedule
     karras: str | None = None  # with the Karras schedule, where Fresco has it
     automatic: str = "uniform"  # the schedule "Automatic" means for this sampler (A1111's own default)
+    flow: str | None = None  # the flow-matching scheduler it is on SD 3.5 and FLUX.1 (Forge: schedule "Simple")
 
 
 # In A1111's order; `options` as its `/sdapi/v1/samplers` shows them. The A1111 adapter maps requests
@@ -55,8 +57,8 @@ class Sampler:
 SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DPM++ 2M", ("k_dpmpp_2m",), {"scheduler": "karras"}, "dpmpp_2m", "dpmpp_2m_karras", "karras"),
     Sampler("Euler a", ("k_euler_a", "k_euler_ancestral"), {"uses_ensd": "True"}, "euler_a"),
-    Sampler("Euler", ("k_euler",), {}, "euler"),
-    Sampler("Heun", ("k_heun",), {"second_order": "True"}, "heun"),
+    Sampler("Euler", ("k_euler",), {}, "euler", flow="flow_euler"),
+    Sampler("Heun", ("k_heun",), {"second_order": "True"}, "heun", flow="flow_heun"),
     Sampler("DDIM", ("ddim",), {}, "ddim"),
     Sampler("UniPC", ("unipc",), {}, "unipc"),
 )
@@ -65,9 +67,13 @@ SAMPLERS: tuple[Sampler, ...] = (
 def a1111_sampler(scheduler: str | None) -> tuple[str, str] | None:
     """A1111's (sampler, schedule type) for a Fresco scheduler: what the A1111 adapter would run it as
     (`samplers.choose` of the pair gives the scheduler back). "turbo": Turbo's own Euler ancestral."""
+    if scheduler is None:
+        return None
     if scheduler == "turbo":
         return "Euler a", "Automatic"
     for s in SAMPLERS:
+        if s.flow == scheduler:
+            return s.name, FLOW_SCHEDULE
         if s.karras == scheduler:
             return s.name, "Karras"
         if s.plain == scheduler:
@@ -76,7 +82,36 @@ def a1111_sampler(scheduler: str | None) -> tuple[str, str] | None:
     return None
 
 
+FLOW_SCHEDULE = "Simple"  # the schedule type Forge runs flow-matching models with (sigmas evenly in time)
+
+
 # ---- the infotext
+
+DISTILLED_CFG = "Distilled CFG Scale"  # Forge's entry for FLUX.1's guidance embedding (then "CFG scale: 1")
+SEQUENCE_LENGTH = "Max sequence length"  # the T5 prompt tokens, where not the model's default
+
+
+def guidance_entries(kind: Kind | None, params: dict, sequence_default: int | None) -> tuple[float | None, dict]:
+    """A job's "CFG scale" and the entries of its guidance and T5 prompt length: on a model whose guidance is a
+    distilled embedding (FLUX.1), Forge's "CFG scale: 1" (no classifier-free guidance runs) and "Distilled CFG
+    Scale"; a `max_sequence_length` other than the model's default (`sequence_default`)."""
+    cfg, extra = params.get("guidance_scale"), {}
+    if kind is not None and kind.distilled_guidance and cfg is not None:
+        cfg, extra[DISTILLED_CFG] = 1.0, number(cfg)
+    length = params.get("max_sequence_length")
+    if length is not None and length != sequence_default:
+        extra[SEQUENCE_LENGTH] = length
+    return cfg, extra
+
+
+def sequence_default(model: dict) -> int | None:
+    """The T5 prompt tokens a recipe's model (name, kind, source, config) runs with unless asked: its variant's."""
+    kind = KINDS.get(model.get("kind"))
+    if kind is None or not kind.variants:
+        return None
+    config = model.get("config")
+    return variant_of(kind, model.get("source", ""), config.get("source") if isinstance(config, dict) else None
+                      ).max_sequence_length
 
 
 def quote(value) -> str:
@@ -171,7 +206,7 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
     kind = KINDS.get(model.get("kind"))
     scheduler = params.get("scheduler") or (kind.scheduler if kind is not None and kind.own_scheduler else None)
     sampler, schedule = (None, None) if task == "svd" else (a1111_sampler(scheduler) or (None, None))
-    extra: dict = {}
+    cfg, extra = guidance_entries(kind, params, sequence_default(model))
     hires = params.get("hires")
     extra.update(hires_entries(hires))
     if task == "inpaint":
@@ -201,7 +236,7 @@ def native_infotext(task: str, model: dict, params: dict, seed: int, embeddings:
                       "Max guidance scale": params.get("max_guidance_scale")})
     return a1111_infotext(
         prompt, params.get("negative_prompt") or "", steps=params.get("steps"), sampler=sampler, schedule=schedule,
-        cfg_scale=params.get("guidance_scale"), seed=None if task == "upscale" else seed,  # an upscale has none
+        cfg_scale=cfg, seed=None if task == "upscale" else seed,  # an upscale has none
         width=params.get("width"), height=params.get("height"),
         model_hash=model_hash(model), model=model["name"],
         denoising_strength=hires["strength"] if hires else

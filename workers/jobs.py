@@ -415,7 +415,8 @@ class JobRunner:
                 continue
             m.previewed_at = step  # a failed one too: the next try keeps the cadence
             try:
-                out[m.id] = previewer.render(latents[first], pipe.scheduler)
+                size = (m.params["width"], m.params["height"]) if "height" in m.params else None  # FLUX unpacks to it
+                out[m.id] = previewer.render(latents[first], pipe.scheduler, size)
             except Exception:  # a preview is a nicety: never a reason for the job to fail
                 log.exception("live preview of job %s failed; the job goes on", m.id)
         return out

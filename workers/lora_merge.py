@@ -51,3 +51,29 @@ class MergedLoras:
                         module.set_scale(name, weights[name])
                         base.weight.add_(module.get_delta_weight(name))
             self.merged = state
+
+
+class ActiveLoras:
+    """LoRAs in a quantized denoiser (`quantize:`), whose int8/fp8/nf4 weights no delta can be added to:
+    the job's LoRAs run beside the layers (PEFT's LoRA layers on, at the job's scales), and the
+    quantized weights are never written. No residue either; each resident LoRA costs each step its
+    rank × (in + out) multiply-adds per token on the layers it trains."""
+
+    def __init__(self, model):
+        self.model = model
+        self.state: tuple | None = None
+
+    def loaded(self) -> None:
+        self.state = None  # loading activates the new adapter: set the job's again
+
+    def set(self, weights: dict[str, float]) -> None:
+        state = tuple(sorted(weights.items()))
+        if state == self.state:
+            return
+        denoiser = self.model.denoiser
+        if weights:
+            denoiser.enable_lora()
+            denoiser.set_adapters(list(weights), list(weights.values()))
+        else:
+            denoiser.disable_lora()
+        self.state = state

@@ -15,9 +15,15 @@ import logging
 import torch
 
 log = logging.getLogger("fresco.loras")
-# The layers a slot covers: every attention projection and feed-forward layer of the denoiser, the
-# transformer blocks' projections in and out: what LoRA trainers (diffusers, kohya) target.
-SLOT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+# The layers a slot covers: what LoRA trainers (diffusers, kohya, ai-toolkit) target in any family's
+# denoiser: every attention projection and feed-forward layer, the UNet's transformer blocks'
+# projections in and out; in SD 3's and FLUX's joint blocks the text stream's projections
+# (`add_*_proj`, `to_add_out`, `ff_context`) and the modulations (`norm1.linear`: kohya's `img_mod`),
+# in FLUX's single blocks the MLP in (`proj_mlp`, with Q/K/V: kohya's `linear1`) and out (`proj_out`:
+# `linear2`) and the modulation (`norm.linear`). A UNet has none of the transformers' names.
+SLOT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+                "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff_context.net.0.proj",
+                "ff_context.net.2", "norm1.linear", "norm1_context.linear", "proj_mlp", "norm.linear")
 
 
 class LoraSlots:
@@ -38,7 +44,7 @@ class LoraSlots:
         denoiser.enable_lora_hotswap(target_rank=rank)
         placeholder = {}
         for name, module in denoiser.named_modules():
-            if isinstance(module, torch.nn.Linear) and any(name.endswith("." + t) for t in SLOT_TARGETS):
+            if isinstance(module, torch.nn.Linear) and any(("." + name).endswith("." + t) for t in SLOT_TARGETS):
                 placeholder[f"{name}.lora_A.weight"] = torch.zeros(rank, module.in_features)
                 placeholder[f"{name}.lora_B.weight"] = torch.zeros(module.out_features, rank)
         for slot in self.names:
@@ -51,31 +57,17 @@ class LoraSlots:
         log.info("%s: %d LoRA slots of rank %d on %d layers (compile: LoRAs hot-swap in)", model.name,
                  len(self.names), rank, len(placeholder) // 2)
 
-    def swap_in(self, state: dict, slot: str) -> None:
-        """Hot-swap the LoRA `state` (a state dict) into `slot`; ValueError when it cannot go there (the
-        slot is left empty)."""
-        pipe, family = self.model.pipe, self.model.family
-        prefix = family.denoiser + "."
+    def swap_in(self, parts, slot: str) -> None:
+        """Hot-swap a LoRA (workers/lora_parts.py LoraParts, checked) into `slot`; ValueError when it
+        cannot go there (the slot is left empty)."""
+        from workers import lora_parts
+
         try:
-            state, alphas, metadata = pipe.lora_state_dict(state, unet_config=self.model.denoiser.config,
-                                                           return_lora_metadata=True)
-            part = {k: v for k, v in state.items() if k.startswith(prefix)}
+            part = lora_parts.denoiser_part(self.model, parts)
             if not part:
-                raise ValueError(f"it has no {family.denoiser} layers")
+                raise ValueError(f"it has no {self.model.family.denoiser} layers")
             self._check_fits(part, slot)  # before diffusers: a failed swap would delete the slot
-            getattr(pipe, f"load_lora_into_{family.denoiser}")(
-                part, network_alphas=alphas, **{family.denoiser: self.model.denoiser}, adapter_name=slot,
-                metadata=metadata, _pipeline=pipe, hotswap=True)
-            for te in family.text_encoders:
-                encoder = getattr(pipe, te.encoder, None)
-                if encoder is None:
-                    continue
-                drop_text_encoder_adapter(encoder, slot)
-                text_part = {k: v for k, v in state.items() if k.startswith(te.encoder + ".")}
-                if text_part:
-                    pipe.load_lora_into_text_encoder(text_part, network_alphas=alphas, text_encoder=encoder,
-                                                     prefix=te.encoder, adapter_name=slot, metadata=metadata,
-                                                     _pipeline=pipe)
+            lora_parts.load(self.model, parts, slot, hotswap=True)
         except Exception:
             self._clear(slot)
             raise
@@ -91,13 +83,9 @@ class LoraSlots:
                               if isinstance(m, LoraLayer) and slot in m.scaling}
 
     def _check_fits(self, part: dict, slot: str) -> None:
-        """Every denoiser layer of the LoRA is a slot layer, of a rank the slot holds."""
-        from diffusers.utils import convert_unet_state_dict_to_peft
-
-        prefix = self.model.family.denoiser + "."
-        state = convert_unet_state_dict_to_peft({k.removeprefix(prefix): v for k, v in part.items()})
+        """Every denoiser layer of the LoRA (`part`: PEFT names) is a slot layer, of a rank the slot holds."""
         denoiser = self.model.denoiser
-        for key, value in state.items():
+        for key, value in part.items():
             if not key.endswith((".lora_A.weight", ".lora_B.weight")):
                 continue
             module_name, which, _ = key.rsplit(".", 2)
@@ -122,8 +110,10 @@ class LoraSlots:
                     layers = getattr(module, attr, None)
                     if isinstance(layers, torch.nn.ModuleDict) and slot in layers:
                         layers[slot].weight.zero_()
-        for te in self.model.family.text_encoders:
-            encoder = getattr(self.model.pipe, te.encoder, None)
+        from workers.lora_parts import drop_text_encoder_adapter, text_encoders
+
+        for prefix in text_encoders(self.model):
+            encoder = getattr(self.model.pipe, prefix, None)
             if encoder is not None:
                 drop_text_encoder_adapter(encoder, slot)
 
@@ -142,11 +132,3 @@ class LoraSlots:
                     if base is not None:
                         _update_scaling(module, slot, scale * base)
         self.state = state
-
-
-def drop_text_encoder_adapter(encoder, name: str) -> None:
-    from diffusers.utils.peft_utils import delete_adapter_layers
-
-    if name in getattr(encoder, "peft_config", {}):
-        delete_adapter_layers(encoder, name)
-        getattr(encoder, "peft_config", {}).pop(name, None)

@@ -10,8 +10,11 @@ model's arithmetic (see `freeze` in workers/models.py).
 Each LoRA is a PEFT adapter of its own (`load_lora_weights(adapter_name=)`), deleted when evicted
 (`delete_adapters`). In the text encoders, which run once per job, the job's LoRAs are set active
 (`set_adapters`). In the denoiser, which runs every step, they are merged into the weights
-(workers/lora_merge.py: a resident LoRA costs a job nothing), or, in a compiled denoiser, hot-swapped
-into slots prepared before compilation (workers/lora_slots.py: switching never recompiles).
+(workers/lora_merge.py: a resident LoRA costs a job nothing), run beside quantized weights, which no
+delta adds to (`ActiveLoras`), or, in a compiled denoiser, hot-swapped into slots prepared before
+compilation (workers/lora_slots.py: switching never recompiles). Every family's files are read by its
+pipeline's own reader and loaded the same way (workers/lora_parts.py); a file made for another family
+is refused by its keys first (workers/lora_families.py).
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ from service.jobs.states import Stage
 from workers import metrics
 from workers.adapter_files import AdapterFile, AdapterFiles
 from workers.embeddings import load_embeddings, load_vectors, unload_vectors
+from workers import lora_parts
 from workers.errors import invalid_input
-from workers.lora_merge import MergedLoras
+from workers.lora_families import family_problem
+from workers.lora_merge import ActiveLoras, MergedLoras
 from workers.lora_slots import LoraSlots
 
 log = logging.getLogger("fresco.loras")
@@ -53,7 +58,9 @@ class Loras:
         self.pipe = model.pipe
         self.resident: OrderedDict[str, Resident] = OrderedDict()  # digest -> Resident, least recently used first
         self.active_text: dict[str, tuple] = {}  # text encoder -> the (names, weights) set in it
-        self.denoiser: MergedLoras | LoraSlots = MergedLoras(model)  # LoraSlots after prepare_slots
+        # Merged into the weights; beside quantized ones (nothing adds to them); LoraSlots after prepare_slots.
+        self.denoiser: MergedLoras | ActiveLoras | LoraSlots = (ActiveLoras if model.spec.quantize
+                                                                 else MergedLoras)(model)
         self.job_embeddings: dict[str, str] = {}  # token -> digest: an API key's embeddings loaded for a job
 
     @property
@@ -143,12 +150,20 @@ class Loras:
         if any("dora_scale" in key or "lora_magnitude_vector" in key for key in state):
             raise invalid_input(f"{file.label} is a DoRA; Fresco serves plain LoRAs (DoRA weights do not merge "
                                 f"into the model's as a LoRA's do)")
+        problem = family_problem(state, self.model.spec.family)
+        if problem:
+            raise invalid_input(f"{file.label} {problem}; model {self.model.name} is a {self.model.spec.family} model")
+        try:
+            parts = lora_parts.read(self.model, state)
+            lora_parts.check(self.model, parts)
+        except Exception as exc:
+            raise self._not_a_lora(file, exc) from None
         if isinstance(self.denoiser, LoraSlots):
-            resident = self._swap_into_slot(file, state, needed)
+            resident = self._swap_into_slot(file, parts, needed)
         else:
             resident = Resident(peft_name(file.digest), file.digest, file.label)
             try:
-                self.pipe.load_lora_weights(state, adapter_name=resident.name)
+                lora_parts.load(self.model, parts, resident.name)
             except Exception as exc:
                 self._forget(resident.name)
                 raise self._not_a_lora(file, exc) from None
@@ -169,7 +184,7 @@ class Loras:
                  seconds, len(self.resident))
         return resident
 
-    def _swap_into_slot(self, file: AdapterFile, state: dict, needed: set[str]) -> Resident:
+    def _swap_into_slot(self, file: AdapterFile, parts: lora_parts.LoraParts, needed: set[str]) -> Resident:
         """A free slot, else the least recently used one this job does not need, with the LoRA in it."""
         used = {r.name for r in self.resident.values()}
         free = [s for s in self.slots if s not in used]
@@ -182,7 +197,7 @@ class Loras:
                                     f"({len(self.slots)}: `lora_slots` in the models file)")
             slot = self.resident.pop(digest).name
         try:
-            self.denoiser.swap_in(state, slot)
+            self.denoiser.swap_in(parts, slot)
         except Exception as exc:
             raise self._not_a_lora(file, exc) from None
         self.active_text.clear()

@@ -27,7 +27,7 @@ import torch
 
 from service.catalog import ModelSpec
 from service.families import OWN_SCHEDULERS, SCHEDULERS
-from workers import execution_device
+from workers import execution_device, quantize
 from workers.families import WorkerFamily, family_of
 from workers.memory import apply_memory
 from workers.previews import load_previewer
@@ -204,7 +204,7 @@ def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
 
     family = family_of(spec)
     cls = family.pipeline_class(family.loads_as)
-    options: dict[str, Any] = {**family.options, "dtype": dtype}
+    options: dict[str, Any] = {**family.options, **family.load_options(spec), "dtype": dtype}
     owner = f"model {spec.name}"
     refuse_pickles(owner, spec.trust_pickle, None if spec.single_file else spec.source, spec.refiner, spec.vae)
     try:
@@ -218,7 +218,8 @@ def _from_pretrained(spec: ModelSpec, dtype: torch.dtype):
             pipe = cls.from_single_file(spec.source, config=spec.config, local_files_only=True, **options)
         else:
             pipe = cls.from_pretrained(spec.source, use_safetensors=not spec.trust_pickle,
-                                       **variant_kwargs(spec.source), **options)
+                                       **variant_kwargs(spec.source), **options,
+                                       **quantize.load_kwargs(spec, cls, family.denoiser, dtype))
         refiner = None
         if spec.refiner:
             # The refiner shares the base's VAE and its last text encoder (SDXL's bigG).
@@ -255,10 +256,13 @@ def freeze(pipe) -> None:
     """No parameter needs a gradient in a worker. Said once at load, for every module: PEFT freezes the
     base weights when a LoRA loads, and a frozen weight sends torch's matmul down another (equally
     right, differently rounded) path on the CPU, so a job without LoRAs would no longer give the same
-    pixels after one with. Frozen from the start, every job runs the same arithmetic."""
+    pixels after one with. Frozen from the start, every job runs the same arithmetic. And in eval mode:
+    modules built in memory (the tiny profile, the GPU bench's full-size ones) start in training mode,
+    where T5's dropout draws from torch's global generator (a seed would no longer reproduce its image)
+    and fails on bitsandbytes' 4-bit layers (seen on an H200 with `quantize: nf4`)."""
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
-            component.requires_grad_(False)
+            component.requires_grad_(False).eval()
 
 
 def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
@@ -266,6 +270,7 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
     started = time.perf_counter()
     device = resolve_device(spec)
     dtype = resolve_dtype(spec, device)
+    quantize.check_host(spec, device)  # before any weight loads
     pipe, refiner = family_of(spec).tiny(spec) if spec.is_tiny else _from_pretrained(spec, dtype)
     if spec.kind_row.own_scheduler:  # Turbo: its own scheduler, from the model's config
         pipe.scheduler = make_scheduler(spec.kind_row.scheduler, pipe.scheduler.config)
@@ -281,6 +286,7 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
         p.set_progress_bar_config(disable=True)
         no_needless_upcast(p, dtype)
         freeze(p)
+        quantize.apply(p, spec, device)  # what did not load quantized (tiny, single-file, the refiner)
     if loras and spec.fuse_qkv:
         log.warning("%s: fuse_qkv is off because LoRAs may be used with this model (a fused projection "
                     "would bypass their layers)", spec.name)
@@ -301,7 +307,9 @@ def load_model(spec: ModelSpec, loras: bool = False) -> LoadedModel:
 
 def fuse_qkv(module) -> int:
     """Fuse the Q/K/V projections of every attention layer that runs diffusers' default SDPA processor
-    (self-attention: one QKV matmul; cross-attention: one KV matmul). Returns how many were fused."""
+    (self-attention: one QKV matmul; cross-attention: one KV matmul). A transformer whose attention runs
+    none (SD 3's joint attention, FLUX's): diffusers' own `fuse_qkv_projections`, which also fuses the
+    text stream's projections and swaps in the matching fused processors. Returns how many were fused."""
     from diffusers.models.attention_processor import Attention, AttnProcessor2_0, FusedAttnProcessor2_0
 
     fused = 0
@@ -310,6 +318,9 @@ def fuse_qkv(module) -> int:
             sub.fuse_projections(fuse=True)
             sub.set_processor(FusedAttnProcessor2_0())
             fused += 1
+    if not fused and hasattr(module, "fuse_qkv_projections"):
+        module.fuse_qkv_projections()
+        fused = sum(1 for sub in module.modules() if getattr(sub, "fused_projections", False))
     return fused
 
 
@@ -355,10 +366,13 @@ def optimize(spec: ModelSpec, *pipes) -> None:
             if module is None or id(module) in seen:
                 continue
             seen.add(id(module))
-            if spec.fuse_qkv:
+            if spec.fuse_qkv and role == denoiser and not family_of(spec).fuses_qkv:
+                log.warning("%s: the %s's projections stay unfused: diffusers' fused processor for it would "
+                            "compute other images (fuse_qkv applies to the VAE only)", spec.name, role)
+            elif spec.fuse_qkv:
                 log.info("%s: fused the projections of %d attention layers in the %s", spec.name, fuse_qkv(module),
                          role)
-            if spec.channels_last:
+            if spec.channels_last:  # a transformer's only convolution is its patch embedding: harmless
                 channels_last(module)
             if spec.compile and role == denoiser:
                 log.info("%s: compiling %d transformer blocks of the %s (%s)", spec.name, role,

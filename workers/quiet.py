@@ -22,6 +22,17 @@ KNOWN_NOISE: tuple[tuple[str, str, str], ...] = (
      "loading a LoRA's text-encoder part when other LoRAs are resident, transformers 5.17 to 5.24 report the "
      "other LoRAs' layers as missing from the new file (a table per load; 5.25 no longer does); a file "
      "that does not fit the model raises instead, and the job fails with a message (workers/loras.py)."),
+    # torchao (`quantize:`, workers/quantize.py), on import:
+    ("torchao", "_C_cutlass_90a", "torchao's Hopper CUTLASS kernels (int4 and sparse formats Fresco does not use) "
+     "load only beside a matching CUDA torch; int8 and fp8 run without them."),
+    ("torchao", "_C_mxfp8", "torchao's MX-format kernels, which Fresco does not use, likewise."),
+    ("torchao.kernel.intmm", "Detected no triton", "a CPU-only torch has no Triton; int8 weight-only runs "
+     "without it."),
+    ("torch.utils._pytree", "is an Enum subclass and is now natively supported", "torchao 0.18 registers its "
+     "enums the way torch 2.13 deprecates; nothing changes in what runs."),
+    ("diffusers.quantizers.torchao.torchao_quantizer", "Unable to import `torchao` Tensor objects",
+     "diffusers 0.42 looks for torchao classes 0.18 removed, to unpickle checkpoints saved quantized; Fresco "
+     "quantizes at load (safetensors), never unpickling one."),
 )
 # (a warning's message, at its start, why it is harmless here)
 KNOWN_WARNINGS: tuple[tuple[str, str], ...] = (

@@ -34,6 +34,14 @@ SCHEDULER = dict(
     timestep_spacing="leading",
 )
 
+# The T5 v1.1 encoder of SD 3 and FLUX.1 (T5-XXL: 4096 wide, gated GELU, relative position buckets), 64
+# wide: SD 3 pads its two CLIP encoders' concatenated states (32 + 32) to T5's width, as 768 + 1280 to 4096.
+T5_ENCODER = dict(
+    vocab_size=128, d_model=64, d_kv=16, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+    relative_attention_max_distance=32, feed_forward_proj="gated-gelu", dropout_rate=0.0, pad_token_id=0,
+    eos_token_id=1, decoder_start_token_id=0, is_encoder_decoder=False, use_cache=False,
+)
+
 # A ControlNet's conditioning embedding downsamples the control image 8× (to the latents' size).
 CONTROLNET_EMBEDDING = (4, 4, 8, 8)
 
@@ -48,6 +56,17 @@ def tokenizer():
     vocab["<|startoftext|>"] = 512
     vocab["<|endoftext|>"] = 513
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+
+
+def t5_tokenizer():
+    """An offline T5 tokenizer (a Unigram model, as T5's SentencePiece one is): <pad> 0, </s> 1, <unk> 2,
+    then printable ASCII and the word-initial lower-case letters ("▁a"); anything else is <unk>. 512 tokens
+    long, as FLUX.1-dev's `max_sequence_length` may be."""
+    from transformers import T5TokenizerFast
+
+    pieces = ([("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(chr(c), -1.0) for c in range(32, 127)]
+              + [("\u2581" + chr(c), -1.0) for c in range(97, 123)] + [("\u2581", -2.0)])
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
 def seeded(seed: int):

@@ -16,6 +16,7 @@ from service import adapter_registry, masks
 from service.api.errors import field_error
 from service.api.inputs import DecodedImage
 from service.catalog import Catalog, ModelSpec, adapter_url_problem
+from service.families import FAMILIES
 from service.settings import Settings
 from service.webhooks import targets
 
@@ -42,12 +43,21 @@ class Rules:
         if width * height > self.settings.max_pixels:
             self.error("width", f"width × height must be at most {self.settings.max_pixels} pixels")
 
+    def sides(self) -> None:
+        """The request's own width and height: multiples of what the model's kind works in (16 for sd3, flux)."""
+        step = self.spec.kind_row.size_multiple
+        for name in ("width", "height"):
+            value = getattr(self.req, name, None)
+            if value is not None and value % step:
+                self.error(name, f"must be a multiple of {step} for {self.spec.kind} models (model {self.spec.name})")
+
 
 # ---- one per task
 
 
 def sdxl(r: Rules) -> None:
     r.pixels(r.req.width, r.req.height)
+    _scheduler(r)
     if r.req.refiner and not r.spec.refiner:
         r.error("refiner", f"model {r.spec.name} has no refiner")
     r.params["refiner"] = bool(r.spec.refiner) if r.req.refiner is None else r.req.refiner
@@ -60,18 +70,21 @@ def turbo(r: Rules) -> None:
 
 
 def txt2img(r: Rules) -> None:
-    """Size and guidance: the request's, else the model's own (GET /models lists them per model)."""
+    """Size, steps, scheduler and guidance: the request's, else the model's own (GET /models lists them per
+    model)."""
     defaults = r.spec.defaults()
-    for name in ("width", "height", "guidance_scale"):
+    for name in ("width", "height"):
         if r.params.get(name) is None:
             r.params[name] = defaults[name]
+    r.sides()
+    _sampling(r)
     r.pixels(r.params["width"], r.params["height"])
     hires(r, r.params["width"], r.params["height"])
 
 
 def hires(r: Rules, width: int, height: int) -> None:
     """`hires` on txt2img and sdxl: a known upscaler; the final size (sides × scale, floored to multiples
-    of 8) within the pixel limit; its steps default to the job's."""
+    of 8, or of the kind's larger step) within the pixel limit; its steps default to the job's."""
     h = r.req.hires
     if h is None:
         r.params.pop("hires", None)
@@ -79,11 +92,12 @@ def hires(r: Rules, width: int, height: int) -> None:
     upscalers = r.catalog.models_for("upscale")
     if h.upscaler != "latent" and h.upscaler not in upscalers:
         r.error("hires.upscaler", f"must be latent or an upscaler of this server: {['latent', *upscalers]}")
-    final = (int(width * h.scale) // 8 * 8, int(height * h.scale) // 8 * 8)
+    step = r.spec.kind_row.size_multiple
+    final = (int(width * h.scale) // step * step, int(height * h.scale) // step * step)
     if final[0] * final[1] > r.settings.max_pixels:
         r.error("hires.scale", f"the final size {final[0]}×{final[1]} must be at most {r.settings.max_pixels} "
                                f"pixels")
-    steps = h.steps or r.req.steps
+    steps = h.steps or r.params["steps"]
     if int(steps * h.strength) < 1:
         r.error("hires.strength", "steps × strength must be at least 1 (no denoising step would run)")
     r.params["hires"] = {"scale": h.scale, "upscaler": h.upscaler, "strength": h.strength, "steps": steps,
@@ -91,31 +105,57 @@ def hires(r: Rules, width: int, height: int) -> None:
 
 
 def _sampling(r: Rules) -> None:
-    """An image-to-image task's steps × strength, scheduler and guidance (the model kind's where not given)."""
-    req, kind = r.req, r.spec.kind_row
-    if int(req.steps * req.strength) < 1:
+    """txt2img's, img2img's and inpaint's steps (× strength), scheduler, guidance and T5 prompt tokens: the
+    request's, else the model's (its defaults: its variant's or kind's, service/catalog/models.py)."""
+    req, spec = r.req, r.spec
+    defaults = spec.defaults()
+    steps = r.params["steps"] = req.steps or defaults["steps"]
+    strength = getattr(req, "strength", None)
+    if strength is not None and int(steps * strength) < 1:
         r.error("strength", "steps × strength must be at least 1 (no denoising step would run)")
+    _scheduler(r)
+    if not spec.guidance:
+        if req.guidance_scale:
+            variant = spec.variant_row
+            r.error("guidance_scale", f"model {spec.name} ({spec.kind}{f' {variant.name}' if variant else ''}) "
+                                      f"runs without guidance: give 0 or leave it out")
+        r.params["guidance_scale"] = 0.0
+    elif req.guidance_scale is None:
+        r.params["guidance_scale"] = defaults["guidance_scale"]
+    limit = spec.sequence_limit
+    if limit is None:
+        if req.max_sequence_length is not None:
+            r.error("max_sequence_length", f"is the T5 text encoder's prompt length; model {spec.name} has none")
+        r.params.pop("max_sequence_length", None)
+    elif req.max_sequence_length is not None and req.max_sequence_length > limit:
+        r.error("max_sequence_length", f"must be at most {limit} for model {spec.name}")
+    else:
+        r.params["max_sequence_length"] = req.max_sequence_length or defaults["max_sequence_length"]
+
+
+def _scheduler(r: Rules) -> None:
+    """The scheduler: the request's when the model's kind takes it (its row's `schedulers`), else its kind's
+    own; a kind with a scheduler of its own (Turbo) takes none."""
+    req, spec, kind = r.req, r.spec, r.spec.kind_row
     if kind.own_scheduler:
         if req.scheduler is not None:
             r.error("scheduler", f"{kind.name} models use their own scheduler")
         r.params["scheduler"] = kind.scheduler
+    elif req.scheduler is not None and req.scheduler not in spec.schedulers:
+        r.error("scheduler", f"must be one of {spec.schedulers} for model {spec.name} ({spec.kind})")
     else:
         r.params["scheduler"] = req.scheduler or kind.scheduler
-    if not kind.guidance:
-        if req.guidance_scale:
-            r.error("guidance_scale", f"{kind.name} models run without guidance (0)")
-        r.params["guidance_scale"] = 0.0
-    elif req.guidance_scale is None:
-        r.params["guidance_scale"] = r.spec.defaults()["guidance_scale"]
 
 
 def img2img(r: Rules) -> None:
     req = r.req
     _sampling(r)
+    r.sides()
+    step = r.spec.kind_row.size_multiple
     image = r.images.get("image")
     if image is not None:
-        width = req.width or image.width // 8 * 8
-        height = req.height or image.height // 8 * 8
+        width = req.width or image.width // step * step
+        height = req.height or image.height // step * step
         if width < 64 or height < 64:
             r.error("image", "must be at least 64 pixels on each side, or give width and height")
         r.pixels(width, height)
@@ -281,7 +321,10 @@ def embeddings(r: Rules) -> None:
             if rec.get("token") and rec.get("embedding_digest") and rec["token"] in text]
     for entry in used:
         rec = r.owned[entry["name"]]
-        if not adapter_registry.fits(rec, r.spec):
+        if not FAMILIES[r.spec.family].embeddings:
+            r.error("prompt", f"names the token {rec['token']} of embedding {entry['name']}; model {r.spec.name} "
+                              f"is {r.spec.family}, which takes no textual-inversion embeddings")
+        elif not adapter_registry.fits(rec, r.spec):
             r.error("prompt", f"names the token {rec['token']} of embedding {entry['name']}, trained on a "
                               f"{rec['family']} model; model {r.spec.name} is {r.spec.family}")
     if used:
@@ -292,6 +335,12 @@ def control(r: Rules) -> None:
     """`control`: each a ControlNet that fits the model, start before end; the preprocessing defaults to
     what the ControlNet's kind needs. Each entry's `image` is the decoded input (resolve puts it there)."""
     out = []
+    if r.req.control and not FAMILIES[r.spec.family].control:
+        takes = sorted(f.name for f in FAMILIES.values() if f.control)
+        r.error("control", f"model {r.spec.name} is {r.spec.family}, which takes no ControlNets (they are "
+                           f"for {' and '.join(takes)} models)")
+        r.params["control"] = []
+        return
     for i, ref in enumerate(r.req.control):
         at = f"control[{i}]"
         net = r.catalog.controlnets.get(ref.model)

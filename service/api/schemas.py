@@ -55,6 +55,12 @@ IMAGE_MAX_LENGTH = 64 * 1024 * 1024  # an ImageRef's most characters (the playgr
 ImageRef = Annotated[str, Field(min_length=1, max_length=IMAGE_MAX_LENGTH), AfterValidator(_clean_text), IMAGE_INPUT]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Guidance = Annotated[float, Field(ge=0, le=20, allow_inf_nan=False)]
+# Steps of txt2img, img2img and inpaint; absent: the model's (GET /models `defaults`: 30 for SD and SDXL,
+# 28 for SD 3.5 large and FLUX.1 dev, 4 for FLUX.1 schnell...).
+Steps = Annotated[int, Field(ge=1, le=100)]
+# The T5 text encoder's prompt tokens (sd3 and flux models; absent: the model's, 256 or 512); a longer
+# prompt is cut there, a shorter one padded: more costs time, not quality.
+SequenceLength = Annotated[int, Field(ge=1, le=512)]
 
 
 MAX_LORAS = 5
@@ -169,19 +175,21 @@ class TurboRequest(_Request):
 
 
 class Img2ImgRequest(_Request):
-    """SDXL (or Turbo) img2img; the output keeps the input's size unless width/height say otherwise."""
+    """img2img on an SD, SDXL, Turbo, SD 3.5 or FLUX.1 model; the output keeps the input's size unless
+    width/height say otherwise."""
 
     task: Literal["img2img"]
     prompt: Prompt
     negative_prompt: NegativePrompt = ""
     image: ImageRef
     strength: float = Field(0.5, gt=0, le=1, allow_inf_nan=False)
-    steps: int = Field(30, ge=1, le=100)
-    guidance_scale: Guidance | None = None  # the model family's: 5.0 for SDXL, 7.5 for SD; Turbo runs without
+    steps: Steps | None = None  # the model's
+    guidance_scale: Guidance | None = None  # the model's: 5.0 for SDXL, 7.5 for SD; Turbo and FLUX.1 schnell: 0
+    max_sequence_length: SequenceLength | None = None  # sd3 and flux models: T5 prompt tokens (the model's)
     num_images: int = Field(1, ge=1, le=4)
     width: int | None = Field(None, ge=64, le=2048, multiple_of=8)
     height: int | None = Field(None, ge=64, le=2048, multiple_of=8)
-    scheduler: SchedulerName | None = None  # sd and sdxl models: "euler"; turbo models: their own
+    scheduler: SchedulerName | None = None  # the kind's: "euler" (sd, sdxl), "flow_euler" (sd3, flux); turbo: its own
     loras: Loras = []
     control: Controls = []
     output_format: ImageFormat = "png"
@@ -206,18 +214,19 @@ class SVDRequest(_Request):
 
 
 class Txt2ImgRequest(_Request):
-    """Text-to-image on any SD 1.x/2.x or SDXL model (an SDXL model without its refiner). Size and guidance
-    default to the model's (GET /models lists them per model)."""
+    """Text-to-image on any SD 1.x/2.x, SDXL, SD 3.5 or FLUX.1 model (an SDXL model without its refiner). Size,
+    steps, guidance and scheduler default to the model's (GET /models lists them per model)."""
 
     task: Literal["txt2img"]
     prompt: Prompt
     negative_prompt: NegativePrompt = ""
     width: int | None = Field(None, ge=256, le=2048, multiple_of=8)  # default: the model's native size
     height: int | None = Field(None, ge=256, le=2048, multiple_of=8)
-    steps: int = Field(30, ge=1, le=100)
-    guidance_scale: Guidance | None = None  # default: the model family's (7.5 SD, 5.0 SDXL)
+    steps: Steps | None = None  # the model's
+    guidance_scale: Guidance | None = None  # the model's (7.5 SD, 5.0 SDXL, 3.5 FLUX.1 dev, 0 FLUX.1 schnell)
+    max_sequence_length: SequenceLength | None = None  # sd3 and flux models: T5 prompt tokens (the model's)
     num_images: int = Field(1, ge=1, le=4)
-    scheduler: SchedulerName = "euler"
+    scheduler: SchedulerName | None = None  # the model kind's: "euler" (sd, sdxl), "flow_euler" (sd3, flux)
     loras: Loras = []
     control: Controls = []
     hires: Hires | None = None
@@ -249,8 +258,9 @@ class InpaintRequest(_Request):
     image: ImageRef
     mask: ImageRef | None = None  # optional only with `expand` (then only the new area is repainted)
     strength: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
-    steps: int = Field(30, ge=1, le=100)
+    steps: Steps | None = None  # the model's
     guidance_scale: Guidance | None = None  # the model's
+    max_sequence_length: SequenceLength | None = None  # sd3 and flux models: T5 prompt tokens (the model's)
     num_images: int = Field(1, ge=1, le=4)
     scheduler: SchedulerName | None = None
     mask_blur: int = Field(4, ge=0, le=64)

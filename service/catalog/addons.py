@@ -94,8 +94,11 @@ class AdapterSpec(_FitsModels):
 
     def fits(self, model: ModelSpec) -> bool:
         # `memory: minimal` hooks each layer of the model at load: layers an adapter adds later would
-        # never reach the device. Such a model takes no adapters; nor does a family adapters do not load into.
-        return model.memory != "minimal" and FAMILIES[model.family].adapters and super().fits(model)
+        # never reach the device. Such a model takes no adapters; nor does a family adapters do not load into
+        # (embeddings: one with no textual-inversion format, SD 3.5 and FLUX.1).
+        family = FAMILIES[model.family]
+        takes = family.embeddings if self.kind == "embedding" else family.adapters
+        return model.memory != "minimal" and takes and super().fits(model)
 
     def listing(self) -> dict:
         """How `GET /models` shows it, under each model it fits."""
@@ -139,6 +142,12 @@ def check_bases(adapters: dict[str, AdapterSpec], controlnets: dict[str, Control
                              f"({sorted(FAMILIES)} or a model name)")
     for adapter in adapters.values():
         if adapter.kind == "embedding":
+            families = [b for b in adapter.base if b in FAMILIES or b in KINDS]
+            refused = [b for b in families if not FAMILIES[KINDS[b].family if b in KINDS else b].embeddings]
+            if refused:
+                raise ValueError(f"adapter {adapter.name}: base {refused} takes no textual-inversion embeddings "
+                                 f"(they are for {' and '.join(f.name for f in FAMILIES.values() if f.embeddings)} "
+                                 f"models)")
             taken = [t for other in adapters.values() if other is not adapter for t in other.token
                      if t in adapter.token]
             if taken:

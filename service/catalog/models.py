@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from service.families import INPAINT_TASKS, KIND_NAMES, KINDS, Kind, tasks_for_kind
+from service.families import INPAINT_TASKS, KIND_NAMES, KINDS, Kind, Variant, tasks_for_kind
 
 KindName = Literal[KIND_NAMES]  # type: ignore[valid-type]
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")  # unpickling runs code: loaded only when trusted
@@ -59,6 +59,12 @@ class ModelSpec(BaseModel):
     # a local directory) or its kind's (512 for SD, 1024 for SDXL). An SD 2.x 768-v model: 768.
     size: tuple[int, int] | None = None
     num_frames: int | None = Field(None, ge=1, le=128)  # svd: the frames the model was trained for
+    # A request's defaults for this model (GET /models shows them): steps, guidance and, for a model with a
+    # T5 encoder, its prompt tokens. Default: its variant's (FLUX.1 schnell or dev, SD 3.5 large, medium or
+    # large-turbo: service/families.py), read from its transformer's config or its source's name; else its kind's.
+    steps: int | None = Field(None, ge=1, le=100)
+    guidance_scale: float | None = Field(None, ge=0, le=20, allow_inf_nan=False)
+    max_sequence_length: int | None = Field(None, ge=1, le=512)
     # A dedicated inpainting checkpoint (a UNet with 9 input channels: latents, mask, masked image). None:
     # read from the files (a local directory's unet/config.json, a .safetensors checkpoint's header).
     # It serves only `inpaint`, and is that task's default.
@@ -84,6 +90,14 @@ class ModelSpec(BaseModel):
     # written back exactly: on the model's device (a switch costs a copy on the GPU, and memory: the
     # layers LoRAs train, once) or in CPU memory (no GPU memory; a switch copies them over the bus).
     lora_backup: Literal["device", "cpu"] = "device"
+    _variant: Variant | None = PrivateAttr(None)  # its kind's variant (service/families.py), read once
+    # sd3 only: load T5-XXL, the third text encoder (about 9 GB in float16). False: without it, as SD 3 was
+    # trained to allow (its prompt tokens are zeros); less memory, a little less prompt adherence.
+    t5: bool = True
+    # Quantized weights (workers/quantize.py): the denoiser's and any T5 encoder's Linear layers. `int8`
+    # (torchao, int8 weights; CPU or CUDA), `fp8` (torchao, float8 weights and matmuls; CUDA compute
+    # capability 8.9+), `nf4` (bitsandbytes 4-bit; CUDA). A host that cannot run it stops the worker at start.
+    quantize: Literal["int8", "fp8", "nf4"] | None = None
 
     @field_validator("size", mode="before")
     @classmethod
@@ -117,6 +131,13 @@ class ModelSpec(BaseModel):
             if Path(self.source).suffix.lower() in PICKLE_SUFFIXES and not self.trust_pickle:
                 raise ValueError(f"model {self.name}: {Path(self.source).name} is a pickle ({PICKLE_HINT}); set "
                                  f"`trust_pickle: true` for it if you trust its publisher, or give a .safetensors file")
+        if not self.t5 and not kind.optional_t5:
+            raise ValueError(f"model {self.name}: `t5: false` is for "
+                             f"{_listed(k.name for k in KINDS.values() if k.optional_t5)} models (only they run "
+                             f"without their T5 text encoder)")
+        if self.quantize:
+            self._check_quantize()
+        self._check_defaults()
         if kind.upscaler:
             self._check_upscaler()
         elif self.scale is not None:
@@ -126,6 +147,21 @@ class ModelSpec(BaseModel):
         if self.inpainting is None:
             self.inpainting = kind.size is not None and is_inpainting(self)
         return self
+
+    def _check_quantize(self) -> None:
+        """The settings `quantize` cannot work with (workers/quantize.py quantizes; the host is checked there)."""
+        kind, setting = self.kind_row, self.quantize
+        why = None
+        if kind.upscaler or kind.frames:
+            why = f"quantizes a text-to-image model's denoiser; {self.kind} models take none"
+        elif setting == "nf4" and self.memory == "minimal":
+            why = "cannot be combined with `memory: minimal` (group offloading cannot move bitsandbytes' packed " \
+                  "4-bit weights layer by layer: the first job fails on CUDA); use `memory: balanced`"
+        elif self.fuse_qkv:
+            why = "cannot be combined with `fuse_qkv` (fusing concatenates the projections' weights, which are " \
+                  "quantized tensors by then)"
+        if why:
+            raise ValueError(f"model {self.name}: `quantize: {setting}` {why}")
 
     def _check_upscaler(self) -> None:
         if self.source == BUILTIN_UPSCALER:
@@ -170,16 +206,78 @@ class ModelSpec(BaseModel):
             return [t for t in tasks_for_kind(self.kind) if t in INPAINT_TASKS]
         return tasks_for_kind(self.kind)
 
+    def _check_defaults(self) -> None:
+        """The variant, and the defaults an entry may override: only for an image model, guidance only on one
+        that runs with it, prompt tokens only where there is a T5 encoder."""
+        kind = self.kind_row
+        self._variant = variant_of(kind, self.source, self.config) if kind.variants else None
+        given = [n for n in ("steps", "guidance_scale", "max_sequence_length") if getattr(self, n) is not None]
+        if given and (kind.size is None or kind.own_scheduler):
+            raise ValueError(f"model {self.name}: {_listed(f'`{n}`' for n in given)}: defaults of txt2img, img2img "
+                             f"and inpaint requests, which {self.kind} models do not take")
+        if self.guidance_scale and not self.guidance:
+            raise ValueError(f"model {self.name}: it runs without guidance ({self.kind} "
+                             f"{self._variant.name if self._variant else ''}); `guidance_scale` may only be 0")
+        if self.max_sequence_length is not None and self.sequence_limit is None:
+            raise ValueError(f"model {self.name}: `max_sequence_length` is the T5 text encoder's, which it has none of")
+
+    @property
+    def variant_row(self) -> Variant | None:
+        """Which of its kind's published models it is (FLUX.1 schnell or dev, ...); None: its kind has none."""
+        return self._variant
+
+    @property
+    def guidance(self) -> bool:
+        """Whether it runs with guidance (False: a request may give only 0): its variant's, else its kind's."""
+        return self._variant.guidance if self._variant else self.kind_row.guidance
+
+    @property
+    def sequence_limit(self) -> int | None:
+        """The most T5 prompt tokens a request may ask for; None: the model has no T5 encoder."""
+        return self.kind_row.max_sequence_length if self.t5 else None
+
+    @property
+    def schedulers(self) -> list[str]:
+        """The schedulers a request may name for it (none for a kind with its own)."""
+        return [] if self.kind_row.own_scheduler else list(self.kind_row.schedulers)
+
     def defaults(self) -> dict:
-        """The image defaults of this model: its native size and its kind's guidance."""
+        """The image defaults of this model: its native size; steps and guidance (the models file's, else its
+        variant's, else its kind's); with a T5 encoder, its prompt tokens."""
         if self.size is None:
             return {}
-        return {"width": self.size[0], "height": self.size[1], "guidance_scale": self.kind_row.guidance_scale}
+        kind, variant = self.kind_row, self._variant
+        guidance = self.guidance_scale
+        if guidance is None:
+            guidance = variant.guidance_scale if variant else kind.guidance_scale
+        out = {"width": self.size[0], "height": self.size[1], "guidance_scale": guidance,
+               "steps": self.steps or (variant.steps if variant else kind.steps)}
+        if self.sequence_limit is not None:
+            out["max_sequence_length"] = self.max_sequence_length or (
+                variant.max_sequence_length if variant and variant.max_sequence_length else self.sequence_limit)
+        return out
 
     def facts(self) -> dict:
         """What `GET /models` may show about the model, by name (each task row picks its own)."""
         return {"refiner": bool(self.refiner), "max_num_frames": self.num_frames, "defaults": self.defaults(),
                 "family": self.family, "inpainting": bool(self.inpainting), "scale": self.scale}
+
+
+def variant_of(kind: Kind, source: str, config: str | None = None) -> Variant:
+    """Which of `kind`'s variants a model from `source` is: those its local transformer config.json allows
+    (FLUX.1's `guidance_embeds`, SD 3.5's `num_layers`), then the first of them its source's name names, else
+    the last of them (a hub id or a fine-tune's directory: its name; the tiny profile: `tiny:schnell`)."""
+    variants = kind.variants
+    folder = Path(config or source)
+    if source != "tiny" and not source.startswith("tiny:") and folder.is_dir():
+        try:
+            config = json.loads((folder / "transformer" / "config.json").read_text())
+        except (OSError, ValueError):
+            config = None
+        if isinstance(config, dict):
+            variants = tuple(v for v in variants if all(config.get(k, val) == val for k, val in v.config)) or variants
+    name = source.rstrip("/").rsplit("/", 1)[-1].lower()
+    return next((v for v in variants if any(n in name for n in v.names)), variants[-1])
 
 
 def native_size(spec: ModelSpec) -> tuple[int, int]:

@@ -152,6 +152,12 @@ def tiny_catalog() -> Catalog:
                          "description": note + " (PAI-Diffusion style: Chinese prompts, BERT tokenizer)"},
             "tiny-sd-inpaint": {"kind": "sd", "source": "tiny:inpaint",
                                 "description": note + " (an SD 1.x inpainting checkpoint: a 9-channel UNet)"},
+            "tiny-sd3": {"kind": "sd3", "source": "tiny",
+                         "description": note + " (SD 3.5 family: MMDiT transformer, CLIP-L, bigG and T5)"},
+            "tiny-flux": {"kind": "flux", "source": "tiny",
+                          "description": note + " (FLUX.1-dev family: guidance-embedded transformer, CLIP-L, T5)"},
+            "tiny-flux-schnell": {"kind": "flux", "source": "tiny:schnell",
+                                  "description": note + " (FLUX.1-schnell family: no guidance embedding)"},
         },
         upscalers={
             "tiny-esrgan": {"source": "tiny", "scale": 2,
@@ -166,6 +172,10 @@ def tiny_catalog() -> Catalog:
                             "description": "tiny profile: a random LoRA (kohya layout)"},
             "tiny-cat": {"kind": "embedding", "source": "tiny", "base": "sdxl", "token": ["<tiny-cat>"],
                          "description": "tiny profile: a random textual-inversion embedding"},
+            "tiny-sd3-style": {"kind": "lora", "source": "tiny", "base": "sd3",
+                               "description": "tiny profile: a random SD 3 LoRA (diffusers/PEFT layout)"},
+            "tiny-flux-style": {"kind": "lora", "source": "tiny", "base": "flux",
+                                "description": "tiny profile: a random FLUX.1 LoRA (kohya layout, BFL names)"},
         },
         controlnets={
             "tiny-canny": {"kind": "canny", "source": "tiny", "base": "sdxl",

@@ -91,8 +91,10 @@ def test_worker_image_is_cuda_with_torch_before_fresco():
     assert base.value[0] == "${CUDA_IMAGE}"
     runs = [" ".join(c.value) for c in instructions("worker-build", "RUN")]
     torch_at = next(i for i, r in enumerate(runs) if '"torch==${TORCH_VERSION}"' in r)
-    fresco_at = next(i for i, r in enumerate(runs) if "'/src[worker,s3]'" in r)
+    fresco_at = next(i for i, r in enumerate(runs) if "'/src[worker,quant,s3]'" in r)
     assert torch_at < fresco_at
+    # bitsandbytes (quantize: nf4) pinned, beside the CUDA torch: its torch>=2.4,<3 pulls no other build.
+    assert '"bitsandbytes==${BITSANDBYTES_VERSION}"' in runs[fresco_at] and args["BITSANDBYTES_VERSION"] == "0.50.2"
     assert "torch.version.cuda" in runs[fresco_at]  # the build fails on a CPU-only torch
     (stop,) = instructions("worker", "STOPSIGNAL")
     assert stop.value[0] == "SIGTERM"
@@ -184,7 +186,7 @@ def compose_config(**env: str) -> dict:
 def test_compose_config_accepts_the_file():
     config = compose_config()
     assert set(config["services"]) == {"redis", "minio", "minio-init", "api", "worker", "worker-cpu", "trainer",
-                                       "prometheus", "grafana"}
+                                       "worker-sd3", "worker-flux", "prometheus", "grafana"}
     trainer = config["services"]["trainer"]
     assert trainer["environment"]["FRESCO_WORKER_TASKS"] == "train" and trainer["profiles"] == ["train"]
     worker = config["services"]["worker"]
@@ -280,7 +282,7 @@ def test_compose_worker_grace_and_metrics_port():
     assert service_env("worker")["FRESCO_WORKER_METRICS_PORT"] == "9101"
     prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prometheus["scrape_configs"]}
-    assert jobs["fresco-worker"]["dns_sd_configs"][0]["names"] == ["worker", "worker-cpu", "trainer"]
+    assert jobs["fresco-worker"]["dns_sd_configs"][0]["names"] == worker_services()
     assert jobs["fresco-api"]["static_configs"][0]["targets"] == [f"api:{service_env('api')['FRESCO_PORT']}"]
 
 
@@ -294,7 +296,8 @@ def test_compose_mounts_exist_and_models_file_loads():
     worker_mounts = {resolve(v).split(":")[1]: resolve(v).split(":")[0] for v in services["worker"]["volumes"]}
     host_dir = ROOT / worker_mounts["/etc/fresco"]
     catalog = load_catalog(host_dir / "models.yaml")  # what FRESCO_MODELS_FILE=/etc/fresco/models.yaml reads
-    assert set(catalog.models) == {"sdxl-base-1.0", "sdxl-turbo", "svd-xt", "lanczos"}  # and the built-in upscaler
+    assert set(catalog.models) == {"sdxl-base-1.0", "sdxl-turbo", "svd-xt", "sd3.5-large", "flux1-schnell",
+                                   "lanczos"}  # and the built-in upscaler
     assert catalog.spec("svd-xt").num_frames == 25
     for name in ("redis", "minio", "api", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name  # the worker's comes from its image
@@ -326,7 +329,7 @@ def test_compose_workers_name_models_of_the_models_file(monkeypatch):
     assert named_anywhere == set(catalog.models)  # the docs show a GPU for every model of the file
     monkeypatch.delenv("FRESCO_WORKER_MODELS")
     old = Settings(worker_tasks=["sdxl", "img2img"])
-    assert {m for _, m in plan(old, catalog)} == {"sdxl-base-1.0", "sdxl-turbo"}
+    assert {m for _, m in plan(old, catalog)} == {"sdxl-base-1.0", "sdxl-turbo", "sd3.5-large", "flux1-schnell"}
 
 
 def test_compose_second_gpu_example_uncomments_into_a_worker_of_its_own():
@@ -347,18 +350,40 @@ def test_compose_second_gpu_example_uncomments_into_a_worker_of_its_own():
         {k: v for k, v in first.items() if k not in ("environment", "deploy")}
 
 
-def test_compose_models_file_commented_example_is_a_valid_model():
-    """The commented SD 1.5 model is ready to uncomment: a valid model of kind `sd`, serving txt2img
-    img2img and inpaint, and trainable."""
+def test_compose_models_file_commented_examples_are_valid_models():
+    """The commented models are ready to uncomment: SD 1.5 (kind `sd`: txt2img, img2img, inpaint, and
+    trainable), SD 3.5 medium in bf16 and FLUX.1-dev in nf4 (txt2img, img2img, inpaint)."""
     examples = commented_models(COMPOSE_MODELS)
-    assert set(examples) == {"sd-1.5"}
+    assert set(examples) == {"sd-1.5", "sd3.5-medium", "flux1-dev"}
     spec = examples["sd-1.5"]
     assert spec["kind"] == "sd" and spec["source"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    model = ModelSpec(name="sd-1.5", **spec)
-    assert set(model.tasks) == {"txt2img", "img2img", "inpaint", "train"}
+    assert set(ModelSpec(name="sd-1.5", **spec).tasks) == {"txt2img", "img2img", "inpaint", "train"}
+    for name in ("sd3.5-medium", "flux1-dev"):
+        assert set(ModelSpec(name=name, **examples[name]).tasks) == {"txt2img", "img2img", "inpaint"}
+    assert examples["flux1-dev"]["quantize"] == "nf4"
     data = yaml.safe_load(COMPOSE_MODELS.read_text())
     data["models"].update(examples)
-    assert "sd-1.5" in Catalog.model_validate(data).models
+    assert set(examples) <= set(Catalog.model_validate(data).models)
+
+
+def test_compose_sd3_and_flux_workers_hold_their_models_on_gpus_of_their_own(monkeypatch):
+    """`--profile sd3` / `--profile flux` add a worker each, on its own GPU, loading the models file's SD
+    3.5 large or FLUX.1-schnell (and nothing else: their groups of deploy/README.md §3)."""
+    services = raw_compose()["services"]
+    catalog = load_catalog(COMPOSE_MODELS)
+    gpus = {resolve(services[n]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"][0])
+            for n in ("worker", "worker-sd3", "worker-flux", "trainer")}
+    assert len(gpus) == 4  # no two of them share a GPU by default
+    for name, profile, model in (("worker-sd3", "sd3", "sd3.5-large"), ("worker-flux", "flux", "flux1-schnell")):
+        service = services[name]
+        assert service["profiles"] == [profile]
+        assert service["environment"].keys() == services["worker"]["environment"].keys()
+        for key in [k for k in os.environ if k.startswith("FRESCO_")]:
+            monkeypatch.delenv(key)
+        monkeypatch.setenv("FRESCO_WORKER_MODELS", resolve(service["environment"]["FRESCO_WORKER_MODELS"]))
+        pairs = plan(Settings(), catalog)
+        assert {m for _, m in pairs} == {model, "lanczos"}
+        assert {t for t, m in pairs if m == model} == {"txt2img", "img2img", "inpaint"}
 
 
 def test_compose_redis_flags_in_a_real_redis_server(tmp_path):

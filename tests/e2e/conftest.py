@@ -1,7 +1,7 @@
 """The e2e tests' shared stack with API keys on, where settings only add up: the compatible APIs'
 clients (AUTOMATIC1111's, OpenAI's: a key each, OpenAI model aliases) and webhooks (a secret, the local
 receiver allowed, quick retries) each see the stack as their own test would set it, so one stack (one
-API, one worker with the tiny SDXL, Turbo and SD models) serves all of them. Its modules run in one
+API, one worker with the tiny SDXL, Turbo, SD, SD 3.5 and FLUX.1 models) serves all of them. Its modules run in one
 pytest-xdist process (tests/conftest.py groups them), so it starts once."""
 
 from __future__ import annotations
@@ -27,5 +27,6 @@ def keyed_stack(tmp_path_factory):
     env = {**stack_env(WEBHOOK_SECRET), "FRESCO_API_KEYS": ",".join(f"{n}:{digest(k)}" for n, k in KEYS.items()),
            "FRESCO_RATE_LIMIT_PER_MINUTE": "0", "FRESCO_OPENAI_MODEL_ALIASES": OPENAI_ALIASES,
            "FRESCO_FAULT_INJECTION": "true"}
-    with Stack(None, tmp_path_factory.mktemp("keyed-stack"), env, profile=("tiny-sdxl", "tiny-turbo", "tiny-sd")) as s:
+    with Stack(None, tmp_path_factory.mktemp("keyed-stack"), env,
+               profile=("tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-sd3", "tiny-flux", "tiny-flux-schnell")) as s:
         yield s

@@ -65,6 +65,27 @@ def test_webuiapi_txt2img_with_all_its_default_fields(stack):
     assert r.parameters["sampler_name"] == "Euler a" and r.parameters["enable_hr"] is False
 
 
+def test_webuiapi_on_flux_gets_its_guidance_not_cfg(stack):
+    """A1111's cfg_scale 7 on FLUX.1 dev runs its own guidance (a warning says so), Forge's distilled_cfg_scale
+    sets it; the sampler runs as Euler with the schedule Simple, and the infotext is Forge's."""
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=stack.port, username="me", password=KEYS["webuiapi"], steps=2)
+    flux = titles(stack)["tiny-flux"]
+    r = api.txt2img(prompt="a fox", seed=3, width=256, height=256, cfg_scale=7, sampler_name="DPM++ 2M",
+                    override_settings={"sd_model_checkpoint": flux})
+    info = r.info
+    assert (info["sd_model_name"], info["cfg_scale"], info["sampler_name"], info["scheduler"]) == \
+        ("tiny-flux", 1, "Euler", "Simple")
+    assert any("distilled guidance" in w for w in info["warnings"])
+    assert "Distilled CFG Scale: 3.5" in info["infotexts"][0] and "CFG scale: 1," in info["infotexts"][0]
+    forge = httpx.post(stack.url + "/sdapi/v1/txt2img", headers=basic("webuiapi"), timeout=120, json={
+        "prompt": "a fox", "seed": 3, "width": 256, "height": 256, "steps": 2, "cfg_scale": 1,
+        "distilled_cfg_scale": 2, "sampler_name": "Euler", "scheduler": "Simple",
+        "override_settings": {"sd_model_checkpoint": flux}}).json()  # as Forge's own API takes it
+    info = json.loads(forge["info"])
+    assert info["warnings"] == [] and "Distilled CFG Scale: 2" in info["infotexts"][0]
+    assert image_of(forge["images"][0]).tobytes() != r.images[0].tobytes()  # another guidance: another image
+
+
 def test_webuiapi_img2img_with_a_pil_image(stack):
     api = webuiapi.WebUIApi(host="127.0.0.1", port=stack.port, username="me", password=KEYS["webuiapi"])
     source = Image.new("RGB", (320, 256), (200, 60, 20))
@@ -120,7 +141,8 @@ def test_webuiapi_models_options_samplers_and_interrupt(stack):
     assert api.txt2img(prompt="a boat", width=256, height=256).info["sd_model_name"] == "tiny-sdxl"
     assert {"Euler a", "Euler", "DPM++ 2M", "DDIM", "UniPC", "Heun"} == set(api.util_get_sampler_names())
     assert {"automatic", "karras"} <= set(api.util_get_scheduler_names())
-    assert [lora["name"] for lora in api.get_loras()] == ["tiny-style", "tiny-sketch"]
+    assert [lora["name"] for lora in api.get_loras()] == ["tiny-style", "tiny-sketch", "tiny-sd3-style",
+                                                          "tiny-flux-style"]
     assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos"] and api.get_sd_vae() == []
     assert api.get_latent_upscale_modes() == [{"name": "Latent"}]
     assert api.interrupt() == {}  # nothing running: nothing to stop

@@ -33,12 +33,21 @@ def png_url(img: Image.Image) -> str:
 EDGES = png_url(Image.effect_mandelbrot((192, 128), (-2, -1.2, 1, 1.2), 60).convert("RGB"))
 
 
-def test_txt2img_on_an_sd_model_with_its_defaults(client):
-    job = run(client, {"task": "txt2img", "prompt": "a lighthouse", "steps": 3, "seed": 4})
-    assert job["model"] == "tiny-sd" and job["progress"]["stage"] == "done"
+@pytest.mark.parametrize("model, size, defaults", [
+    (None, 512, {"guidance_scale": 7.5, "scheduler": "euler"}),  # the default: tiny-sd, at its native size
+    ("tiny-sd3", 256, {"guidance_scale": 3.5, "scheduler": "flow_euler", "max_sequence_length": 256}),
+    ("tiny-flux", 256, {"guidance_scale": 3.5, "scheduler": "flow_euler", "max_sequence_length": 512}),
+    ("tiny-flux-schnell", 256, {"guidance_scale": 0.0, "scheduler": "flow_euler", "max_sequence_length": 256}),
+])
+def test_txt2img_on_each_family_with_its_defaults(client, model, size, defaults):
+    """SD 3.5 and FLUX.1 at 256² (their native 1024² is slow on the CPU); guidance, scheduler and T5 tokens
+    are the model's own."""
+    body = {"task": "txt2img", "prompt": "a lighthouse", "steps": 3, "seed": 4}
+    job = run(client, {**body, "model": model, "width": size, "height": size} if model else body)
+    assert job["model"] == (model or "tiny-sd") and job["progress"]["stage"] == "done"
     p = job["params"]
-    assert (p["width"], p["height"], p["guidance_scale"]) == (512, 512, 7.5)
-    assert pixels(client, job).shape == (512, 512, 3)
+    assert (p["width"], p["height"]) == (size, size) and {k: p[k] for k in defaults} == defaults
+    assert pixels(client, job).shape == (size, size, 3)
 
 
 def test_a_chinese_prompt_on_the_pai_style_model(client):

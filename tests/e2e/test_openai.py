@@ -62,6 +62,19 @@ def test_generate_b64_json_with_n_over_one_job(sdk):
     assert {(i.format, i.size) for i in images} == {("PNG", (256, 320))}
 
 
+@pytest.mark.parametrize("name, model", [("flux.1-schnell", "tiny-flux-schnell"), ("FLUX.1-dev", "tiny-flux")])
+def test_flux_by_the_names_openai_clients_send(sdk, openai_stack, name, model):
+    """A FLUX.1 model by its variant's usual names, with its own steps and guidance (dev's is small here)."""
+    r = sdk.images.generate(model=name, prompt=PROMPT, size="256x256",
+                            extra_body={"steps": 2} if model == "tiny-flux" else None)
+    assert image_of(httpx.get(r.data[0].url).content).size == (256, 256)
+    job_id = urlsplit(r.data[0].url).path.split("/")[-2]  # /results/<job>/0.png
+    job = httpx.get(f"{openai_stack.url}/jobs/{job_id}", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert job["model"] == model
+    assert (job["params"]["guidance_scale"], job["params"]["steps"]) == \
+        ((0.0, 4) if model == "tiny-flux-schnell" else (3.5, 2))
+
+
 def test_an_alias_model_and_n_and_a_long_prompt(sdk):
     long = PROMPT + ", " + "highly detailed " * 200  # over the native 2000 characters: cut, not refused
     r = sdk.images.generate(model="dall-e-2", prompt=long, n=2, size="256x256", output_format="webp")

@@ -23,7 +23,8 @@ from tests.conftest import Stack
 def stack(module_server, tmp_path_factory):
     # Steps paced at 50 ms so a stream opened after the submit sees the job run (tiny steps take ~1 ms).
     with Stack(module_server.url, tmp_path_factory.mktemp("previews-data"),
-               {"FRESCO_STEP_DELAY_S": "0.05", "FRESCO_PREVIEW_EVERY_STEPS": "2"}, profile=("tiny-sdxl",)) as s:
+               {"FRESCO_STEP_DELAY_S": "0.05", "FRESCO_PREVIEW_EVERY_STEPS": "2"},
+               profile=("tiny-sdxl", "tiny-sd3", "tiny-flux")) as s:
         yield s
 
 
@@ -41,11 +42,16 @@ def webp(url: str) -> Image.Image:
 
 
 SDXL = {"prompt": "a lighthouse at dusk", "width": 384, "height": 256, "steps": 12, "seed": 3}
+# SD 3 and FLUX.1 (16-channel latents; FLUX's packed 2×2 into a sequence) on their text-to-image task
+JOBS = {"tiny-sdxl": ("sdxl", SDXL), "tiny-sd3": ("txt2img", {**SDXL, "model": "tiny-sd3"}),
+        "tiny-flux": ("txt2img", {**SDXL, "model": "tiny-flux"})}
 
 
-def test_a_previews_stream_gets_previews_every_few_steps(stack, redis):
+@pytest.mark.parametrize("model", JOBS)
+def test_a_previews_stream_gets_previews_every_few_steps(stack, redis, model):
+    task, params = JOBS[model]
     with Client(stack.url) as client:
-        job = client.submit("sdxl", **SDXL)
+        job = client.submit(task, **params)
         events = list(client.events(job, previews=True))
     assert isinstance(events[-1], DoneEvent) and events[-1].job.status == "succeeded"
     previews = [e for e in events if isinstance(e, ProgressEvent) and e.preview]

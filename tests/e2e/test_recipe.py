@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from PIL import Image
 
 from tests.conftest import png_data_url
@@ -29,18 +30,25 @@ def test_a_turbo_png_carries_parameters_and_fresco(client):
         assert entries["Seed"] == str(77 + i) and entries["Model"] == "tiny-turbo" and entries["Size"] == "256x256"
 
 
-def test_an_img2img_webp_carries_it_in_exif_and_xmp(client):
-    job = run(client, {"task": "img2img", "prompt": "a watercolor", "negative_prompt": "text", "seed": 5,
-                       "image": png_data_url(128, 96), "steps": 4, "strength": 0.5, "output_format": "webp"})
+@pytest.mark.parametrize("model, entries", [
+    (None, {"Sampler": "Euler", "CFG scale": "5"}),  # tiny-sdxl
+    ("tiny-sd3", {"Sampler": "Euler", "Schedule type": "Simple", "CFG scale": "3.5"}),
+    ("tiny-flux", {"Sampler": "Euler", "Schedule type": "Simple", "CFG scale": "1", "Distilled CFG Scale": "3.5"}),
+])
+def test_an_img2img_webp_carries_it_in_exif_and_xmp(client, model, entries):
+    body = {"task": "img2img", "prompt": "a watercolor", "negative_prompt": "text", "seed": 5,
+            "image": png_data_url(128, 96), "steps": 4, "strength": 0.5, "output_format": "webp"}
+    job = run(client, {**body, "model": model} if model else body)
     data, ctype = fetch(client, job["result"]["images"][0]["url"])
     img = Image.open(io.BytesIO(data))
     assert ctype == "image/webp"
     recipe = xmp_recipe(img.info["xmp"])
     assert recipe["seed"] == 5 and recipe["model"]["name"] == job["model"] and recipe["task"] == "img2img"
     assert recipe["params"]["image"] == {"name": "input.png", "width": 128, "height": 96}  # never the bytes
-    prompt, negative, entries = parse_infotext(piexif_user_comment(user_comment(img.info["exif"])[1]))
+    prompt, negative, written = parse_infotext(piexif_user_comment(user_comment(img.info["exif"])[1]))
     assert (prompt, negative) == ("a watercolor", "text")
-    assert entries["Seed"] == "5" and entries["Denoising strength"] == "0.5" and entries["Model"] == job["model"]
+    assert written["Seed"] == "5" and written["Denoising strength"] == "0.5" and written["Model"] == job["model"]
+    assert {k: written.get(k) for k in entries} == entries
 
 
 def test_an_svd_mp4_carries_it_in_its_tags(client, tmp_path):

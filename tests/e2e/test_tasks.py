@@ -95,11 +95,14 @@ def test_cli_generate_with_loras(stack, tmp_path):
     assert r.returncode != 0 and "loras[0].name: is an embedding" in r.stderr
 
 
-def test_img2img_keeps_input_size_floored(client):
-    job = run(client, {"task": "img2img", "prompt": "a watercolor", "image": png_data_url(333, 250), "steps": 6})
-    assert (job["params"]["width"], job["params"]["height"]) == (328, 248)
+@pytest.mark.parametrize("model, size", [(None, (328, 248)),  # the default, tiny-sdxl: multiples of 8
+                                         ("tiny-sd3", (320, 240)), ("tiny-flux", (320, 240))])  # of 16
+def test_img2img_keeps_input_size_floored(client, model, size):
+    body = {"task": "img2img", "prompt": "a watercolor", "image": png_data_url(333, 250), "steps": 6}
+    job = run(client, {**body, "model": model} if model else body)
+    assert (job["params"]["width"], job["params"]["height"]) == size
     data, _ = fetch(client, job["result"]["images"][0]["url"])
-    assert Image.open(io.BytesIO(data)).size == (328, 248)
+    assert Image.open(io.BytesIO(data)).size == size
     assert job["params"]["image"]["url"].endswith("/input.png")  # the stored input is reported, not echoed
 
 
@@ -256,7 +259,8 @@ def test_models_lists_loaded_models_defaults_and_limits(client):
     assert sdxl["models"][0]["refiner"] is True and "euler" in sdxl["schedulers"]
     assert sdxl["parameters"]["steps"] == {"default": 30, "minimum": 1, "maximum": 100}
     assert body["tasks"]["svd"]["models"][0]["max_num_frames"] == 14
-    assert {m["name"] for m in body["tasks"]["img2img"]["models"]} == {"tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai"}
+    assert {m["name"] for m in body["tasks"]["img2img"]["models"]} == {"tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai",
+                                                                      "tiny-sd3", "tiny-flux", "tiny-flux-schnell"}
     assert all(m["loaded"] for task in body["tasks"].values() for m in task["models"])
     assert "noise" in body["note"]
 

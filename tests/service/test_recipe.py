@@ -11,9 +11,9 @@ import sys
 import pytest
 
 from service.api.compat.a1111.checkpoints import checkpoint
-from service.api.compat.a1111.samplers import choose
+from service.api.compat.a1111.samplers import choose, choose_for
 from service.catalog import tiny_catalog
-from service.families import SCHEDULERS
+from service.families import KINDS, SCHEDULERS
 from service.recipe import Recipe, a1111_infotext, a1111_sampler, clean_params, model_hash, native_infotext
 from tests.conftest import ROOT
 
@@ -21,8 +21,13 @@ from tests.conftest import ROOT
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
 def test_each_scheduler_has_the_a1111_names_that_run_it(scheduler):
     sampler, schedule = a1111_sampler(scheduler)
-    assert choose(sampler, schedule).scheduler == scheduler
-    assert choose(sampler, schedule).warnings == ()
+    for kind in (k for k in KINDS.values() if scheduler in k.schedulers):
+        assert choose_for(kind, sampler, schedule).scheduler == scheduler
+        assert choose_for(kind, sampler, schedule).warnings == ()
+    if scheduler.startswith("flow_"):
+        assert schedule == "Simple"  # Forge's names: "Euler" with the schedule type "Simple"
+    else:
+        assert choose(sampler, schedule) == choose_for(KINDS["sdxl"], sampler, schedule)
 
 
 def test_turbo_and_unknown_schedulers():

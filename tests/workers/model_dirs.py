@@ -56,3 +56,14 @@ def save_single_file(path: Path, config_dir: Path, seed: int = 6) -> tuple[Path,
     save_configs(pipe, config_dir)
     write(pipe, path)
     return path, config_dir
+
+
+def save_transformer_family(path: Path, kind: str, **options) -> Path:
+    """A tiny SD 3.5 (`sd3`) or FLUX.1 (`flux`; `schnell=True`: no guidance embedding) pipeline in the hub
+    repository's layout: `model_index.json`, `transformer/`, `vae/`, the text encoders and tokenizers (T5's
+    as a fast tokenizer's tokenizer.json, as the hub repositories ship it), `scheduler/`."""
+    from workers.families.flux import tiny_flux
+    from workers.families.sd3 import tiny_sd3
+
+    (tiny_sd3 if kind == "sd3" else tiny_flux)(**options).save_pretrained(path)
+    return path

@@ -72,3 +72,29 @@ def test_tiny_adapters_are_deterministic(tmp_path):
     assert one.known_digest(tiny) is None
     assert one.named(tiny).digest == two.named(tiny).digest == one.known_digest(tiny)
     assert set(one.named(tiny).state_dict()) == set(safetensors.torch.load(one.named(tiny).data))
+
+
+@pytest.mark.parametrize("keys, families", [
+    (["unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight"], {"sd", "sdxl"}),
+    (["lora_unet_input_blocks_4_1_proj_in.lora_down.weight", "lora_te2_x.alpha"], {"sd", "sdxl"}),  # SGM names
+    (["transformer.transformer_blocks.0.attn.add_q_proj.lora_A.weight"], {"sd3"}),
+    (["lora_unet_joint_blocks_0_context_block_attn_qkv.lora_down.weight"], {"sd3"}),  # SD 3's own names
+    (["transformer.transformer_blocks.0.attn.to_q.lora_A.weight",  # diffusers' FLUX: SD 3's names, and more
+      "transformer.single_transformer_blocks.0.proj_out.lora_A.weight"], {"flux"}),
+    (["lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight", "lora_te1_x.alpha"], {"flux"}),  # kohya/BFL
+    (["double_blocks.0.processor.proj_lora1.down.weight"], {"flux"}),  # XLabs
+    (["text_encoder.encoder.layers.0.self_attn.q_proj.lora_A.weight"], set()),  # text encoder only: unknown
+])
+def test_a_lora_files_family_is_told_by_its_keys(keys, families):
+    from workers.lora_families import lora_families
+
+    assert lora_families(keys) == families
+
+
+@pytest.mark.parametrize("name, family", [("tiny-style", "sdxl"), ("tiny-sketch", "sdxl"), ("tiny-sd3-style", "sd3"),
+                                          ("tiny-flux-style", "flux")])
+def test_the_tiny_loras_are_their_familys(name, family):
+    from workers.lora_families import lora_families
+    from workers.tiny_adapters import adapter
+
+    assert family in lora_families(adapter(name))

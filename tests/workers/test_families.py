@@ -195,3 +195,63 @@ def test_a_pickled_controlnet_directory_needs_trust_pickle(tmp_path):
         load_controlnet(spec, "sd", torch.device("cpu"), torch.float32)
     trusted = load_controlnet(spec.model_copy(update={"trust_pickle": True}), "sd", torch.device("cpu"), torch.float32)
     assert type(trusted).__name__ == "ControlNetModel"
+
+
+@pytest.fixture(scope="module")
+def transformer_dirs(tmp_path_factory):
+    """Tiny SD 3.5 and FLUX.1-dev pipelines in the hub layout, and a models file naming them."""
+    root = tmp_path_factory.mktemp("transformer-families")
+    model_dirs.save_transformer_family(root / "sd3", "sd3")
+    model_dirs.save_transformer_family(root / "flux", "flux")
+    (root / "models.yaml").write_text(
+        "models:\n"
+        "  sd35: {kind: sd3, source: sd3, dtype: float32, device: cpu}\n"
+        "  sd35-no-t5: {kind: sd3, source: sd3, t5: false, dtype: float32, device: cpu}\n"
+        "  flux-dev: {kind: flux, source: flux, dtype: float32, device: cpu}\n")
+    return root
+
+
+@pytest.mark.parametrize("name, family, tiny", [
+    ("sd35", "sd3", {}), ("flux-dev", "flux", {}), ("sd35-no-t5", "sd3", {"t5": False})])
+def test_transformer_family_directories_load_through_the_models_file(transformer_dirs, name, family, tiny):
+    """SD 3.5 and FLUX.1 in the hub layout (model_index.json, transformer/, three or two text encoders, T5's
+    tokenizer.json) load with from_pretrained as their family's pipeline, the same pixels as the tiny builder
+    gives; img2img and inpainting share the transformer; `t5: false` loads SD 3 without T5-XXL."""
+    from service.catalog import load_catalog
+    from workers.families import FAMILIES
+    from workers.families.flux import tiny_flux
+    from workers.families.sd3 import tiny_sd3
+
+    model = load_model(load_catalog(transformer_dirs / "models.yaml").spec(name))
+    assert type(model.pipe).__name__ == FAMILIES[family].pipelines["txt2img"]
+    assert model.denoiser is model.pipe.transformer
+    assert model.img2img().transformer is model.inpaint().transformer is model.pipe.transformer
+    built = (tiny_sd3 if family == "sd3" else tiny_flux)(**tiny)
+    assert abs(pixels(model.pipe) - pixels(built)).max() < 4e-5
+    if name == "sd35-no-t5":
+        assert model.pipe.text_encoder_3 is None and model.pipe.tokenizer_3 is None
+        assert abs(pixels(model.pipe) - pixels(tiny_sd3())).max() > 1e-3  # T5's tokens were in the image
+
+
+def test_t5_false_is_only_for_models_that_run_without_it():
+    with pytest.raises(ValueError, match="`t5: false` is for sd3 models"):
+        cpu(kind="flux", source="tiny", t5=False)
+    assert cpu(kind="sd3", source="tiny", t5=False).t5 is False
+
+
+@pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
+def test_prompt_warnings_count_each_text_encoders_own_tokens(model):
+    """CLIP reads 77 tokens, T5 the job's max_sequence_length: each truncation is its own warning, and FLUX
+    says that it ignores a negative prompt."""
+    from service.catalog import tiny_catalog
+    from workers.pipelines.base import text_warnings
+
+    loaded = load_model(tiny_catalog().spec(model))
+    p = {"prompt": "a cat " * 20, "negative_prompt": "", "max_sequence_length": 256}  # 120 CLIP, ~100 T5 tokens
+    clip = "prompt is longer than the CLIP text encoder's 77 tokens; the rest was truncated for it"
+    t5 = "prompt is longer than the T5 text encoder's 64 tokens; the rest was truncated for it"
+    assert text_warnings(loaded, loaded.pipe, p) == [clip]
+    assert text_warnings(loaded, loaded.pipe, dict(p, max_sequence_length=64)) == [clip, t5]
+    assert text_warnings(loaded, loaded.pipe, dict(p, prompt="a cat")) == []
+    ignored = text_warnings(loaded, loaded.pipe, dict(p, prompt="a cat", negative_prompt="dogs"))
+    assert ignored == ([] if model == "tiny-sd3" else [loaded.family.no_negative_prompt])

@@ -22,6 +22,7 @@ from workers.batching import Member
 from workers.progress import Progress
 
 SD, SDXL = "tiny-sd", "tiny-sdxl"
+TRANSFORMERS = ["tiny-sd3", "tiny-flux"]  # flow matching; FLUX hands over packed latents (hires.unpacked)
 
 
 def hires(**fields) -> dict:
@@ -30,10 +31,13 @@ def hires(**fields) -> dict:
     return {**out, **fields}
 
 
-def params(seed=5, hires=None, **extra) -> dict:
+def params(seed=5, hires=None, model=SD, **extra) -> dict:
+    """A job's params as the API resolves them for `model` (its scheduler, guidance and T5 tokens)."""
+    defaults = tiny_catalog().spec(model).defaults()
     p = {"prompt": "a house", "negative_prompt": "", "seed": seed, "num_images": 1, "steps": 4, "width": 64,
-         "height": 64, "guidance_scale": 7.5, "scheduler": "euler", "loras": [], "control": [],
-         "output_format": "png", **extra}
+         "height": 64, "guidance_scale": 7.5, "scheduler": tiny_catalog().spec(model).kind_row.scheduler,
+         "loras": [], "control": [], "output_format": "png",
+         **{k: defaults[k] for k in ("max_sequence_length",) if k in defaults}, **extra}
     if hires is not None:
         p["hires"] = hires
     return p
@@ -42,7 +46,7 @@ def params(seed=5, hires=None, **extra) -> dict:
 @pytest.fixture(scope="module")
 def runner(module_server, tmp_path_factory):
     return make_runner(module_server.url, tmp_path_factory.mktemp("hires-data"), "hires-test-worker",
-                       tiny_catalog(), worker_tasks=["txt2img", "sdxl"], worker_models=[SD, SDXL],
+                       tiny_catalog(), worker_tasks=["txt2img", "sdxl"], worker_models=[SD, SDXL, *TRANSFORMERS],
                        worker_batch_size=4)
 
 
@@ -68,16 +72,17 @@ def upscaled(array: np.ndarray, size) -> np.ndarray:
     return np.asarray(Image.fromarray(array.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS), dtype=np.int16)
 
 
-def test_latent_hires_makes_the_final_size_and_refines_it(runner):
-    [[base]] = run(runner, "txt2img", SD, [params()])
-    [[first, second]] = run(runner, "txt2img", SD, [params(hires=hires(), num_images=2)])
+@pytest.mark.parametrize("model", [SD, *TRANSFORMERS])
+def test_latent_hires_makes_the_final_size_and_refines_it(runner, model):
+    [[base]] = run(runner, "txt2img", model, [params(model=model)])
+    [[first, second]] = run(runner, "txt2img", model, [params(hires=hires(), num_images=2, model=model)])
     assert base.shape == (64, 64, 3) and first.shape == second.shape == (128, 128, 3)
     # not the base image upscaled: the img2img pass repainted it
     assert np.abs(first - upscaled(base, (128, 128))).mean() > 5
     assert np.abs(first - second).mean() > 5  # image 2 has its own seed
-    [[again, _]] = run(runner, "txt2img", SD, [params(hires=hires(), num_images=2)])
+    [[again, _]] = run(runner, "txt2img", model, [params(hires=hires(), num_images=2, model=model)])
     assert np.array_equal(again, first)  # a seed reproduces its image
-    [[alone]] = run(runner, "txt2img", SD, [params(hires=hires())])
+    [[alone]] = run(runner, "txt2img", model, [params(hires=hires(), model=model)])
     assert same_pixels(alone, first)  # up to a batch's float rounding
 
 
@@ -127,17 +132,24 @@ def test_the_sdxl_task_runs_base_refiner_then_hires(runner):
     assert lanczos.shape == (128, 128, 3) and np.abs(lanczos - out).mean() > 1
 
 
-def test_jobs_batch_only_with_the_same_hires_and_get_what_they_get_alone(runner):
-    pipeline = runner.runtime.pipeline("txt2img", SD)
+@pytest.mark.parametrize("model", [SD, *TRANSFORMERS])
+def test_jobs_batch_only_with_the_same_hires_and_get_what_they_get_alone(runner, model):
+    """FLUX's and SD 3's pipelines take a prompt per image too; jobs of other T5 token counts do not batch."""
+    pipeline = runner.runtime.pipeline("txt2img", model)
     key = pipeline.batch_key
     assert key(params(hires=hires())) == key(params(seed=9, hires=hires()))
     assert len({key(params()), key(params(hires=hires())), key(params(hires=hires(strength=0.6))),
                 key(params(hires=hires(upscaler="lanczos")))}) == 4
     assert key(params(hires=hires())) != runner.runtime.pipeline("sdxl", SDXL).batch_key(
         params(guidance_scale=7.5, refiner=False, refiner_switch=0.8))
-    alone = [run(runner, "txt2img", SD, [params(seed=s, hires=hires(), num_images=n)])[0] for s, n in ((3, 2), (8, 1))]
-    batched = run(runner, "txt2img", SD, [params(seed=3, hires=hires(), num_images=2),
-                                          params(seed=8, hires=hires(), prompt="a tree")])
+    if model != SD:
+        assert key(params(model=model)) != key(params(model=model, max_sequence_length=77))
+
+    def job(**fields):
+        return params(hires=hires(), model=model, **fields)
+
+    alone = [run(runner, "txt2img", model, [job(seed=s, num_images=n)])[0] for s, n in ((3, 2), (8, 1))]
+    batched = run(runner, "txt2img", model, [job(seed=3, num_images=2), job(seed=8, prompt="a tree")])
     assert batched[1][0].shape == (128, 128, 3)
     assert all(same_pixels(a, b) for a, b in zip(batched[0], alone[0]))
     assert not same_pixels(batched[1][0], alone[1][0])  # its own prompt

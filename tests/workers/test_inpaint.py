@@ -42,18 +42,24 @@ def outside(shape, box, margin=MARGIN) -> np.ndarray:
     return keep
 
 
-def params(seed=3, **extra):
+TRANSFORMERS = ["tiny-sd3", "tiny-flux"]  # SD 3 and FLUX: their own inpainting pipelines, sides of 16
+
+
+def params(seed=3, model="tiny-sd", **extra):
+    """An inpainting job's params as the API resolves them for `model` (its scheduler and T5 tokens)."""
+    spec = tiny_catalog().spec(model)
+    sequence = {k: v for k, v in spec.defaults().items() if k == "max_sequence_length"}
     return {"prompt": "a cat on a sofa", "negative_prompt": "", "seed": seed, "num_images": 1, "steps": 2,
-            "strength": 1.0, "guidance_scale": 7.5, "scheduler": "euler", "mask_blur": BLUR, "mask_padding": None,
-            "invert_mask": False, "fill": "original", "expand": None, "loras": [], "control": [],
-            "output_format": "png", **extra}
+            "strength": 1.0, "guidance_scale": 7.5, "scheduler": spec.kind_row.scheduler, "mask_blur": BLUR,
+            "mask_padding": None, "invert_mask": False, "fill": "original", "expand": None, "loras": [], "control": [],
+            "output_format": "png", **sequence, **extra}
 
 
 @pytest.fixture(scope="module")
 def runner(module_server, tmp_path_factory):
     return make_runner(module_server.url, tmp_path_factory.mktemp("inpaint-data"), "inpaint-test-worker",
-                       tiny_catalog(), worker_tasks=["inpaint"], worker_models=["tiny-sd", "tiny-sd-inpaint",
-                                                                                 "tiny-sdxl"])
+                       tiny_catalog(), worker_tasks=["inpaint"],
+                       worker_models=["tiny-sd", "tiny-sd-inpaint", "tiny-sdxl", *TRANSFORMERS])
 
 
 def run(pipeline, p, image, mask=None, controls=(), report=None):
@@ -75,22 +81,22 @@ def repainted(out: np.ndarray, src: np.ndarray, box) -> bool:
     return bool(np.abs(out[top:bottom, left:right] - src[top:bottom, left:right]).mean() > 5)
 
 
-@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sd-inpaint", "tiny-sdxl"])
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-sd-inpaint", "tiny-sdxl", *TRANSFORMERS])
 def test_outside_the_blurred_mask_the_input_comes_back_exactly(runner, model):
-    """4-channel (SD, SDXL: the latents blended per step) and 9-channel models alike; the inpainting
-    pipeline is `from_pipe` on the model's modules, built once."""
+    """4-channel (SD, SDXL: the latents blended per step) and 9-channel models alike, and the transformer
+    families' inpainting pipelines; the inpainting pipeline is `from_pipe` on the model's modules, built once."""
     pipeline = runner.runtime.pipeline("inpaint", model)
     loaded = runner.runtime.models[model]
     assert loaded.inpaint() is pipeline.pipe is loaded.inpaint()
-    assert type(pipeline.pipe).__name__ == ("StableDiffusionXLInpaintPipeline" if model == "tiny-sdxl"
-                                            else "StableDiffusionInpaintPipeline")
-    for name in ("unet", "vae", "text_encoder"):
+    assert type(pipeline.pipe).__name__ == loaded.family.pipelines["inpaint"]
+    for name in (loaded.family.denoiser, "vae", "text_encoder"):
         assert getattr(pipeline.pipe, name) is getattr(loaded.pipe, name)
-    assert pipeline.pipe.unet.config.in_channels == (9 if model == "tiny-sd-inpaint" else 4)
+    if loaded.family.denoiser == "unet":
+        assert pipeline.pipe.unet.config.in_channels == (9 if model == "tiny-sd-inpaint" else 4)
     box = (32, 16, 64, 48)
     image = picture()
     src = np.asarray(image, dtype=np.int16)
-    [out] = run(pipeline, params(), image, rect_mask(box=box))
+    [out] = run(pipeline, params(model=model), image, rect_mask(box=box))
     assert out.shape == src.shape
     keep = outside(src.shape, box)
     assert (out[keep] == src[keep]).all()
@@ -253,12 +259,20 @@ def test_warm_up_runs_an_inpainting_job(runner):
     assert out.images[0].size == (64, 64)
 
 
-def test_sides_that_are_not_multiples_of_8_are_worked_at_multiples_and_come_back_at_their_size(runner):
-    pipeline = runner.runtime.pipeline("inpaint", "tiny-sd")
+@pytest.mark.parametrize("model", ["tiny-sd", "tiny-flux"])
+def test_sides_that_are_not_multiples_of_8_are_worked_at_multiples_and_come_back_at_their_size(runner, model):
+    """Multiples of the family's `size_multiple`: 8, or 16 for SD 3 and FLUX (their VAE's 8 × 2×2 patches)."""
+    pipeline = runner.runtime.pipeline("inpaint", model)
     image = picture((100, 70))
     src = np.asarray(image, dtype=np.int16)
     box = (40, 20, 70, 50)
-    [out] = run(pipeline, params(), image, rect_mask((200, 140), tuple(2 * v for v in box)))  # resized to the image
+    sizes = []
+    handle = pipeline.pipe.vae.encoder.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[-2:]))
+    try:  # resized to the image
+        [out] = run(pipeline, params(model=model), image, rect_mask((200, 140), tuple(2 * v for v in box)))
+    finally:
+        handle.remove()
+    assert sizes and all(tuple(s) == ((72, 96) if model == "tiny-sd" else (64, 96)) for s in sizes)
     assert out.shape == (70, 100, 3)
     keep = outside(src.shape, box)
     assert (out[keep] == src[keep]).all()

@@ -1,7 +1,9 @@
 """LoRAs and embeddings in the worker, in-process on a real Redis with the tiny pipelines and tiny
 LoRAs made here with PEFT, in both layouts: scale 0 is the base image, no residue from one job to the
 next, the same pixels alone and in a batch, LRU residency, digests in the job's params, the
-`adapters` stage, a file that is not a LoRA for the model, embeddings by their token."""
+`adapters` stage, a file that is not a LoRA for the model, embeddings by their token. What holds for
+every family (a LoRA changes the image, scale 0 and no residue, kohya equals PEFT, a LoRA of another
+family refused, a resident LoRA costs nothing) runs for SDXL, SD 3 and FLUX.1 (`family`)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,15 @@ from tests.workers.harness import image, job, make_runner, pop_and_run, same_pix
 from workers import metrics, tiny_adapters
 
 TASK, MODEL = "turbo", "tiny-turbo"
+# family -> the task and model its tests run, what their jobs add (the transformers': 64², 2 steps, their
+# defaults), the family its `wrong` LoRA was made for, whether diffusers reads its LoRAs in kohya's layout.
+FAMILIES = {
+    "sdxl": (TASK, MODEL, {}, "flux", True),
+    "sd3": ("txt2img", "tiny-sd3", {"width": 64, "height": 64, "steps": 2, "guidance_scale": 3.5,
+                                    "negative_prompt": "", "scheduler": "flow_euler"}, "flux", False),
+    "flux": ("txt2img", "tiny-flux", {"width": 64, "height": 64, "steps": 2, "guidance_scale": 3.5,
+                                      "scheduler": "flow_euler", "max_sequence_length": 64}, "sd3", True),
+}
 
 
 def lora_file(folder, name, seed, layout="peft", **kw):
@@ -28,9 +39,11 @@ def lora_file(folder, name, seed, layout="peft", **kw):
 
 
 def catalog_with(**files):
+    """`files`' LoRAs, each for the family its name begins with (`flux/a`), else SDXL."""
     catalog = tiny_catalog()
     for name, path in files.items():
-        catalog.adapters[name] = AdapterSpec(name=name, kind="lora", source=str(path), base=["sdxl"])
+        family = name.split("/")[0] if "/" in name else "sdxl"
+        catalog.adapters[name] = AdapterSpec(name=name, kind="lora", source=str(path), base=[family])
     return catalog
 
 
@@ -51,14 +64,27 @@ def files(tmp_path_factory):
     safetensors.torch.save_file({"transformer.blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 4),
                                  "transformer.blocks.0.attn.to_q.lora_B.weight": torch.zeros(4, 2)},
                                 str(out["alien"]))
+    # Each family's: `<family>/a` and `b`, `a` in kohya's layout where diffusers reads it, and `wrong`: a
+    # LoRA made for another family, which the models file says is for this one. SDXL's are those above.
+    for family, (_, _, _, other, kohya) in FAMILIES.items():
+        at = "" if family == "sdxl" else family + "/"
+        folder.joinpath(family).mkdir()
+        if at:
+            out[at + "a"] = lora_file(folder, f"{family}/a", 101, family=family)
+            out[at + "b"] = lora_file(folder, f"{family}/b", 102, family=family)
+            if kohya:
+                out[at + "a-kohya"] = lora_file(folder, f"{family}/a-kohya", 101, "kohya", family=family)
+        out[at + "wrong-family"] = lora_file(folder, f"{family}/wrong-family", 106, "kohya" if kohya else "peft",
+                                             family=other)
     return out
 
 
 @pytest.fixture(scope="module")
 def runner(module_server, tmp_path_factory, files):
     return make_runner(module_server.url, tmp_path_factory.mktemp("lora-data"), "lora-test-worker",
-                       catalog_with(**files), worker_tasks=["turbo", "img2img", "sdxl"],
-                       worker_models=[MODEL, "tiny-sdxl"], worker_max_loras=3, worker_batch_size=4)
+                       catalog_with(**files), worker_tasks=["turbo", "img2img", "sdxl", "txt2img"],
+                       worker_models=[MODEL, "tiny-sdxl", "tiny-sd3", "tiny-flux"], worker_max_loras=3,
+                       worker_batch_size=4)
 
 
 @pytest.fixture
@@ -68,7 +94,13 @@ def redis(module_redis, runner):
     runner.batching.size = 1
 
 
-def run(runner, redis, loras=(), seed=7, task=TASK, model=MODEL, **params):
+def run(runner, redis, loras=(), seed=7, task=TASK, model=MODEL, family=None, **params):
+    """A job on `model`, or on `family`'s model (FAMILIES) with its LoRAs' names (`a`: `flux/a`)."""
+    if family is not None:
+        task, model, extra, _, _ = FAMILIES[family]
+        params = {**extra, **params}
+        if family != "sdxl":
+            loras = [{**entry, "name": f"{family}/{entry['name']}"} for entry in loras]
     job_id = submit(redis, task, model, {**turbo(seed, prompt=params.pop("prompt", "a fox")), **params,
                                          "loras": [dict(entry) for entry in loras]})
     pop_and_run(runner, redis, task, model)
@@ -85,29 +117,66 @@ def lora(name, scale=1.0):
     return {"name": name, "scale": scale}
 
 
-def test_scale_zero_is_the_base_image_and_scale_one_changes_it(runner, redis):
-    base = pixels(runner, redis)
-    assert np.array_equal(pixels(runner, redis, [lora("a", 0.0)]), base)
-    assert not np.array_equal(pixels(runner, redis, [lora("a", 1.0)]), base)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_scale_zero_is_the_base_image_and_scale_one_changes_it(runner, redis, family):
+    base = pixels(runner, redis, family=family)
+    assert np.array_equal(pixels(runner, redis, [lora("a", 0.0)], family=family), base)
+    assert not np.array_equal(pixels(runner, redis, [lora("a", 1.0)], family=family), base)
 
 
-def test_no_residue(runner, redis):
-    base = pixels(runner, redis)
-    a = pixels(runner, redis, [lora("a")])
-    assert np.array_equal(pixels(runner, redis), base)  # the LoRA is gone from the next job
-    b = pixels(runner, redis, [lora("b")])
-    assert np.array_equal(pixels(runner, redis, [lora("a")]), a)  # A after B is A alone
-    ab = pixels(runner, redis, [lora("a"), lora("b")])
+def own_weights(runner, family) -> dict:
+    """The family's model's denoiser weights (the LoRA layers' base layers included), copied."""
+    model = runner.runtime.models[FAMILIES[family][1]]
+    return {k.replace(".base_layer", ""): v.clone() for k, v in model.denoiser.state_dict().items()
+            if "lora_" not in k}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_no_residue(runner, redis, family):
+    base = pixels(runner, redis, family=family)
+    weights = own_weights(runner, family)
+    a = pixels(runner, redis, [lora("a")], family=family)
+    assert np.array_equal(pixels(runner, redis, family=family), base)  # the LoRA is gone from the next job
+    b = pixels(runner, redis, [lora("b")], family=family)
+    assert np.array_equal(pixels(runner, redis, [lora("a")], family=family), a)  # A after B is A alone
+    ab = pixels(runner, redis, [lora("a"), lora("b")], family=family)
     assert not np.array_equal(ab, a) and not np.array_equal(ab, b) and not np.array_equal(a, b)
-    assert np.array_equal(pixels(runner, redis), base)
+    assert np.array_equal(pixels(runner, redis, family=family), base)
+    after = own_weights(runner, family)  # the denoiser's own weights, bit for bit
+    assert after.keys() == weights.keys() and all(torch.equal(after[k], weights[k]) for k in weights)
     # Scales change the image and come back.
-    half = pixels(runner, redis, [lora("a", 0.5)])
+    half = pixels(runner, redis, [lora("a", 0.5)], family=family)
     assert not np.array_equal(half, a)
-    assert np.array_equal(pixels(runner, redis, [lora("a")]), a)
+    assert np.array_equal(pixels(runner, redis, [lora("a")], family=family), a)
 
 
-def test_kohya_layout_is_the_same_lora(runner, redis):
-    assert np.array_equal(pixels(runner, redis, [lora("a-kohya")]), pixels(runner, redis, [lora("a")]))
+@pytest.mark.parametrize("family", [f for f, row in FAMILIES.items() if row[4]])
+def test_kohya_layout_is_the_same_lora(runner, redis, family):
+    assert np.array_equal(pixels(runner, redis, [lora("a-kohya")], family=family),
+                          pixels(runner, redis, [lora("a")], family=family))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_resident_lora_costs_a_job_nothing(runner, redis, family):
+    """Merged into the denoiser's weights: its LoRA layers stay off, so a job runs the base arithmetic."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    pixels(runner, redis, [lora("a")], family=family)
+    denoiser = runner.runtime.models[FAMILIES[family][1]].denoiser
+    layers = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and all(m.disable_adapters for m in layers)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_lora_of_another_family_is_refused(runner, redis, family):
+    task, model, _, other, _ = FAMILIES[family]
+    base = pixels(runner, redis, family=family)
+    record = job(redis, run(runner, redis, [lora("wrong-family")], family=family))
+    assert record["status"] == "failed" and record["error"]["code"] == "invalid_input"
+    name = "wrong-family" if family == "sdxl" else f"{family}/wrong-family"
+    assert record["error"]["message"] == (f"adapter {name} is a LoRA for {other} models, by its layer names; "
+                                          f"model {model} is a {family} model")
+    assert np.array_equal(pixels(runner, redis, family=family), base)
 
 
 def test_params_report_digests_and_scales(runner, redis, files):

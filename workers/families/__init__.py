@@ -13,10 +13,10 @@ Loading, adapters, ControlNets, previews and execution-device pinning read it; n
 from __future__ import annotations
 
 from service.catalog import ModelSpec
-from workers.families import sd, sdxl, svd
+from workers.families import flux, sd, sd3, sdxl, svd
 from workers.families.base import TextEncoder, WorkerFamily
 
-FAMILIES: dict[str, WorkerFamily] = {f.name: f for f in (sd.FAMILY, sdxl.FAMILY, svd.FAMILY)}
+FAMILIES: dict[str, WorkerFamily] = {f.name: f for f in (sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY, svd.FAMILY)}
 
 __all__ = ["FAMILIES", "TextEncoder", "WorkerFamily", "family_of"]
 

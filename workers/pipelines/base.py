@@ -125,14 +125,85 @@ def negatives(items: list[dict]) -> list[str] | None:
     return per_image(items, lambda params: params.get("negative_prompt") or "")
 
 
-def prompt_warnings(pipe, **prompts: str | None) -> list[str]:
-    """A warning for each prompt longer than the text encoder's window (it is truncated, not refused)."""
-    tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
-    if tokenizer is None:
-        return []
-    limit = tokenizer.model_max_length
+def prompt_args(model: LoadedModel, items: list[dict]) -> dict:
+    """The text arguments of a batch's pipeline call: one job's prompt once with `num_images` images of it,
+    or a prompt (and negative prompt) per image; no negative prompt where the model runs without guidance
+    (Turbo, FLUX.1 schnell) or its family takes none (FLUX.1); and the job parameters its family's
+    pipelines take as they are (T5's `max_sequence_length`)."""
+    p = items[0]
+    negative = model.spec.guidance and model.family.no_negative_prompt is None
+    if len(items) == 1:
+        out = dict(prompt=p["prompt"], negative_prompt=(p.get("negative_prompt") or None) if negative else None,
+                   num_images_per_prompt=p["num_images"])
+    else:
+        out = dict(prompt=per_image(items, lambda q: q["prompt"]),
+                   negative_prompt=negatives(items) if negative else None, num_images_per_prompt=1)
+    return {**out, **{name: p[name] for name in model.family.call_params if p.get(name) is not None}}
+
+
+def img2img_size(model: LoadedModel, width: int, height: int) -> dict:
+    """The output size an img2img pipeline of the model's family is given, where it takes one."""
+    return {"width": width, "height": height} if model.family.img2img_size else {}
+
+
+def call_key(model: LoadedModel, p: dict) -> tuple:
+    """The job parameters its family's pipelines take as they are, for batch keys: one call has one of each."""
+    return tuple(p.get(name) for name in model.family.call_params)
+
+
+def warmup_text(model: LoadedModel) -> dict:
+    """A warm-up job's guidance, scheduler and family parameters: the model's defaults (the shapes they give,
+    T5's token count included, are the ones requests get)."""
+    defaults = model.spec.defaults()
+    return {"guidance_scale": defaults["guidance_scale"], "scheduler": model.spec.kind_row.scheduler,
+            **{name: defaults[name] for name in model.family.call_params if name in defaults}}
+
+
+def text_warnings(model: LoadedModel, pipe, params: dict) -> list[str]:
+    """A job's warnings about its text: prompts longer than a text encoder reads (`prompt_warnings`), and a
+    negative prompt its model's family ignores."""
+    out = prompt_warnings(pipe, model.family, params, prompt=params["prompt"],
+                          negative_prompt=params.get("negative_prompt"))
+    if params.get("negative_prompt") and model.family.no_negative_prompt:
+        out.append(model.family.no_negative_prompt)
+    return out
+
+
+def _family_of_pipe(pipe):
+    from workers.families import FAMILIES
+
+    return next((f for f in FAMILIES.values() if type(pipe).__name__ in f.class_names()), None)
+
+
+def prompt_warnings(pipe, family=None, params: dict | None = None, **prompts: str | None) -> list[str]:
+    """A warning for each prompt longer than a text encoder's window (it is truncated, not refused), counted
+    in that encoder's own tokens: CLIP's 77, T5's the job's `max_sequence_length` (the family's
+    `length_param`; default: the family of the pipeline's class). Encoders of one window share a warning;
+    one that is not loaded (SD 3 without T5) has none."""
+    family = family or _family_of_pipe(pipe)
+    encoders = family.text_encoders if family else ()
+    windows: dict[tuple[str, int], object] = {}  # (label, tokens) -> the tokenizer that counts them
+    for encoder in encoders:
+        tokenizer = getattr(pipe, encoder.tokenizer, None)
+        if tokenizer is None or getattr(pipe, encoder.encoder, None) is None:
+            continue
+        limit = (params or {}).get(encoder.length_param) if encoder.length_param else None
+        windows.setdefault((encoder.label, limit or tokenizer.model_max_length), tokenizer)
+    if not windows:  # a pipeline of no family's (or a refiner: its one tokenizer)
+        tokenizer = getattr(pipe, "tokenizer", None) or getattr(pipe, "tokenizer_2", None)
+        if tokenizer is None:
+            return []
+        windows[("CLIP", tokenizer.model_max_length)] = tokenizer
+    one_window = len({limit for _, limit in windows}) == 1
     out = []
     for name, text in prompts.items():
-        if text and len(tokenizer(text, truncation=False).input_ids) > limit:
-            out.append(f"{name} is longer than the text encoder's {limit} tokens; the rest was truncated")
+        if not text:
+            continue
+        for (label, limit), tokenizer in windows.items():
+            if len(tokenizer(text, truncation=False).input_ids) > limit:
+                if one_window:
+                    out.append(f"{name} is longer than the text encoder's {limit} tokens; the rest was truncated")
+                    break
+                out.append(f"{name} is longer than the {label} text encoder's {limit} tokens; the rest was "
+                           f"truncated for it")
     return out

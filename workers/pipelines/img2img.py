@@ -14,8 +14,8 @@ from service.jobs.states import Stage
 from service.tasks import TASKS
 from workers.control import control_key
 from workers.models import make_scheduler
-from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, input_image, negatives,
-                                    per_image, pixels, prompt_warnings, split)
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, call_key, img2img_size,
+                                    input_image, per_image, pixels, prompt_args, split, text_warnings, warmup_text)
 from workers.pipelines.host_images import host_images
 
 
@@ -34,15 +34,13 @@ class Img2Img(TaskPipeline):
 
     def warmup_params(self, width, height):
         return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2, "strength": 0.5,
-                "guidance_scale": self.model.spec.defaults()["guidance_scale"],
-                "scheduler": self.model.spec.kind_row.scheduler,
-                "image": input_image(Image.new("RGB", (width, height), (127, 127, 127)))}
+                **warmup_text(self.model), "image": input_image(Image.new("RGB", (width, height), (127, 127, 127)))}
 
     def batch_key(self, p):
-        guided = self.model.spec.kind_row.guidance  # Turbo: no guidance, no negative prompt
+        guided = self.model.spec.guidance  # Turbo, FLUX.1 schnell: no guidance, no negative prompt
         return ("img2img", p["width"], p["height"], p["steps"], p["strength"],
                 p["guidance_scale"] if guided else None, p["scheduler"],
-                bool(p.get("negative_prompt")) if guided else False, control_key(p))
+                bool(p.get("negative_prompt")) if guided else False, control_key(p), call_key(self.model, p))
 
     def run(self, p, progress):
         return self.run_batch([p], progress)[0]
@@ -54,7 +52,7 @@ class Img2Img(TaskPipeline):
             pipe = self.model.controls.pipeline(TASKS[self.task].mode, tuple(c["model"] for c in p["control"]))
             control = self.model.controls.arguments(items, (p["width"], p["height"]), image_key="control_image")
         kind = self.model.spec.kind_row
-        guided = kind.guidance
+        guided = self.model.spec.guidance
         pipe.scheduler = make_scheduler(kind.scheduler if kind.own_scheduler else p["scheduler"],
                                         self.model.scheduler_config)
         # 1. the inputs at the output size
@@ -64,20 +62,15 @@ class Img2Img(TaskPipeline):
             image = pixels(q["image"])
             return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
 
-        if len(items) == 1:
-            inputs = dict(prompt=p["prompt"], negative_prompt=(p.get("negative_prompt") or None) if guided else None,
-                          image=source(p), num_images_per_prompt=p["num_images"])
-        else:
-            inputs = dict(prompt=per_image(items, lambda q: q["prompt"]),
-                          negative_prompt=negatives(items) if guided else None,
-                          image=[source(q) for q in items for _ in range(q["num_images"])], num_images_per_prompt=1)
+        inputs = prompt_args(self.model, items)
+        inputs["image"] = source(p) if len(items) == 1 else per_image(items, source)
         # 2. denoise from the noised inputs, decode
         progress.begin(Stage.DENOISE)
         images = host_images(pipe(
-            **inputs, **control, strength=p["strength"], num_inference_steps=p["steps"],
+            **inputs, **control, **img2img_size(self.model, *size), strength=p["strength"],
+            num_inference_steps=p["steps"],
             guidance_scale=p["guidance_scale"] if guided else 0.0,
             generator=batch_generators(items), callback_on_step_end=progress.on_step_end, output_type="pt",
         ).images)
-        return [Output(images=imgs, warnings=prompt_warnings(pipe, prompt=q["prompt"],
-                                                             negative_prompt=q.get("negative_prompt")))
+        return [Output(images=imgs, warnings=text_warnings(self.model, pipe, q))
                 for imgs, q in zip(split(images, items), items)]

@@ -11,7 +11,7 @@
 4. The context: the whole canvas (`mask_padding` null), or the mask's bounding box plus `mask_padding` px,
    widened to the canvas's aspect ratio and worked at the model's native area (AUTOMATIC1111's "only
    masked": a small mask gets the model's full resolution). What the pipeline sees is resized to sides
-   that are multiples of 8 and back.
+   that are multiples of 8 (16 for SD 3 and FLUX: the family's `size_multiple`) and back.
 5. `int(steps × strength)` denoising steps: a 4-channel UNet's latents are blended with the mask at every
    step by diffusers (which is spared encoding the masked image such a UNet never reads:
    `unread_masked_image`); a 9-channel UNet sees the mask and the masked image. With `control`, the model's
@@ -32,7 +32,7 @@ from service.masks import read_mask
 from service.tasks import TASKS
 from workers.models import make_scheduler
 from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, input_image, pixels,
-                                    prompt_warnings)
+                                    prompt_args, text_warnings, warmup_text)
 from workers.pipelines.host_images import host_images
 
 GREY = 127  # "nothing": the masked area starts mid grey
@@ -115,17 +115,19 @@ def composite(base: np.ndarray, over: np.ndarray, alpha: np.ndarray) -> np.ndarr
     return ((over.astype(np.uint32) * a + base.astype(np.uint32) * (255 - a) + 127) // 255).astype(np.uint8)
 
 
-def multiple_of_8(side: float) -> int:
-    return max(8, int(round(side / 8)) * 8)
+def multiple_of(side: float, step: int = 8) -> int:
+    return max(step, int(round(side / step)) * step)
 
 
-def context(alpha: np.ndarray, padding: int | None, native: tuple[int, int]) -> tuple[Box, tuple[int, int]]:
-    """The canvas box the pipeline works on and the size it works at. `padding` None: the whole canvas
-    (sides rounded to multiples of 8). Else the bounding box of what `alpha` repaints plus `padding` px,
-    widened to the canvas's aspect ratio, clamped to the canvas, at the model's `native` area."""
+def context(alpha: np.ndarray, padding: int | None, native: tuple[int, int],
+            step: int = 8) -> tuple[Box, tuple[int, int]]:
+    """The canvas box the pipeline works on and the size it works at, its sides multiples of `step` (the
+    family's `size_multiple`). `padding` None: the whole canvas. Else the bounding box of what `alpha`
+    repaints plus `padding` px, widened to the canvas's aspect ratio, clamped to the canvas, at the
+    model's `native` area."""
     height, width = alpha.shape
     if padding is None or not alpha.any():
-        return (0, 0, width, height), (multiple_of_8(width), multiple_of_8(height))
+        return (0, 0, width, height), (multiple_of(width, step), multiple_of(height, step))
     rows, cols = np.nonzero(alpha)
     left, right = max(0, cols.min() - padding), min(width, cols.max() + 1 + padding)
     top, bottom = max(0, rows.min() - padding), min(height, rows.max() + 1 + padding)
@@ -139,7 +141,7 @@ def context(alpha: np.ndarray, padding: int | None, native: tuple[int, int]) -> 
     top = min(max(0, (top + bottom - box_h) // 2), height - box_h)
     area = native[0] * native[1]
     work_w = (area * box_w / box_h) ** 0.5
-    return (left, top, left + box_w, top + box_h), (multiple_of_8(work_w), multiple_of_8(area / work_w))
+    return (left, top, left + box_w, top + box_h), (multiple_of(work_w, step), multiple_of(area / work_w, step))
 
 
 def unread_masked_image(pipe, size: tuple[int, int]) -> dict:
@@ -174,15 +176,14 @@ class Inpaint(TaskPipeline):
         mask = Image.new("L", (width, height), 0)
         mask.paste(255, (width // 4, height // 4, width * 3 // 4, height * 3 // 4))
         return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2, "strength": 1.0,
-                "guidance_scale": self.model.spec.defaults()["guidance_scale"],
-                "scheduler": self.model.spec.kind_row.scheduler, "mask_blur": 4, "mask_padding": None,
+                **warmup_text(self.model), "mask_blur": 4, "mask_padding": None,
                 "invert_mask": False, "fill": "original", "expand": None,
                 "image": input_image(Image.new("RGB", (width, height), (127, 127, 127))),
                 "mask": input_image(mask, "mask.png")}
 
     def run(self, p, progress):
         kind = self.model.spec.kind_row
-        guided = kind.guidance
+        guided = self.model.spec.guidance
         # 1. the canvas, the mask, the start in the masked area, the blurred mask
         mask_entry = p.get("mask")
         canvas, mask, known = canvas_and_mask(pixels(p["image"]).convert("RGB"),
@@ -191,7 +192,7 @@ class Inpaint(TaskPipeline):
         start = filled(canvas, mask, known, p.get("fill") or "original", p["seed"])
         alpha = blurred(mask, p.get("mask_blur") or 0, known)
         # 2. the context and the size it is worked at
-        box, size = context(alpha, p.get("mask_padding"), tuple(self.model.spec.size))
+        box, size = context(alpha, p.get("mask_padding"), tuple(self.model.spec.size), self.model.family.size_multiple)
         box_size = (box[2] - box[0], box[3] - box[1])
 
         def worked(image: Image.Image, resample=Image.Resampling.LANCZOS) -> Image.Image:
@@ -212,11 +213,11 @@ class Inpaint(TaskPipeline):
         # 3. denoise (diffusers binarises the mask it is given), decode
         progress.begin(Stage.DENOISE)
         images = host_images(pipe(
-            prompt=p["prompt"], negative_prompt=(p.get("negative_prompt") or None) if guided else None,
-            image=worked(start), mask_image=worked(Image.fromarray(alpha), Image.Resampling.BILINEAR),
+            **prompt_args(self.model, [p]), image=worked(start),
+            mask_image=worked(Image.fromarray(alpha), Image.Resampling.BILINEAR),
             width=size[0], height=size[1], **extra, strength=p["strength"], num_inference_steps=p["steps"],
-            guidance_scale=p["guidance_scale"] if guided else 0.0, num_images_per_prompt=p["num_images"],
-            generator=batch_generators([p]), callback_on_step_end=progress.on_step_end, output_type="pt",
+            guidance_scale=p["guidance_scale"] if guided else 0.0, generator=batch_generators([p]),
+            callback_on_step_end=progress.on_step_end, output_type="pt",
         ).images)
         # 4. each image back at its place, over the original canvas through the blurred mask
         base = np.asarray(canvas, dtype=np.uint8)
@@ -229,5 +230,4 @@ class Inpaint(TaskPipeline):
             over = base.copy()
             over[top:bottom, left:right] = np.asarray(made, dtype=np.uint8)
             out.append(Image.fromarray(composite(base, over, alpha)))
-        return Output(images=out, warnings=prompt_warnings(pipe, prompt=p["prompt"],
-                                                           negative_prompt=p.get("negative_prompt")))
+        return Output(images=out, warnings=text_warnings(self.model, pipe, p))

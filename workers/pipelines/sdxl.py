@@ -17,8 +17,8 @@ from workers import hires
 from workers.control import control_key
 from workers.loras import no_lora_in
 from workers.models import make_scheduler
-from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, negatives,
-                                    per_image, prompt_warnings, split)
+from workers.pipelines.base import (WARMUP_COMMON, Output, TaskPipeline, batch_generators, call_key, prompt_args, split,
+                                    text_warnings)
 from workers.pipelines.host_images import host_images
 
 
@@ -50,7 +50,7 @@ class SDXL(TaskPipeline):
         refiner = self._use_refiner(p)
         return (self.task, p["width"], p["height"], p["steps"], p["guidance_scale"], p["scheduler"], refiner,
                 p["refiner_switch"] if refiner else None, bool(p.get("negative_prompt")), control_key(p),
-                hires.key(p))
+                hires.key(p), call_key(self.model, p))
 
     def run(self, p, progress):
         return self.run_batch([p], progress)[0]
@@ -69,15 +69,10 @@ class SDXL(TaskPipeline):
         base, control = self._base(items)
         # 1. fresh schedulers (they keep state) and one generator per image
         base.scheduler = make_scheduler(p["scheduler"], self.model.scheduler_config)
-        if len(items) == 1:  # one job: its prompt once, `num_images` images of it
-            prompts = dict(prompt=p["prompt"], negative_prompt=p["negative_prompt"] or None,
-                           num_images_per_prompt=p["num_images"])
-        else:
-            prompts = dict(prompt=per_image(items, lambda q: q["prompt"]), negative_prompt=negatives(items),
-                           num_images_per_prompt=1)
+        prompts = prompt_args(self.model, items)  # one job: its prompt once, `num_images` images of it
         common = dict(**prompts, num_inference_steps=p["steps"], guidance_scale=p["guidance_scale"],
                       generator=batch_generators(items), callback_on_step_end=progress.on_step_end)
-        warnings = [prompt_warnings(base, prompt=q["prompt"], negative_prompt=q["negative_prompt"]) for q in items]
+        warnings = [text_warnings(self.model, base, q) for q in items]
         # the last stage decodes, unless a hires pass follows (then it hands over latents, or decoded images)
         last = "latent" if p.get("hires") and p["hires"]["upscaler"] == hires.LATENT else "pt"
         # 2. base

@@ -9,7 +9,7 @@ and its family's guidance as defaults (resolved by the API), ControlNets where t
 from __future__ import annotations
 
 from service.jobs.states import Stage
-from workers.pipelines.base import WARMUP_COMMON
+from workers.pipelines.base import WARMUP_COMMON, warmup_text
 from workers.pipelines.sdxl import SDXL
 
 
@@ -24,5 +24,4 @@ class Txt2Img(SDXL):
         return self.model.spec.size
 
     def warmup_params(self, width, height):
-        return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2,
-                "guidance_scale": self.model.spec.defaults()["guidance_scale"], "scheduler": "euler"}
+        return {**WARMUP_COMMON, "width": width, "height": height, "steps": 2, **warmup_text(self.model)}

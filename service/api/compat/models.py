@@ -38,6 +38,35 @@ def inpaint_task(catalog: Catalog, model: str) -> str | None:
     return "inpaint" if spec is not None and "inpaint" in spec.tasks else None
 
 
+def model_named(catalog: Catalog, name: str, aliases: dict[str, str]) -> str:
+    """The model a client's name means: a configured alias (FRESCO_OPENAI_MODEL_ALIASES), a model's own name,
+    else the first model (in models-file order) whose variant goes by that name (`flux.1-schnell`,
+    `sd3.5-large`: the family table's Variant.aliases), or its source's last part (`FLUX.1-dev`), in any case.
+    A name none of these mean comes back as it is (the caller says which names work)."""
+    if name in aliases:
+        return aliases[name]
+    if name in catalog.models:
+        return name
+    low = name.lower()
+    for model, spec in catalog.models.items():
+        variant = spec.variant_row
+        if variant is None:
+            continue
+        if low in variant.aliases or low == spec.source.rstrip("/").rsplit("/", 1)[-1].lower():
+            return model
+    return name
+
+
+def variant_aliases(catalog: Catalog) -> dict[str, str]:
+    """Each built-in alias a model of `catalog` answers to (model_named), to the model."""
+    out: dict[str, str] = {}
+    for model, spec in catalog.models.items():
+        if spec.variant_row is not None:
+            for alias in spec.variant_row.aliases:
+                out.setdefault(alias, model)
+    return {alias: model for alias, model in out.items() if alias not in catalog.models}
+
+
 def default_text_model(catalog: Catalog) -> str | None:
     for task in TEXT_TASK_ORDER:
         model = catalog.default_for(task)

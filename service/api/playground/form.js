@@ -147,6 +147,8 @@ export class RequestForm extends FormBase {
 
   field(name, spec, model) {
     const id = `f-${name}`;
+    // only the schedulers the model's kind takes (flow matching for SD 3.5 and FLUX.1; none for Turbo)
+    if (name === "scheduler" && Array.isArray(model.schedulers) && spec.enum) spec = { ...spec, enum: model.schedulers };
     const modelDefault = (model.defaults || {})[name] ?? (name === "num_frames" ? model.max_num_frames : undefined) ??
       (name === "scale" ? model.scale : undefined); // an upscaler's own factor
     if (isImage(spec)) {

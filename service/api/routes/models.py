@@ -55,6 +55,8 @@ async def models(caller: Caller):
             entry = {"name": name, "kind": spec.kind, "source": spec.source,
                      "loaded": serves(task.name, name) in loaded, "description": spec.description,
                      **{fact: facts[fact] for fact in task.model_facts}}
+            if task.schedulers:  # those its kind takes (flow matching for sd3 and flux; none for Turbo)
+                entry["schedulers"] = spec.schedulers
             if task.adapters:
                 # LoRAs for `loras`, embeddings for the prompt: those that fit this model.
                 entry["adapters"] = [a.listing() for a in c.catalog.adapters_for(name)] + [
@@ -65,7 +67,7 @@ async def models(caller: Caller):
             entries.append(entry)
         info = {"route": task.route, "default_model": c.catalog.default_for(task.name), "models": entries,
                 "parameters": _parameters(REQUESTS[task.name])}
-        if task.schedulers:
+        if task.schedulers:  # every scheduler a request may name; each model's entry says which it takes
             info["schedulers"] = list(SCHEDULERS)
         info["limits"] = {"max_pixels": c.settings.max_pixels}
         if takes_image(task.name):

@@ -414,13 +414,16 @@ def test_extras_with_no_upscaler_answer_the_image_as_it_is(api):
 
 def test_lists_clients_read(api):
     models = sdapi(api, "GET", "sd-models").json()
-    assert [m["model_name"] for m in models] == ["tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai"]
+    assert [m["model_name"] for m in models] == ["tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai", "tiny-sd3",
+                                                 "tiny-flux", "tiny-flux-schnell"]
     assert set(models[0]) == {"title", "model_name", "hash", "sha256", "filename", "config"}
     assert [s["name"] for s in sdapi(api, "GET", "samplers").json()] == ["DPM++ 2M", "Euler a", "Euler", "Heun",
                                                                           "DDIM", "UniPC"]
-    assert [s["label"] for s in sdapi(api, "GET", "schedulers").json()] == ["Automatic", "Uniform", "Karras"]
-    assert [(x["name"], x["alias"]) for x in sdapi(api, "GET", "loras").json()] == [("tiny-style", "tiny-style"),
-                                                                                 ("tiny-sketch", "tiny-sketch")]
+    assert [s["label"] for s in sdapi(api, "GET", "schedulers").json()] == ["Automatic", "Uniform", "Karras",
+                                                                             "Simple"]  # SD 3.5 and FLUX.1's
+    assert [x["name"] for x in sdapi(api, "GET", "loras").json()] == ["tiny-style", "tiny-sketch", "tiny-sd3-style",
+                                                                       "tiny-flux-style"]
+    assert all(x["alias"] == x["name"] for x in sdapi(api, "GET", "loras").json())
     listed = sdapi(api, "GET", "upscalers").json()
     assert [u["name"] for u in listed] == ["None", "Lanczos", "tiny-esrgan"]
     assert set(listed[2]) == {"name", "model_name", "model_path", "model_url", "scale"} and listed[2]["scale"] == 2

@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.catalog import AdapterSpec, Catalog, load_catalog, tiny_catalog
+from service.families import KINDS
 from tests.service.api.test_validation import SECRET, assert_rejected, post
 
 
@@ -72,8 +73,11 @@ def test_models_lists_adapters_per_model(api):
         assert "loras" in tasks[task]["parameters"]
         for model in tasks[task]["models"]:
             by_name = {a["name"]: a for a in model["adapters"]}
-            if model["kind"] == "sd":  # the tiny profile's adapters are made for SDXL
-                assert by_name == {}
+            family = KINDS[model["kind"]].family
+            if family != "sdxl":  # the tiny profile's SDXL adapters fit none of the others
+                assert not {"tiny-style", "tiny-sketch", "tiny-cat"} & set(by_name)
+                if family in ("sd3", "flux"):  # LoRAs only: no textual-inversion format exists for them
+                    assert all(a["kind"] == "lora" for a in by_name.values())
                 continue
             assert by_name["tiny-style"] == {"name": "tiny-style", "kind": "lora", "triggers": ["tiny style"],
                                              "scale": {"default": 1.0, "minimum": -2.0, "maximum": 2.0},
@@ -127,7 +131,8 @@ def test_models_file_adapters(tmp_path):
 @pytest.mark.parametrize("entry, words", [
     ("{kind: lora, source: x/y, base: sdxl, token: <t>}", "token"),
     ("{kind: embedding, source: x/y, base: sdxl}", "token"),
-    ("{kind: lora, source: x/y, base: sd3}", "base"),
+    ("{kind: lora, source: x/y, base: sd4}", "base"),
+    ("{kind: embedding, source: x/y, base: flux, token: <t>}", "no textual-inversion"),
     ("{kind: lora, source: x/y}", "base"),
     ("{kind: lora, source: /m/style.ckpt, base: sdxl}", "pickle"),
     ("{kind: lora, source: x/y, weight_name: style.bin, base: sdxl}", "pickle"),

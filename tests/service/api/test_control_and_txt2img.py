@@ -98,9 +98,9 @@ def test_models_lists_controlnets_and_defaults_per_model(api):
     tasks = api.get("/models").json()["tasks"]
     assert tasks["txt2img"]["default_model"] == "tiny-sd"
     models = {m["name"]: m for m in tasks["txt2img"]["models"]}
-    assert set(models) == {"tiny-sdxl", "tiny-sd", "tiny-pai"}
-    assert models["tiny-sd"]["defaults"] == {"width": 512, "height": 512, "guidance_scale": 7.5}
-    assert models["tiny-sdxl"]["defaults"] == {"width": 1024, "height": 1024, "guidance_scale": 5.0}
+    assert set(models) == {"tiny-sdxl", "tiny-sd", "tiny-pai", "tiny-sd3", "tiny-flux", "tiny-flux-schnell"}
+    assert models["tiny-sd"]["defaults"] == {"width": 512, "height": 512, "guidance_scale": 7.5, "steps": 30}
+    assert models["tiny-sdxl"]["defaults"] == {"width": 1024, "height": 1024, "guidance_scale": 5.0, "steps": 30}
     assert models["tiny-pai"]["family"] == "sd"
     assert [c["name"] for c in models["tiny-sd"]["controlnets"]] == ["tiny-sd-canny", "tiny-sd-depth"]
     assert models["tiny-sd"]["controlnets"][1] == {"name": "tiny-sd-depth", "kind": "depth", "preprocess": "none",
@@ -110,13 +110,14 @@ def test_models_lists_controlnets_and_defaults_per_model(api):
         assert tasks[task]["limits"]["max_controls"] == 2 and tasks[task]["preprocessors"] == ["none", "canny"]
         assert "control" in tasks[task]["parameters"]
     assert "controlnets" not in tasks["turbo"]["models"][0] and "max_controls" not in tasks["svd"]["limits"]
-    assert {m["name"] for m in tasks["img2img"]["models"]} == {"tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai"}
+    assert {m["name"] for m in tasks["img2img"]["models"]} == {"tiny-sdxl", "tiny-turbo", "tiny-sd", "tiny-pai",
+                                                                "tiny-sd3", "tiny-flux", "tiny-flux-schnell"}
 
 
 def test_a_controlnet_must_fit_a_known_base():
     with pytest.raises(ValueError, match="no model, kind or family"):
         Catalog(models={"m": {"kind": "sd", "source": "tiny"}},
-                controlnets={"c": {"kind": "canny", "source": "x", "base": "sd3"}})
+                controlnets={"c": {"kind": "canny", "source": "x", "base": "sd4"}})
     with pytest.raises(ValueError, match="for sd and sdxl models"):
         Catalog(models={"v": {"kind": "svd", "source": "tiny"}},
                 controlnets={"c": {"kind": "canny", "source": "x", "base": "v"}})
@@ -132,7 +133,7 @@ def test_model_specs_of_the_new_kinds():
     spec = ModelSpec(name="f", kind="sd", source="/models/finetune.ckpt", config="/models/sd15", trust_pickle=True)
     assert spec.single_file and spec.size == (512, 512)
     assert ModelSpec(name="v", kind="sd", source="x/y", size=768).defaults() == \
-        {"width": 768, "height": 768, "guidance_scale": 7.5}
+        {"width": 768, "height": 768, "guidance_scale": 7.5, "steps": 30}
     assert ModelSpec(name="o", kind="sdxl", source="tiny", cpu_offload=True).memory == "balanced"
     assert not ModelSpec(name="d", kind="sd", source="a/dir").single_file
     with pytest.raises(ValueError, match="tiny sources"):
@@ -181,7 +182,10 @@ def test_the_readme_models_file_examples_are_valid():
     for block in blocks:
         data.update(yaml.safe_load(block))
     catalog = Catalog.model_validate(data)
-    assert {spec.kind for spec in catalog.models.values()} == {"sd", "sdxl", "turbo", "svd", "upscaler"}
+    assert {spec.kind for spec in catalog.models.values()} == {"sd", "sdxl", "turbo", "svd", "upscaler", "sd3",
+                                                               "flux"}
+    assert catalog.spec("flux-schnell").defaults()["steps"] == 4  # its variant's
+    assert catalog.spec("sd3.5-large").defaults()["steps"] == 30  # its entry's
     assert catalog.spec("realesrgan-x2").scale == 2 and catalog.spec("4x-ultrasharp").scale == 4
     assert any(spec.single_file for spec in catalog.models.values())
     assert any(spec.trust_pickle for spec in catalog.models.values()) and catalog.controlnets and catalog.adapters

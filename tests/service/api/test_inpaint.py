@@ -82,7 +82,8 @@ def test_models_marks_the_inpainting_checkpoint_the_default(api):
     task = api.get("/models").json()["tasks"]["inpaint"]
     assert task["default_model"] == "tiny-sd-inpaint"
     models = {m["name"]: m for m in task["models"]}
-    assert set(models) == {"tiny-sdxl", "tiny-sd", "tiny-pai", "tiny-sd-inpaint"}
+    assert set(models) == {"tiny-sdxl", "tiny-sd", "tiny-pai", "tiny-sd-inpaint", "tiny-sd3", "tiny-flux",
+                           "tiny-flux-schnell"}
     assert models["tiny-sd-inpaint"]["inpainting"] is True
     assert models["tiny-sd"]["inpainting"] is False
     for name in ("mask", "mask_blur", "mask_padding", "invert_mask", "fill", "expand", "control", "loras"):

@@ -63,7 +63,9 @@ def build(plan: Plan, catalog: Catalog, records: list[dict], images: list[list[b
     hashes = recipe.lora_hashes(params.get("loras"))
     # A1111's entries for the hires fix and inpainting, from what the jobs resolved (as the PNGs' infotext)
     inpaint = recipe.inpaint_entries(params) if plan.task == "inpaint" else {}
-    extra = {k: v for k, v in {**recipe.hires_entries(params.get("hires")), **inpaint,
+    spec = catalog.models[plan.model]  # FLUX.1's "Distilled CFG Scale", a T5 length not the model's own
+    _, guidance = recipe.guidance_entries(spec.kind_row, params, spec.defaults().get("max_sequence_length"))
+    extra = {k: v for k, v in {**guidance, **recipe.hires_entries(params.get("hires")), **inpaint,
                                "Lora hashes": hashes}.items() if v is not None}
     warnings = list(plan.warnings)
     for h in made:

@@ -5,20 +5,26 @@ schedule type (`scheduler`: "Automatic", "Karras", ...); older clients send both
 Karras"). Fresco's schedulers (`service.families.SCHEDULERS`) are such pairs already, so `/samplers` and
 `/schedulers` list only names that map onto one exactly. A client's default sampler must never cost it a
 422, so any other name runs as the nearest Fresco scheduler, with a warning that says so.
+
+Flow-matching models (SD 3.5, FLUX.1: a kind whose schedulers are `flow_*`) run what Forge runs them with:
+"Euler" (or "Heun" where the kind takes it) with the schedule type "Simple"; any other sampler or schedule
+runs as that, with a warning.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.families import SCHEDULERS
-from service.recipe import SAMPLERS, Sampler  # the table, shared with the recipes outputs carry
+from service.families import SCHEDULERS, Kind
+from service.recipe import FLOW_SCHEDULE, SAMPLERS, Sampler  # the table, shared with the recipes outputs carry
 
 assert all(s.plain in SCHEDULERS and (s.karras is None or s.karras in SCHEDULERS) for s in SAMPLERS)
 
 # Schedule types (A1111's `scheduler` field) Fresco can run: name, label, aliases. "Automatic" is each
 # sampler's own default; "Uniform" is k-diffusion's default spacing (A1111's name for it).
 SCHEDULE_TYPES = (("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"))
+# Flow-matching models' one schedule type (A1111's `scheduler`), listed after those.
+FLOW_SCHEDULE_TYPES = ((FLOW_SCHEDULE.lower(), FLOW_SCHEDULE),)
 # A1111's other schedule types: accepted, run with the sampler's default, and warned about.
 OTHER_SCHEDULE_TYPES = ("exponential", "polyexponential", "sgm_uniform", "sgm uniform", "kl_optimal", "kl optimal",
                         "align_your_steps", "align your steps", "simple", "normal", "ddim", "beta")
@@ -90,6 +96,25 @@ def choose(sampler_name: str | None, schedule: str | None) -> Choice:
     return Choice(sampler.karras if runs == "karras" else sampler.plain, sampler.name, label, tuple(warnings))
 
 
+def choose_for(kind: Kind, sampler_name: str | None, schedule: str | None) -> Choice:
+    """`choose` for a model of `kind`: on a flow-matching kind, the flow scheduler of the sampler (Euler,
+    Heun) where the kind takes it, else Euler's, with the schedule "Simple"."""
+    flows = {s.flow: s for s in SAMPLERS if s.flow in kind.schedulers}
+    if not flows:
+        return choose(sampler_name, schedule)
+    warnings = []
+    name = (sampler_name or "Euler").strip()
+    sampler = _BY_NAME.get(name.lower())
+    if sampler is None or sampler.flow not in flows:
+        sampler = flows.get(kind.scheduler) or next(iter(flows.values()))
+        warnings.append(f"sampler {_shown(name)!r} is not available on {kind.name} models; ran {sampler.name!r}")
+    asked = (schedule or "").strip().lower()
+    if asked not in ("", "automatic", FLOW_SCHEDULE.lower()):
+        warnings.append(f"schedule type {_shown(schedule)!r} is not available on {kind.name} models; ran "
+                        f"{FLOW_SCHEDULE!r}")
+    return Choice(sampler.flow, sampler.name, FLOW_SCHEDULE, tuple(warnings))
+
+
 def sampler_listing() -> list[dict]:
     """`GET /sdapi/v1/samplers`."""
     return [{"name": s.name, "aliases": list(s.aliases), "options": dict(s.options)} for s in SAMPLERS]
@@ -98,4 +123,4 @@ def sampler_listing() -> list[dict]:
 def schedule_listing() -> list[dict]:
     """`GET /sdapi/v1/schedulers`, in A1111's item shape."""
     return [{"name": name, "label": label, "aliases": None, "default_rho": 7.0 if name == "karras" else -1.0,
-             "need_inner_model": name == "uniform"} for name, label in SCHEDULE_TYPES]
+             "need_inner_model": name == "uniform"} for name, label in SCHEDULE_TYPES + FLOW_SCHEDULE_TYPES]

@@ -9,6 +9,10 @@ split into jobs of at most that many, each job's seed where its first image's fa
 request's `override_settings.sd_model_checkpoint`, else the key's remembered checkpoint, else the default;
 its kind picks the native task (`service/api/compat/models.py`). What the native task cannot take is
 dropped with a warning: Turbo has its own sampler, no guidance and no negative prompt, and at most 4 steps.
+FLUX.1's guidance is a distilled embedding, not CFG: Forge's `distilled_cfg_scale` sets it, and A1111's usual
+`cfg_scale` (7) runs as the model's own guidance, with a warning, instead of a burnt image; a model distilled
+to run without guidance (FLUX.1 schnell, SD 3.5 large-turbo) gets none. Flow-matching models run "Euler" with
+the schedule "Simple" (samplers.choose_for).
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class Asked:
     n_iter: int
     steps: int | None  # None: not given
     cfg_scale: float | None
+    distilled_cfg_scale: float | None  # Forge's FLUX.1 guidance
     width: int | None
     height: int | None
     seed: int | None  # None: random
@@ -168,7 +173,8 @@ def read_request(mode: str, body) -> Asked:
     asked = Asked(
         prompt=read.text("prompt", ""), negative_prompt=read.text("negative_prompt", ""),
         batch_size=read.int("batch_size", 1), n_iter=read.int("n_iter", 1), steps=read.int("steps"),
-        cfg_scale=read.number("cfg_scale"), width=read.int("width"), height=read.int("height"), seed=read.seed(),
+        cfg_scale=read.number("cfg_scale"), distilled_cfg_scale=read.number("distilled_cfg_scale"),
+        width=read.int("width"), height=read.int("height"), seed=read.seed(),
         subseed=read.int("subseed", -1), sampler_name=read.text("sampler_name") or read.text("sampler_index"),
         schedule=read.text("scheduler"),
         strength=read.number("denoising_strength", 0.75 if mode == "img2img" else None),
@@ -228,16 +234,18 @@ def plan(catalog: Catalog, mode: str, body, remembered: str | None, owned: dict[
     if inpainting:
         fields.update(asked.inpaint)
         _check_inpaint_size(asked, warnings)
-    kind = catalog.models[model].kind_row
+    spec = catalog.models[model]
+    kind = spec.kind_row
     if kind.own_scheduler:  # Turbo: its own sampler, no guidance, 1 to 4 steps
         choice, cfg = samplers.Choice(kind.scheduler, "Euler a", "Automatic"), 0.0
         fields["steps"] = steps = _turbo(asked, mode, warnings)
     else:
-        choice = samplers.choose(asked.sampler_name, asked.schedule)
+        choice = samplers.choose_for(kind, asked.sampler_name, asked.schedule)
         warnings += choice.warnings
-        cfg = 7.0 if asked.cfg_scale is None else asked.cfg_scale
-        steps = 50 if asked.steps is None else asked.steps
-        fields.update(steps=steps, guidance_scale=cfg, scheduler=choice.scheduler)
+        cfg, guidance = _guidance(spec, asked, warnings, names)
+        # A1111's default steps (50), or the model's where its kind's models differ (FLUX.1 schnell: 4)
+        steps = asked.steps if asked.steps is not None else spec.defaults()["steps"] if kind.variants else 50
+        fields.update(steps=steps, guidance_scale=guidance, scheduler=choice.scheduler)
     strength = asked.strength
     if asked.hires is not None:
         if "hires" in REQUESTS[task].model_fields:
@@ -265,6 +273,33 @@ def plan(catalog: Catalog, mode: str, body, remembered: str | None, owned: dict[
                 schedule=choice.schedule_label, batch_size=asked.batch_size, n_iter=asked.n_iter,
                 subseed=asked.subseed, denoising_strength=strength, send_images=asked.send_images,
                 parameters=parameters, warnings=warnings, names=names)
+
+
+def _guidance(spec, asked: Asked, warnings: list[str], names: dict) -> tuple[float, float]:
+    """(the "CFG scale" A1111 reports, the native `guidance_scale`) for a model that takes a scheduler: the
+    request's `cfg_scale` (A1111's default 7, or the model's own where its kind's models differ); on a model
+    distilled to run without guidance, none; on one whose guidance is a distilled embedding (FLUX.1 dev),
+    Forge's `distilled_cfg_scale`, else the model's own (A1111's cfg_scale is not that), and "CFG scale" 1."""
+    kind, default = spec.kind_row, spec.defaults()["guidance_scale"]
+    cfg, distilled = asked.cfg_scale, asked.distilled_cfg_scale
+    reported = 1.0 if kind.distilled_guidance else 0.0
+    if not spec.guidance:
+        if distilled:
+            warnings.append(f"model {spec.name} runs without guidance; distilled_cfg_scale was ignored")
+        elif cfg is not None and cfg > 1:
+            warnings.append(f"model {spec.name} runs without guidance; cfg_scale was ignored")
+        return reported, 0.0
+    if kind.distilled_guidance:
+        if distilled is not None:
+            names["guidance_scale"] = "distilled_cfg_scale"
+            return reported, distilled
+        if cfg is not None and cfg > 1:
+            warnings.append(f"{kind.name} models take a distilled guidance, not CFG: cfg_scale {cfg:g} ran as model "
+                            f"{spec.name}'s guidance {default:g} (distilled_cfg_scale sets it)")
+        return reported, default
+    if cfg is None:
+        cfg = default if kind.variants else 7.0
+    return cfg, cfg
 
 
 def _check_inpaint_size(asked: Asked, warnings: list[str]) -> None:

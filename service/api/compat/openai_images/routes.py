@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 
-from service.api.compat.models import default_text_model, fit, image_task, inpaint_task, limit, text_task
+from service.api.compat.models import (default_text_model, fit, image_task, inpaint_task, limit, model_named,
+                                       text_task, variant_aliases)
 from service.api.compat.openai_images import mask as masks
 from service.api.compat.openai_images.errors import OpenAIError, OpenAIRoute
 from service.api.compat.openai_images.forms import GenerationForm, parse_size, read_generation, read_multipart
@@ -44,19 +45,22 @@ class Plan:
 
 
 def choose(c: Context, form: GenerationForm, task_of, default: str | None) -> Plan:
-    """The model (`form.model`: an alias or a model name; empty or absent: `default`) and its task."""
+    """The model (`form.model`: an alias, a model name, or a name of its variant such as `flux.1-schnell`;
+    empty or absent: `default`) and its task."""
     aliases = c.settings.openai_model_aliases
-    model = aliases.get(form.model, form.model) if form.model else default
+    model = model_named(c.catalog, form.model, aliases) if form.model else default
     task = task_of(c.catalog, model) if model else None
     if task is None:
         usable = [name for name in c.catalog.models if task_of(c.catalog, name)]
-        usable += [alias for alias, name in aliases.items() if name in c.catalog.models and task_of(c.catalog, name)]
+        usable += [alias for alias, name in {**variant_aliases(c.catalog), **aliases}.items()
+                   if name in c.catalog.models and task_of(c.catalog, name)]
         raise ValidationFailed([field_error("model", f"must be one of {usable}")])
     return Plan(model, task)
 
 
 def size_rule(c: Context, plan: Plan) -> str:
     low, high, step = (limit(plan.task, "width", bound) for bound in ("ge", "le", "multiple_of"))
+    step = max(step, c.catalog.spec(plan.model).kind_row.size_multiple)  # 16 for SD 3.5 and FLUX.1
     top = c.settings.max_pixels
     examples = [f"{s}x{s}" for s in SQUARES if low <= s <= high and s * s <= top]
     return (f'must be "auto" or WIDTHxHEIGHT with each side {low} to {high} and a multiple of {step}, and '
