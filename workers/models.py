@@ -375,8 +375,8 @@ def optimize(spec: ModelSpec, *pipes) -> None:
             if spec.channels_last:  # a transformer's only convolution is its patch embedding: harmless
                 channels_last(module)
             if spec.compile and role == denoiser:
-                log.info("%s: compiling %d transformer blocks of the %s (%s)", spec.name, role,
-                         compile_blocks(module, spec), spec.compile_backend)
+                log.info("%s: compiling %d transformer blocks of the %s (%s)", spec.name,
+                         compile_blocks(module, spec), role, spec.compile_backend)
 
 
 def freeze_compiled() -> None:

@@ -403,7 +403,7 @@ def test_pinned_execution_device_answers_without_walking_and_changes_no_pixel(mo
 
 
 @pytest.mark.parametrize("model", ["tiny-sd3", "tiny-flux"])
-def test_transformer_families_take_the_gpu_path_and_the_memory_modes(model):
+def test_transformer_families_take_the_gpu_path_and_the_memory_modes(model, caplog):
     """SD 3 and FLUX: fused projections (diffusers' own fusing of joint attention), channels-last (their only
     convolution, the patch embedding; and the VAE), regional compilation of their blocks (eager backend:
     Dynamo captures each block whole, fullgraph) warmed at a bucket, and the offloading memory modes: each
@@ -442,9 +442,11 @@ def test_transformer_families_take_the_gpu_path_and_the_memory_modes(model):
     torch.compiler.set_stance("default")
     torch._dynamo.reset()
     try:
-        compiled, loaded = image(compile=True, compile_backend="eager", buckets=[(64, 64)])
+        with caplog.at_level("INFO", logger="fresco.models"):
+            compiled, loaded = image(compile=True, compile_backend="eager", buckets=[(64, 64)])
         names = FAMILIES[spec.family].compile_blocks
         blocks = [m for m in loaded.pipe.transformer.modules() if type(m).__name__ in names]
+        assert f"compiling {len(blocks)} transformer blocks of the transformer (eager)" in caplog.text
         assert blocks and all(getattr(m, "_compiled_call_impl", None) is not None for m in blocks)
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
         assert np.abs(compiled - plain).max() <= 1
