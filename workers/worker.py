@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from typing import Callable
 
 from rq import Queue, SimpleWorker
-from rq.utils import now as rq_now
-from rq.worker import WorkerStatus
 from rq.serializers import JSONSerializer
 
 from service.catalog import load_catalog
@@ -43,21 +40,10 @@ class FrescoWorker(SimpleWorker):
         self.runner = runner
 
     def request_stop(self, signum, frame):
-        """A warm shutdown (SIGTERM, Ctrl-C): the runner takes no job itself after the one in hand either.
-
-        Mid-job, only flags are set here. RQ's own handler also writes the request's date to Redis, from
-        inside the signal handler: in a worker that runs its jobs in this very thread, the interrupted
-        code may be a Redis command of the job's own, holding the connection pool's lock, which is not
-        reentrant, and the worker then never stopped (seen once in the suite, under load). Idle, RQ's
-        handler raises StopRequested in its loop as usual."""
+        """A warm shutdown (SIGTERM, Ctrl-C): the runner takes no job itself after the one in hand either."""
         if self.runner is not None:
             self.runner.stopping.set()
-        if self.get_state() != WorkerStatus.BUSY:
-            return super().request_stop(signum, frame)
-        self._shutdown_requested_date = rq_now()
-        signal.signal(signal.SIGINT, self.request_force_stop)  # a second signal: a cold shutdown, as RQ's
-        signal.signal(signal.SIGTERM, self.request_force_stop)
-        self._stop_requested = True  # RQ's loop ends after the job in hand
+        super().request_stop(signum, frame)
 
     def heartbeat(self, timeout: int | None = None, pipeline=None):
         """RQ's worker heartbeat (three commands, sent before and after every job) in one round trip."""

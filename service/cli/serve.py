@@ -5,9 +5,6 @@ the API process never loads it.
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 from pathlib import Path
 
 from service.settings import Settings
@@ -64,12 +61,4 @@ def cmd_worker(settings: Settings, args) -> int:
     tuning.tune_process()  # before torch is imported: the allocator and OpenMP settings it reads
     from workers.worker import main
 
-    code = main(settings)
-    # Everything is closed by now (jobs finished, Redis and the heartbeat closed). What is left is the
-    # interpreter's own teardown: freeing each module of torch and diffusers and every tensor one by one,
-    # which took a stopped worker 1.8 s here (tens of seconds on a loaded host), a delay every rolling
-    # restart and scale-down would wait out. Flush what is buffered and leave at once.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return main(settings)
