@@ -261,7 +261,7 @@ def test_warm_up_runs_an_inpainting_job(runner):
 
 @pytest.mark.parametrize("model", ["tiny-sd", "tiny-flux"])
 def test_sides_that_are_not_multiples_of_8_are_worked_at_multiples_and_come_back_at_their_size(runner, model):
-    """Multiples of the family's `size_multiple`: 8, or 16 for SD 3 and FLUX (their VAE's 8 × 2×2 patches)."""
+    """Multiples of the family table's `size_multiple`: 8, or 16 for SD 3 and FLUX (their VAE's 8 × 2×2 patches)."""
     pipeline = runner.runtime.pipeline("inpaint", model)
     image = picture((100, 70))
     src = np.asarray(image, dtype=np.int16)

@@ -47,9 +47,6 @@ class WorkerFamily:
     # The side of the latent patches its pipelines pack into a token sequence (FLUX: 2, a 2×2 patch per
     # token, 4× the VAE's channels); 1: the pipelines' latents are the VAE's (channels, height, width).
     latent_patch: int = 1
-    # Image sides are multiples of this: the VAE's 8, times the transformer's patch where it has one (SD 3 and
-    # FLUX: 16; their pipelines refuse, or resize, other sizes).
-    size_multiple: int = 8
     # Its img2img pipelines are told the output size (SD 3's and FLUX's make their default size, 1024², of any
     # input image unless told); False: they make the input image's size.
     img2img_size: bool = False

@@ -82,7 +82,6 @@ FAMILY = WorkerFamily(
     compile_blocks=("FluxTransformerBlock", "FluxSingleTransformerBlock"),
     tiny_denoiser=_tiny_transformer,
     latent_patch=2,  # its pipelines' latents are 2×2 patches packed into a sequence (FluxPipeline._pack_latents)
-    size_multiple=16,  # the VAE's 8 × the 2×2 packing
     img2img_size=True,
     call_params=("max_sequence_length",),
     # FLUX.1 is guidance-distilled: dev's guidance scale is an input of the transformer, not classifier-free

@@ -93,7 +93,6 @@ FAMILY = WorkerFamily(
     fuses_qkv=False,
     compile_blocks=("JointTransformerBlock",),
     tiny_denoiser=_tiny_transformer,
-    size_multiple=16,  # the VAE's 8 × the transformer's 2×2 patches
     img2img_size=True,
     call_params=("max_sequence_length",),
 )

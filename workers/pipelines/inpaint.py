@@ -11,7 +11,7 @@
 4. The context: the whole canvas (`mask_padding` null), or the mask's bounding box plus `mask_padding` px,
    widened to the canvas's aspect ratio and worked at the model's native area (AUTOMATIC1111's "only
    masked": a small mask gets the model's full resolution). What the pipeline sees is resized to sides
-   that are multiples of 8 (16 for SD 3 and FLUX: the family's `size_multiple`) and back.
+   that are multiples of 8 (16 for SD 3 and FLUX: the family table's `size_multiple`) and back.
 5. `int(steps × strength)` denoising steps: a 4-channel UNet's latents are blended with the mask at every
    step by diffusers (which is spared encoding the masked image such a UNet never reads:
    `unread_masked_image`); a 9-channel UNet sees the mask and the masked image. With `control`, the model's
@@ -122,7 +122,7 @@ def multiple_of(side: float, step: int = 8) -> int:
 def context(alpha: np.ndarray, padding: int | None, native: tuple[int, int],
             step: int = 8) -> tuple[Box, tuple[int, int]]:
     """The canvas box the pipeline works on and the size it works at, its sides multiples of `step` (the
-    family's `size_multiple`). `padding` None: the whole canvas. Else the bounding box of what `alpha`
+    family table's `size_multiple`). `padding` None: the whole canvas. Else the bounding box of what `alpha`
     repaints plus `padding` px, widened to the canvas's aspect ratio, clamped to the canvas, at the
     model's `native` area."""
     height, width = alpha.shape
@@ -192,7 +192,8 @@ class Inpaint(TaskPipeline):
         start = filled(canvas, mask, known, p.get("fill") or "original", p["seed"])
         alpha = blurred(mask, p.get("mask_blur") or 0, known)
         # 2. the context and the size it is worked at
-        box, size = context(alpha, p.get("mask_padding"), tuple(self.model.spec.size), self.model.family.size_multiple)
+        box, size = context(alpha, p.get("mask_padding"), tuple(self.model.spec.size),
+                            self.model.spec.kind_row.size_multiple)
         box_size = (box[2] - box[0], box[3] - box[1])
 
         def worked(image: Image.Image, resample=Image.Resampling.LANCZOS) -> Image.Image:
