@@ -90,6 +90,7 @@ ENV PATH=/opt/fresco/bin:$PATH \
     HF_HOME=/var/cache/huggingface \
     FRESCO_DATA_DIR=/var/lib/fresco \
     FRESCO_WORKER_METRICS_PORT=9101 \
+    FRESCO_METRICS_HOST=0.0.0.0 \
     FRESCO_LOG_FORMAT=json \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility

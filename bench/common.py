@@ -44,6 +44,23 @@ def rss_bytes(pid: int | str = "self") -> int:
     return _status_bytes("VmRSS", pid)
 
 
+def children(pid: int) -> dict[int, list[str]]:
+    """The live child processes of `pid` (Linux /proc): pid -> argv (a `fresco up`'s API and workers, say)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile
+        fields = stat[stat.rindex(")") + 2:].split()  # after the command name, which may hold spaces
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found[int(entry.name)] = [a.decode(errors="replace") for a in argv if a]
+    return found
+
+
 def peak_rss() -> int:
     """This process's peak RSS (VmHWM) since it started, or since reset_peak_rss()."""
     return _status_bytes("VmHWM")

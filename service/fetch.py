@@ -7,6 +7,7 @@ that fetches URLs for anyone is a door into its own network, so:
 - only the allowed schemes (https by default);
 - the host is resolved here and every address must be public: no loopback, private, link-local
   (169.254.169.254, the cloud metadata service, is link-local), shared, multicast or reserved ones;
+  a setting may exempt networks from that rule, but never the cloud metadata addresses (`METADATA`);
 - the connection goes to the address that was checked (pinned, with the original Host and TLS SNI),
   so a DNS answer that changes between check and connect (rebinding) changes nothing;
 - redirects are followed by hand, a few at most, each new URL checked the same way (a POST follows none);
@@ -50,7 +51,50 @@ BLOCKED_EXTRA = [ipaddress.ip_network(n) for n in (
 )]
 
 
+# The cloud metadata services (instance credentials live there): refused whatever the settings allow.
+METADATA = frozenset(ipaddress.ip_address(a) for a in (
+    "169.254.169.254",  # AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack...
+    "169.254.170.2",  # AWS ECS/Fargate task credentials
+    "fd00:ec2::254",  # AWS over IPv6
+    "100.100.100.200",  # Alibaba Cloud
+    "168.63.129.16",  # Azure's WireServer (a public-looking address reachable only inside Azure)
+))
+# IPv6 prefixes whose last 32 bits name an IPv4 address (NAT64, the deprecated IPv4-compatible form).
+EMBEDS_IPV4 = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96")]
+
+METADATA_REFUSED = "URL must not point to a cloud metadata address"
+NOT_PUBLIC = "URL must point to a public address"
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, Teredo, NAT64, IPv4-compatible), if any."""
+    mapped = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+    if mapped is None and any(ip in net for net in EMBEDS_IPV4) and int(ip) > 1:
+        mapped = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return mapped
+
+
+def is_metadata(address: str) -> bool:
+    """Whether `address` (an IP address) is, or stands for, a cloud metadata address."""
+    ip = ipaddress.ip_address(address)
+    if ip in METADATA:
+        return True
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = _embedded_ipv4(ip)
+        return mapped is not None and mapped in METADATA
+    return False
+
+
+def address_problem(address: str, allowed: list = ()) -> str | None:
+    """Why a guarded request may not connect to `address` (a message that never quotes it), or None:
+    a cloud metadata address, always; one that is not public, unless it is in an `allowed` network."""
+    if is_metadata(address):
+        return METADATA_REFUSED
+    return None if is_public(address, allowed) else NOT_PUBLIC
+
+
 def is_public(address: str, allowed: list = ()) -> bool:
+    """Whether `address` is public or in an `allowed` network (`address_problem` also refuses metadata)."""
     ip = ipaddress.ip_address(address)
     if any(ip in net for net in allowed):
         return True
@@ -64,14 +108,26 @@ def is_public(address: str, allowed: list = ()) -> bool:
     return not any(ip in net for net in BLOCKED_EXTRA)
 
 
+def literal_address_problem(host: str | None) -> str | None:
+    """Why a URL whose host is `host` is refused before anything resolves: a literal cloud metadata
+    address (names are resolved and checked when the URL is reached)."""
+    try:
+        return METADATA_REFUSED if host and is_metadata(host) else None
+    except ValueError:  # a name, not an address
+        return None
+
+
 async def _public_address(host: str, port: int, allowed: list) -> str:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         raise Unreachable("URL host does not resolve") from None
     addresses = {info[4][0] for info in infos}
-    if not addresses or not all(is_public(a, allowed) for a in addresses):
-        raise FetchRejected("URL must point to a public address")
+    if not addresses:
+        raise FetchRejected(NOT_PUBLIC)
+    problems = [p for p in (address_problem(a, allowed) for a in addresses) if p]
+    if problems:
+        raise FetchRejected(METADATA_REFUSED if METADATA_REFUSED in problems else problems[0])
     return sorted(addresses)[0]
 
 

@@ -1,10 +1,45 @@
-"""Logging: readable lines locally, JSON lines in production (FRESCO_LOG_FORMAT=json)."""
+"""Logging: readable lines locally, JSON lines in production (FRESCO_LOG_FORMAT=json).
+
+No line shows a URL's query string: a webhook's token, a signed URL's signature, a LoRA URL's token are
+there. Every record that reaches Fresco's handler (its own, httpx's `HTTP Request: POST https://...?...`,
+uvicorn's access lines) has the query of each URL and request path in it replaced by `?<redacted>`, its
+traceback included.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+
+REDACTED = "?<redacted>"
+# A URL (http, https, ws...) or an absolute path, then its query: everything from `?` to the next space,
+# quote or bracket, and the fragment after it.
+_QUERY = re.compile(r"""((?:\b[a-zA-Z][a-zA-Z0-9+.-]*://|/)[^\s?#"'<>]*)\?[^\s"'<>]+""")
+
+
+def redact_queries(text: str) -> str:
+    """`text` with the query string (and fragment) of each URL or path in it replaced by `?<redacted>`."""
+    return _QUERY.sub(lambda m: m.group(1) + REDACTED, text) if "?" in text else text
+
+
+class RedactQueries(logging.Filter):
+    """Renders a record's message without URL queries (its arguments merged in first, since the URL is
+    usually one of them), and its traceback the same way: then every formatter prints it safely."""
+
+    _traceback = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = redact_queries(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self._traceback.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_queries(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact_queries(record.stack_info)
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -16,13 +51,14 @@ class JsonFormatter(logging.Formatter):
         for key in self.FIELDS:
             if hasattr(record, key):
                 out[key] = getattr(record, key)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+        if record.exc_text or record.exc_info:
+            out["exc"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
 
 
 def configure_logging(settings) -> None:
     handler = logging.StreamHandler()
+    handler.addFilter(RedactQueries())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import metadata
 from pathlib import PurePosixPath
-from urllib.parse import urlsplit, urlunsplit
 
+from service import lora_urls
 from service.catalog.models import variant_of
 from service.families import KINDS, Kind
 
@@ -260,15 +260,6 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def _without_query(url: str) -> str:
-    """An URL as a recipe shows it: no credentials, no query, no fragment (a signed URL's token is there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
 def _image_ref(value) -> dict | None:
     """An input image as a recipe shows it: its name and size, never its bytes or URL."""
     if not isinstance(value, dict):
@@ -285,7 +276,7 @@ def clean_params(params: dict) -> dict:
     if out.get("control"):
         out["control"] = [{**c, "image": _image_ref(c.get("image"))} for c in out["control"]]
     if out.get("loras"):
-        out["loras"] = [{**e, "url": _without_query(e["url"])} if e.get("url") else e for e in out["loras"]]
+        out["loras"] = lora_urls.hide(out["loras"])  # no credentials, query or fragment (a token is there)
     return out
 
 

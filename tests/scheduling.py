@@ -1,13 +1,20 @@
 """How the suite spreads over pytest-xdist processes (`make test`: `-n 3 --dist loadgroup`): in groups, each
 run from start to end by one process.
 
-- The fault tests, one after another: they kill workers and stop Redis, and time what follows.
+- The chaos soak (tests/bench/test_soak.py) alone: the longest test, handed out first so that it runs while
+  the others do, not after them.
+- The fault tests that share a module's stack (tests/faults/test_faults.py `fstack`), one after another:
+  each kills its worker or stops its Redis, and the next starts where it left off. Every other fault test
+  (its own Redis and stack, or its own `fresco up`: nothing shared) is a group of its own, so that the
+  fault tests, most of them waiting on timeouts and restarts, run beside each other.
 - The modules that share a session- or package-scoped stack (tests/conftest.py `stack`, the e2e keyed
   stack, the deploy tests' S3 stack): it starts once.
+- A bench test that shares no module-scoped fixture: alone (each starts what it measures, and most take
+  tens of seconds: a module of them in one process would be the last to end).
 - Every other module: its module-scoped stack starts once.
 
-Groups are handed out longest first (the faults, the shared stacks, then e2e, deploy, bench, workers,
-service), so that the quick unit tests fill the end and no process is left alone with a long group.
+Groups are handed out longest first (the soak, the faults, the shared stacks, then e2e, deploy, bench,
+workers, service), so that the quick unit tests fill the end and no process is left alone with a long group.
 
 pytest-xdist's own `loadgroup` sends each test's `xdist_group` to the scheduler by rewriting the test's
 node id, which pytest 9's node ids no longer allow. So each test process writes the groups it computed
@@ -25,8 +32,10 @@ from pathlib import Path
 import pytest
 
 SHARED_STACKS = ("keyed_stack", "s3_stack", "stack")  # session- or package-scoped stack fixtures, in precedence
-FIRST = ("faults", "shared", "e2e", "deploy", "bench", "workers", "service")  # the order groups are handed out
+SOAK = ("bench", "test_soak.py")  # the soak's module, under tests/: a group of its own
+FIRST = ("soak", "faults", "shared", "e2e", "deploy", "bench", "workers", "service")  # the order groups go out
 WORKER_INPUT = "fresco_xdist_groups"
+ALONE = ("faults", "bench")  # where a test sharing no module-scoped fixture is a group of its own
 
 
 def shared_stack(item) -> str | None:
@@ -40,8 +49,13 @@ def shared_stack(item) -> str | None:
 
 def group_of(item, parts: tuple[str, ...]) -> str:
     """`parts`: the test file's path under tests/."""
+    if tuple(parts[:2]) == SOAK:
+        return "soak"
+    if parts[0] in ALONE and not any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()
+                                     for d in defs):
+        return f"{parts[0]}:{item.nodeid}"
     if parts[0] == "faults":
-        return "faults"
+        return "/".join(parts)
     shared = shared_stack(item)
     return f"shared:{shared}" if shared else "/".join(parts)
 

@@ -7,12 +7,15 @@ file of just those, with the adapters and ControlNets that fit them), so each wo
 models it will run (loading is most of a worker's start-up) and the API's `/readyz` still means "every
 task is served"; `tasks` (FRESCO_WORKER_TASKS) restricts the workers instead; `workers=0` is an API
 alone. Every process logs to a file of its own under the data directory; `read_logs()` shows them when
-something does not start.
+something does not start. A process that does not stop within STOP_GRACE_S of its SIGTERM is made to print
+its threads' stacks to its log (SIGABRT, with Python's faulthandler on), then killed; `stop()` warns with
+that log's end, saying which process held the stop up and where.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -20,11 +23,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+STOP_GRACE_S = 10  # from SIGTERM to a stack's stop: ~2 s idle, 5 on a loaded host; more means a hang
 
 
 def free_port() -> int:
@@ -101,7 +106,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "FRESCO_REDIS_URL": redis_url, "FRESCO_DATA_DIR": str(self.data_dir),
                     "FRESCO_PORT": str(self.port), "FRESCO_HOST": "127.0.0.1", "FRESCO_LOG_LEVEL": log_level,
-                    "FRESCO_TORCH_THREADS": str(torch_threads), **(env or {})}
+                    "FRESCO_TORCH_THREADS": str(torch_threads), "PYTHONFAULTHANDLER": "1", **(env or {})}
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # an API's own, when it runs several processes
         if profile:
             self.env["FRESCO_MODELS_FILE"] = str(tiny_models_file(self.data_dir / "models.yaml", profile))
@@ -125,8 +130,11 @@ class Stack:
 
     def _spawn(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")
-        return subprocess.Popen([sys.executable, "-m", "service.cli", *argv], env={**self.env, **env}, cwd=ROOT,
+        _no_core()
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", *argv], env={**self.env, **env}, cwd=ROOT,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log = log.name
+        return proc
 
     def spawn_worker(self, index: int | None = None, env: dict | None = None) -> subprocess.Popen:
         """Start a worker: a new one (`index` None), or one in place of worker `index` (after a kill, say),
@@ -218,20 +226,46 @@ class Stack:
         self.stop()
 
     def stop(self) -> None:
-        _terminate([*self.others, *self.workers, self.api], 20)
+        held = _terminate([*self.others, *self.workers, self.api], STOP_GRACE_S)
+        for proc in held:
+            tail = Path(proc.log).read_text(errors="replace")[-6000:]
+            warnings.warn(f"{Path(proc.log).stem} (pid {proc.pid}) did not stop within {STOP_GRACE_S}s of SIGTERM; "
+                          f"the end of its log, its threads' stacks last:\n{tail}", stacklevel=2)
         if self._embedded:
             self._embedded.shutdown()
         if self.temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def _terminate(procs: list[subprocess.Popen], grace: float) -> None:
+def _no_core() -> None:
+    """No core files from this process and those it starts from now on: the SIGABRT `_terminate` may send
+    would leave one (a child inherits the limit; set here, before a fork, as `preexec_fn` is unsafe with threads)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+    if soft != 0:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+
+
+def _terminate(procs: list[subprocess.Popen], grace: float) -> list[subprocess.Popen]:
+    """SIGTERM each of `procs`, and wait for all of them `grace` seconds in all. Those still running then
+    get a SIGABRT (faulthandler prints their stacks), then a SIGKILL; they are returned."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    held = []
     for p in procs:
         try:
-            p.wait(grace)
+            p.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+            held.append(p)
+            p.send_signal(signal.SIGABRT)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            try:  # and what it started (an API's processes): each stack process leads a session of its own
+                os.killpg(p.pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return held

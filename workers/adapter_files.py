@@ -8,7 +8,8 @@ the content digest a job reports.
 - A URL (FRESCO_ALLOW_ADAPTER_URLS): fetched once through the same guard as input images
   (service/fetch.py: public addresses only, every redirect checked, a size and a time cap) into a disk
   cache keyed by content digest, with a byte budget and least-recently-used eviction. A later job with
-  the same URL reads the cached file (the URL -> digest index survives restarts).
+  the same URL reads the cached file (the URL -> digest index survives restarts). A file enters the cache
+  only once it has loaded (`remember`): a refused one never takes a good one's place.
 
 Safetensors only, never a pickle: a pickle suffix is refused before anything is fetched or opened, and
 bytes are parsed as safetensors (a header of tensor names and shapes, then raw data: nothing runs) or
@@ -36,7 +37,11 @@ from workers.errors import invalid_input
 
 log = logging.getLogger("fresco.adapters")
 HUB_DEFAULT_WEIGHT = "pytorch_lora_weights.safetensors"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
+# An adapter's JSON header, bounded before it is parsed: a tensor's entry is ~100-200 bytes and the largest
+# shared LoRAs (LoHa/LoCon on SDXL, both text encoders) hold under 10,000 tensors, with some kilobytes of
+# trainer metadata. safetensors itself allows 100 MB, which parses for seconds into hundreds of MB.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_TENSORS = 20_000
 STORED = "fresco-storage:"  # the cache index's key of a trained adapter's file: this, then its digest
 
 
@@ -46,6 +51,7 @@ class AdapterFile:
     label: str  # how messages name it: the adapter's name, or "the LoRA at loras[i].url"
     path: Path | None = None  # the file (a models-file adapter)
     data: bytes | None = None  # or its bytes (fetched, read from the URL cache, or built: the tiny profile)
+    uncached: str | None = None  # the disk cache's key of bytes not in it yet (in once they load: `remember`)
 
     def state_dict(self) -> dict:
         import safetensors.torch
@@ -64,17 +70,22 @@ def safetensors_problem(head: bytes, size: int) -> str | None:
     if len(head) < 8:
         return "is too short to be a safetensors file"
     (length,) = struct.unpack("<Q", head[:8])
-    if length < 2 or length > MAX_HEADER_BYTES or 8 + length > size:
+    if length < 2 or 8 + length > size:
         return "is not a safetensors file (only .safetensors adapters are loaded, never pickles)"
+    if length > MAX_HEADER_BYTES:
+        return f"has a safetensors header of {length} bytes, more than an adapter's ({MAX_HEADER_BYTES})"
     text = head[8:8 + length]
     if len(text) < length:
         return None  # the caller gave too little to check the JSON; the loader parses it
+    # Each tensor's entry is a JSON object: more braces than that many tensors, and it is refused unparsed.
+    if text.count(b"{") > MAX_TENSORS + 1:
+        return f"holds more than {MAX_TENSORS} tensors, more than an adapter has"
     try:
         header = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser follows
         return "is not a safetensors file (its header is not JSON)"
-    if not isinstance(header, dict):
-        return "is not a safetensors file (its header is not an object)"
+    if not isinstance(header, dict) or not all(isinstance(v, dict) for v in header.values()):
+        return "is not a safetensors file (its header is not an object of tensors)"
     return None
 
 
@@ -98,9 +109,16 @@ def check_file(path: Path, label: str) -> None:
         raise invalid_input(f"{label} {problem}")
 
 
+def index_key(key: str) -> str:
+    """How `urls.json` names a cache key: a URL by its SHA-256, so the file never holds a URL (whose query
+    may be a token), and the same path with another token is fetched anew; a stored file's key as is."""
+    return key if key.startswith(STORED) else "url-sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
 class UrlCache:
     """Fetched adapter files on disk, `<digest hex>.safetensors`, within a byte budget: the least
-    recently used files leave first (a file's mtime is its last use). `urls.json` maps URL -> digest."""
+    recently used files leave first (a file's mtime is its last use). `urls.json` maps each key (by
+    `index_key`: a URL's digest, or a stored file's key) -> the file's digest."""
 
     def __init__(self, root: Path, budget: int):
         self.root, self.budget = Path(root), budget
@@ -117,6 +135,9 @@ class UrlCache:
                 self._index = json.loads(self._index_path().read_text())
             except (OSError, ValueError):
                 self._index = {}
+            if any("://" in key for key in self._index):  # an older index, by URL: its tokens leave the disk now
+                self._index = {key: digest for key, digest in self._index.items() if "://" not in key}
+                self._save_index()
         return self._index
 
     def _save_index(self) -> None:
@@ -129,8 +150,9 @@ class UrlCache:
 
     def lookup(self, url: str) -> Path | None:
         """The cached file of `url`, marked as just used; None when it was never fetched or was evicted."""
+        key = index_key(url)
         with self._lock:
-            digest = self._load_index().get(url) or self._load_index(fresh=True).get(url)
+            digest = self._load_index().get(key) or self._load_index(fresh=True).get(key)
             if digest is None:
                 return None
             path = self.path_of(digest)
@@ -154,7 +176,7 @@ class UrlCache:
             else:
                 os.utime(path)
             index = self._load_index(fresh=True)  # another worker's entries are kept
-            index[url] = digest
+            index[index_key(url)] = digest
             self._evict(keep | {digest})
             self._save_index()
         return digest, path
@@ -247,9 +269,9 @@ class AdapterFiles:
         return Path(hf_hub_download(spec.source, spec.weight_name or HUB_DEFAULT_WEIGHT,
                                     local_files_only=not download))
 
-    def stored(self, digest: str, label: str, keep: set[str] = frozenset()) -> AdapterFile:
+    def stored(self, digest: str, label: str) -> AdapterFile:
         """A trained adapter's file (service/adapter_registry.py), by its digest: from the disk cache when
-        read before, else from storage (checked against the digest) into the cache."""
+        read before, else from storage (checked against the digest), for the cache once it loads (`remember`)."""
         key = STORED + digest
         path = self.cache.lookup(key)
         if path is not None:
@@ -271,11 +293,14 @@ class AdapterFiles:
             raise invalid_input(f"{label} is gone from storage (deleted meanwhile)") from None
         if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
             raise invalid_input(f"{label}: the stored file does not match its digest")
-        self.cache.store(key, data, keep)
-        return AdapterFile(digest, label, data=data)
+        problem = safetensors_problem(data[:8 + MAX_HEADER_BYTES], len(data))
+        if problem:
+            raise invalid_input(f"{label} {problem}")
+        return AdapterFile(digest, label, data=data, uncached=key)
 
-    def url(self, url: str, label: str, keep: set[str] = frozenset()) -> AdapterFile:
-        """The file at `url`: from the disk cache when it was fetched before, else fetched (guarded)."""
+    def url(self, url: str, label: str) -> AdapterFile:
+        """The file at `url`: from the disk cache when it was fetched before, else fetched (guarded), for the
+        cache once it loads (`remember`)."""
         problem = adapter_url_problem(url, self.settings.image_url_schemes)
         if problem:
             raise invalid_input(f"{label} {problem}")
@@ -301,6 +326,12 @@ class AdapterFiles:
         problem = safetensors_problem(data[:8 + MAX_HEADER_BYTES], len(data))
         if problem:
             raise invalid_input(f"{label} {problem}")
-        digest, _ = self.cache.store(url, data, keep)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
         log.info("fetched %s: %d bytes, %s", label, len(data), digest)
-        return AdapterFile(digest, label, data=data)
+        return AdapterFile(digest, label, data=data, uncached=url)
+
+    def remember(self, file: AdapterFile, keep: set[str] = frozenset()) -> None:
+        """Into the disk cache, once it has loaded: the file `url` or `stored` returned uncached. A file
+        refused (not a LoRA for the model, unreadable) never enters it, so never evicts a good one."""
+        if file.uncached is not None and file.data is not None:
+            self.cache.store(file.uncached, file.data, keep)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -70,7 +71,7 @@ def upscaler_of(tensors: dict, path: Path) -> str | None:
     try:
         descriptor = sp.ModelLoader().load_from_file(path)
     except Exception as exc:
-        raise ValueError(f"{path.name}: spandrel recognises an upscaler's keys but cannot load the converted file "
+        raise ValueError(f"spandrel recognises an upscaler's keys but cannot load the converted file "
                          f"({type(exc).__name__}: {exc})") from None
     return f"{descriptor.architecture.name} x{descriptor.scale}"
 
@@ -108,36 +109,59 @@ def write_safetensors(tensors: dict, path: Path) -> None:
 
 def convert(src: Path, dst: Path, notes: list[str] | None = None) -> list[Path]:
     """Convert `src` to `dst` (see the module docstring); the safetensors files written. `notes` gets what
-    an upscaler's file was found to be."""
+    an upscaler's file was found to be. Everything is written into a temporary sibling of `dst` that is
+    renamed into place only once the whole conversion succeeded: a refused or failed one leaves no `dst`
+    (nor the folders made for it) behind."""
     src, dst = Path(src), Path(dst)
+    if src.is_file() and dst.suffix != ".safetensors":
+        dst = dst.with_suffix(".safetensors")
     if dst.exists() and any(dst.iterdir() if dst.is_dir() else [dst]):
         raise ValueError(f"{dst} exists; give a new path")
-    if src.is_file():
-        dst = dst if dst.suffix == ".safetensors" else dst.with_suffix(".safetensors")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tensors = read_pickle(src)
-        write_safetensors(tensors, dst)
-        try:
-            upscaler = upscaler_of(tensors, dst)
-        except ValueError:
-            dst.unlink()
-            raise
-        if upscaler is not None and notes is not None:
-            notes.append(f"an upscaler spandrel loads: {upscaler} (its `upscalers:` entry: "
-                         f"scale: {upscaler.rsplit('x', 1)[1]})")
-        return [dst]
-    if not (src / "model_index.json").is_file() and not (src / "config.json").is_file():
+    if not src.is_file() and not (src / "model_index.json").is_file() and not (src / "config.json").is_file():
         raise ValueError(f"{src} is no diffusers model directory (no model_index.json or config.json)")
+    made = next((p for p in reversed(dst.parents) if not p.exists()), None)  # the first folder made for dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    # A hidden sibling (same filesystem: the rename is atomic), named like the file for spandrel's loader.
+    partial = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
+    try:
+        written = (_convert_file if src.is_file() else _convert_directory)(src, partial, notes)
+        os.replace(partial, dst)  # onto nothing, or onto an empty directory
+    except BaseException:
+        if partial.is_dir():
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            partial.unlink(missing_ok=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
+    return [dst / path.relative_to(partial) for path in written] if src.is_dir() else [dst]
+
+
+def _convert_file(src: Path, out: Path, notes: list[str] | None) -> list[Path]:
+    tensors = read_pickle(src)
+    write_safetensors(tensors, out)
+    try:
+        upscaler = upscaler_of(tensors, out)
+    except ValueError as exc:
+        raise ValueError(f"{src.name}: {exc}") from None
+    if upscaler is not None and notes is not None:
+        notes.append(f"an upscaler spandrel loads: {upscaler} (its `upscalers:` entry: "
+                     f"scale: {upscaler.rsplit('x', 1)[1]})")
+    return [out]
+
+
+def _convert_directory(src: Path, out: Path, notes: list[str] | None) -> list[Path]:
+    out.mkdir()
     written = []
     for path in sorted(src.rglob("*")):
-        target = dst / path.relative_to(src)
+        target = out / path.relative_to(src)
         if path.is_dir():
             target.mkdir(parents=True, exist_ok=True)
         elif path.name.endswith(".bin") and not path.name.startswith("training_args"):
-            out = target.with_name(safetensors_name(path.name))
-            write_safetensors(read_pickle(path), out)
-            written.append(out)
-            log.info("%s -> %s", path.relative_to(src), out.relative_to(dst))
+            converted = target.with_name(safetensors_name(path.name))
+            write_safetensors(read_pickle(path), converted)
+            written.append(converted)
+            log.info("%s -> %s", path.relative_to(src), converted.relative_to(out))
         elif path.name.endswith(".bin.index.json"):
             index = json.loads(path.read_text())
             index["weight_map"] = {k: safetensors_name(v) for k, v in index.get("weight_map", {}).items()}

@@ -25,6 +25,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from service import lora_urls
 from service.catalog import AdapterSpec, Catalog
 from service.jobs.states import Stage
 from workers import metrics
@@ -88,10 +89,12 @@ class Loras:
         for e in entries:
             if e["token"] not in self.job_embeddings:
                 label = f"embedding {e['name']}"
+                file = self.files.stored(e["digest"], label)
                 try:
-                    load_vectors(self.model, self.files.stored(e["digest"], label).state_dict(), e["token"], label)
+                    load_vectors(self.model, file.state_dict(), e["token"], label)
                 except ValueError as exc:
                     raise invalid_input(str(exc)) from None
+                self.files.remember(file)  # into the disk cache only now that it has loaded
                 self.job_embeddings[e["token"]] = e["digest"]
 
     # ---- a job's LoRAs
@@ -106,7 +109,8 @@ class Loras:
         files: dict[int, AdapterFile] = {}
         for i, entry in enumerate(loras):
             if digests[i] not in self.resident:
-                files[i] = self._file(i, entry, {d for d in digests if d})
+                same = next((files[j] for j in files if "url" in entry and loras[j].get("url") == entry["url"]), None)
+                files[i] = same or self._file(i, entry)  # a URL named twice: fetched once
                 digests[i] = files[i].digest
         needed = set(digests)
         weights: dict[str, float] = {}
@@ -118,10 +122,13 @@ class Loras:
             else:
                 metrics.ADAPTER_CACHE.labels("resident", "miss").inc()
                 resident = self._load(files[i], needed)
+            if i in files:  # fetched or read from storage: into the disk cache now that it has loaded
+                self.files.remember(files[i], needed)
             # The same file named twice (by name and by URL): one adapter, the scales add up.
             weights[resident.name] = weights.get(resident.name, 0.0) + float(entry["scale"])
         self._set(weights)
-        return [{**entry, "digest": digest} for entry, digest in zip(loras, digests)]
+        # what the job shows (written back to its params): each URL without its query (service/lora_urls.py)
+        return lora_urls.hide([{**entry, "digest": digest} for entry, digest in zip(loras, digests)])
 
     def _known(self, entry: dict) -> str | None:
         """The digest of `entry` when known without reading or fetching anything."""
@@ -132,11 +139,11 @@ class Loras:
             return None if path is None else "sha256:" + path.stem
         return self.files.known_digest(self.catalog.adapters[entry["name"]])
 
-    def _file(self, i: int, entry: dict, keep: set[str]) -> AdapterFile:
+    def _file(self, i: int, entry: dict) -> AdapterFile:
         if entry.get("owned"):
-            return self.files.stored(entry["digest"], f"LoRA {entry['name']}", keep)
+            return self.files.stored(entry["digest"], f"LoRA {entry['name']}")
         if "url" in entry:
-            return self.files.url(entry["url"], f"the LoRA at loras[{i}].url", keep)
+            return self.files.url(entry["url"], f"the LoRA at loras[{i}].url")
         spec = self.catalog.adapters.get(entry["name"])
         if spec is None or spec.kind != "lora" or not spec.fits(self.model.spec):
             raise invalid_input(f"loras[{i}]: this worker has no LoRA of that name for model {self.model.name}")

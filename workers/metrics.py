@@ -79,6 +79,10 @@ class GpuMemoryCollector:
 REGISTRY.register(GpuMemoryCollector())
 
 
-def serve(port: int) -> None:
-    if port:
-        start_http_server(port, registry=REGISTRY)
+def serve(port: int, host: str):
+    """Serve /metrics on `host`:`port` (settings.metrics_listen_host: the API's host unless
+    FRESCO_METRICS_HOST says otherwise, never every interface by default); the server, or None when `port` is 0."""
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host, registry=REGISTRY)
+    return server

@@ -27,12 +27,13 @@ TRANSFORMER_LORA_TARGETS = (r"transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_
 
 
 def lora(seed: int, layout: str = "peft", rank: int = 4, text_encoders: bool = True,
-         unet_targets=None, std: float = 0.5, family: str = "sdxl") -> dict:
+         unet_targets=None, std: float = 0.5, family: str = "sdxl", denoiser: bool = True) -> dict:
     """A LoRA for a tiny architecture (`family`: SDXL, base and Turbo alike; SD, one text encoder; SD 3,
     two CLIP encoders; FLUX, CLIP-L), made with PEFT from random weights: the state dict a trainer would
     save, in the diffusers/PEFT layout (`unet.<module>.lora_A.weight`) or the kohya one most shared
     LoRAs use (`lora_unet_<module>.lora_down.weight` with `.alpha`; FLUX's in its original block names).
-    `unet_targets`: the denoiser's layers (default: its attention projections)."""
+    `unet_targets`: the denoiser's layers (default: its attention projections); `denoiser=False`: the text
+    encoders' part alone (a text-encoder-only LoRA)."""
     import inspect
 
     import diffusers
@@ -43,7 +44,7 @@ def lora(seed: int, layout: str = "peft", rank: int = 4, text_encoders: bool = T
     arch = FAMILIES[family]
     if unet_targets is None:
         unet_targets = UNET_LORA_TARGETS if arch.denoiser == "unet" else TRANSFORMER_LORA_TARGETS
-    modules = {arch.denoiser: (arch.tiny_denoiser(), unet_targets)}
+    modules = {arch.denoiser: (arch.tiny_denoiser(), unet_targets)} if denoiser else {}
     if text_encoders:  # those the family's LoRAs train (diffusers' list; never T5)
         text_config = CLIPTextConfig(**tiny.TEXT_ENCODER)
         pipeline = getattr(diffusers, arch.pipelines["txt2img"])

@@ -10,13 +10,15 @@ import logging
 from fastapi import FastAPI
 
 from service.api.access import JobAccess
+from service.api.allow import list_every_allowed_method
 from service.api.auth import Auth
+from service.api.body_timeout import BodyTimeout
 from service.api.compat import a1111, openai_images
 from service.api.deps import Context
 from service.api.errors import install_error_handlers
 from service.api.events import EventHub
 from service.api.metrics import ApiMetrics
-from service.api.routes import generate, health, jobs, models, playground, results, train
+from service.api.routes import docs, generate, health, jobs, models, playground, results, train
 from service.api.requests import generate_adapter
 from service.catalog import Catalog, load_catalog
 from service.jobs.reaper import Reaper
@@ -64,6 +66,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         app.state.ctx = Context(settings=settings, catalog=catalog, redis=redis, hub=hub,
                                 jobs=JobAccess(redis, hub, settings.job_ttl_s), storage=storage, metrics=metrics,
                                 auth=Auth(settings, redis))
+        await app.state.ctx.auth.load_url_secret()
         if not app.state.ctx.auth.enabled:
             log.warning("no API keys configured (FRESCO_API_KEYS): anyone who can reach this API can submit "
                         "jobs and read every job and result")
@@ -85,11 +88,14 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             if embedded:
                 embedded.close()
 
-    app = FastAPI(title="Fresco", version="0.1.0", lifespan=lifespan,
+    # /docs is routes/docs.py's (Swagger UI served by Fresco itself, under a CSP); no ReDoc.
+    app = FastAPI(title="Fresco", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="HTTP inference service for SDXL, SDXL Turbo, img2img and Stable Video Diffusion.")
     install_error_handlers(app)
-    for module in (generate, train, jobs, results, models, health, openai_images, a1111, playground):
+    list_every_allowed_method(app)
+    for module in (generate, train, jobs, results, models, health, openai_images, a1111, playground, docs):
         app.include_router(module.router)
+    app.add_middleware(BodyTimeout, timeout_s=settings.body_timeout_s)  # inside the metrics: a 408 is counted
     metrics.instrument(app)
     app.openapi = _openapi_with_request_schema(app)
     return app

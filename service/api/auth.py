@@ -4,7 +4,8 @@ Keys are configured as SHA-256 digests (`FRESCO_API_KEYS=alice:<hex>,bob:<hex>`;
 makes one), never in clear, and a presented key's digest is compared with each in constant time.
 Each job belongs to the key that made it: another key gets the same 404 as an unknown id. With keys
 on, result URLs carry an expiring HMAC signature, so a browser can fetch them without a header
-(service/signed_urls.py, shared with the webhook dispatcher).
+(service/signed_urls.py, shared with the webhook dispatcher; its secret is FRESCO_URL_SIGNING_SECRET or a
+random one kept in Redis or the data directory, never derived from the keys).
 The AUTOMATIC1111 routes (`/sdapi/v1`) also take the key as HTTP Basic credentials, since that is all
 their clients can send (Open WebUI's "API Auth String", SillyTavern's and webuiapi's `user:password`):
 the password is the key, the user name is ignored.
@@ -14,17 +15,22 @@ The rate limit is a GCRA held atomically in Redis: `limit` requests a minute, bu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
 
 from fastapi import Request
 
 from service.api.errors import FrescoError
 from service.jobs import protocol
+from service.redis import REDIS_DOWN
 from service.signed_urls import UrlSigner
+
+log = logging.getLogger("fresco.api")
 
 
 class Unauthorized(FrescoError):
@@ -59,8 +65,8 @@ def _presented_key(header: str, basic: bool) -> str | None:
 class RateLimited(FrescoError):
     status, code, message = 429, "rate_limited", "too many requests for this API key; retry later"
 
-    def __init__(self, retry_after: float):
-        super().__init__(headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
+    def __init__(self, retry_after: float, message: str | None = None):
+        super().__init__(message, headers={"Retry-After": str(max(1, int(retry_after + 0.999)))})
 
 
 def digest(key: str) -> str:
@@ -106,6 +112,15 @@ class Auth:
             raise RateLimited(wait)
 
     # ---- signed result URLs (service/signed_urls.py) ----
+
+    async def load_url_secret(self) -> None:
+        """Find (or make) the result URLs' secret off the event loop, at start: signing then never waits on
+        Redis. With Redis down now, the first URL signed or checked finds it instead."""
+        if self.urls.enabled:
+            try:
+                await asyncio.to_thread(lambda: self.urls.secret)
+            except REDIS_DOWN:
+                log.warning("Redis is unreachable: the result URLs' signing secret is read on first use")
 
     def sign(self, job_id: str, name: str) -> str:
         """The query string for a result URL ('' when keys are off)."""

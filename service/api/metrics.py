@@ -21,6 +21,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from service.api.allow import METHODS
 from service.jobs import keys
 from service.jobs.protocol import now
 from service.jobs.states import JobStatus
@@ -29,6 +30,9 @@ from service.webhooks.metrics import WebhookMetrics, pending_family
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 EXCLUDED_HANDLERS = frozenset({"/metrics"})
+# The methods a label may name; any other (the HTTP parser accepts WebDAV's, SEARCH, PURGE... from anyone,
+# without a key) counts as "other", so that no client can grow the label's values.
+KNOWN_METHODS = frozenset(METHODS)
 
 
 def multiprocess_dir() -> str | None:
@@ -60,7 +64,7 @@ class HttpMetrics:
             route = scope.get("route")  # set by FastAPI's router on a match; absent for a 404
             handler = getattr(route, "path", None)
             if handler is not None and handler not in EXCLUDED_HANDLERS:
-                method = scope["method"]
+                method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
                 self.metrics.http_requests.labels(method, str(status), handler).inc()
                 self.metrics.http_duration.labels(method, handler).observe(time.perf_counter() - start)
 

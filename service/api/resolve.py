@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from service import lora_urls
 from service.api import rules as shared
 from service.api.errors import ValidationFailed, field_error
 from service.api.inputs import DecodedImage, ImageRejected, read_image
@@ -29,7 +30,7 @@ from service.tasks import TASKS, load
 # Task name -> its rule function (the row's `rules`).
 RULES: dict[str, Callable[[Rules], None]] = {name: load(task.rules) for name, task in TASKS.items()}
 # Fields every request has and `params` leaves out (the webhook's URL may hold a token in its query).
-NOT_PARAMS = {"task", "model", "retries", "webhook", "webhook_events_filter"}
+NOT_PARAMS = {"task", "model", "retries", "webhook", "webhook_events_filter", "priority"}
 
 
 @dataclass
@@ -40,7 +41,10 @@ class Resolved:
     images: dict[str, DecodedImage] = field(default_factory=dict)  # path -> the decoded input image
     retries: int = 0
     webhook: str | None = None  # where the job's events go (not in `params`: its query may hold a token)
+    # The full URL of each LoRA whose query `params` leaves out (it may hold a token), by its index in `loras`.
+    adapter_urls: dict[str, str] = field(default_factory=dict)
     webhook_events: list[str] = field(default_factory=list)
+    priority: str = "normal"  # its class (service/jobs/keys.py PRIORITIES)
 
     def inputs(self) -> list[tuple[str, bytes]]:
         """The job's input files, by the names the worker reads them under."""
@@ -75,5 +79,8 @@ async def resolve(req, catalog: Catalog, settings: Settings, owned: dict[str, di
         raise ValidationFailed(rules.errors)
     for path, image in rules.images.items():
         inputs.place(params, path, inputs.entry(input_name(path, image.format), image.width, image.height))
+    params, adapter_urls = lora_urls.split(params)
     return Resolved(task=task, model=model, params=params, images=rules.images, retries=req.retries,
-                    webhook=req.webhook, webhook_events=list(req.webhook_events_filter) if req.webhook else [])
+                    adapter_urls=adapter_urls,
+                    webhook=req.webhook, webhook_events=list(req.webhook_events_filter) if req.webhook else [],
+                    priority=req.priority)

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 from service.catalog import CONTROL_SCALE, LORA_SCALE, MAX_CONTROLS, PREPROCESSORS
 from service.families import SCHEDULERS
 from service.jobs.states import ErrorCode, JobStatus, Stage, WebhookEvent
+from service.settings import Priority
 
 SchedulerName = Literal[tuple(SCHEDULERS)]  # type: ignore[valid-type]
 ImageFormat = Literal["png", "jpeg", "webp"]
@@ -51,8 +52,25 @@ class ImageInput:
 
 IMAGE_INPUT = ImageInput()
 IMAGE_MAX_LENGTH = 64 * 1024 * 1024  # an ImageRef's most characters (the playground knows image fields by it)
+
+
+def _any_case(text: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in text)
+
+
+# The forms service/api/inputs.py accepts, as the OpenAPI schema states them (so that a schema-valid string is one
+# the validator reads, all but its bytes: those must also decode as an image within the limits). Base64 as Python's
+# b64decode(validate=True) takes it, whitespace anywhere (wrapped lines); a data URL of PNG, JPEG or WebP; an http(s)
+# URL (inputs.is_url: its `://` within the first 16 characters). tests/service/api/test_allow_and_schema.py holds
+# the validator to it.
+_B64 = r"(?:[A-Za-z0-9+/]\s*)"
+_BASE64 = (rf"\s*(?:{_B64}{{4}})*(?:{_B64}{{4}}(?:=\s*){{0,2}}|{_B64}{{3}}=\s*|{_B64}{{2}}(?:=\s*){{2}})$")
+_DATA_URL = _any_case("data:image/") + "(?:" + "|".join(map(_any_case, ("png", "jpeg", "jpg", "webp"))) + ")"
+IMAGE_PATTERN = ("^(?:" + r"\s{0,8}" + _any_case("http") + "[Ss]?" + r"://[^\s/?#]"
+                 + "|" + _DATA_URL + _any_case(";base64,") + _BASE64 + "|" + _BASE64 + ")")
 # An image: data URL, bare base64 or https URL. The byte limit is checked again after decoding.
-ImageRef = Annotated[str, Field(min_length=1, max_length=IMAGE_MAX_LENGTH), AfterValidator(_clean_text), IMAGE_INPUT]
+ImageRef = Annotated[str, Field(min_length=1, max_length=IMAGE_MAX_LENGTH,
+                                json_schema_extra={"pattern": IMAGE_PATTERN}), AfterValidator(_clean_text), IMAGE_INPUT]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 Guidance = Annotated[float, Field(ge=0, le=20, allow_inf_nan=False)]
 # Steps of txt2img, img2img and inpaint; absent: the model's (GET /models `defaults`: 30 for SD and SDXL,
@@ -138,6 +156,9 @@ class _Request(BaseModel):
     retries: int = Field(0, ge=0, le=1)
     webhook: WebhookUrl | None = None
     webhook_events_filter: WebhookEvents = [WebhookEvent.COMPLETED.value]
+    # Higher classes go first; within a class API keys share the workers fairly. At most the key's
+    # `max_priority`.
+    priority: Priority = "normal"
 
 
 class SDXLRequest(_Request):
@@ -494,7 +515,8 @@ class JobView(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
-    queue_position: int | None
+    queue_position: int | None  # the jobs its workers take before it (fair share, priorities); null unless queued
+    priority: Priority = "normal"
     progress: Progress
     params: dict[str, Any]
     warnings: list[str]

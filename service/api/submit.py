@@ -4,7 +4,8 @@ images (`image`, each `control[i].image`), then enqueues in one atomic step (pro
 record, the queued index, RQ's own job hash and queue entry, and the Idempotency-Key's job id).
 
 The API enqueues RQ's entry point by dotted path and never imports the worker code. Past the task's
-queue cap nothing is written and the answer is 503.
+queue cap nothing is written and the answer is 503; past the API key's `max_queued`, 429. A priority
+above the key's `max_priority` is a 422.
 """
 
 from __future__ import annotations
@@ -16,28 +17,46 @@ from pydantic import ValidationError
 
 from service import adapter_registry
 from service.api.deps import Context
-from service.api.errors import Unavailable, ValidationFailed, dedupe, validation_fields
+from service.api.auth import RateLimited
+from service.api.errors import Unavailable, ValidationFailed, dedupe, field_error, validation_fields
 from service.api.resolve import Resolved, resolve
 from service.api.requests import generate_adapter
-from service.jobs import protocol
+from service.jobs import keys, protocol
 from service.redis import REDIS_DOWN
 from service.settings import Settings
 from service.storage import Storage
 from service.tasks import TASKS
 
 QUEUE_FULL_RETRY_AFTER_S = 10
+OWNER_FULL_RETRY_AFTER_S = 5  # a key at its max_queued: about when one of its jobs may have started
+
+
+def share(settings: Settings, owner: str | None) -> protocol.Share:
+    """An API key's part of the workers, as the queue scripts take it."""
+    limits = settings.limits(owner)
+    return protocol.Share(weight=limits.weight, max_queued=limits.max_queued, max_running=limits.max_running,
+                          fair=settings.fair_share)
+
+
+def check_priority(settings: Settings, owner: str | None, priority: str) -> None:
+    """422 when `priority` is above the key's `max_priority`."""
+    highest = settings.limits(owner).max_priority
+    if keys.PRIORITIES.index(priority) < keys.PRIORITIES.index(highest):
+        raise ValidationFailed([field_error("priority", f"this API key may ask for {highest} at most")])
 
 
 async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved, *, owner: str | None,
                  idempotency: protocol.Idempotency | None = None) -> str:
     """Enqueue `resolved`; its id. `idempotency`: the claimed key, set to the job id in the same step."""
+    check_priority(settings, owner, resolved.priority)
     job_id = str(uuid.uuid4())
     for name, data in resolved.inputs():
         await asyncio.to_thread(storage.put, job_id, name, data)
     task = resolved.task
     call = protocol.submit(job_id, task, resolved.model, resolved.params, owner=owner, retries=resolved.retries,
                            timeout_s=settings.job_timeout_s[task], cap=settings.queue_cap[task],
-                           idempotency=idempotency, webhook=resolved.webhook, webhook_events=resolved.webhook_events)
+                           idempotency=idempotency, webhook=resolved.webhook, webhook_events=resolved.webhook_events,
+                           priority=resolved.priority, share=share(settings, owner), adapter_urls=resolved.adapter_urls)
     try:
         enqueued = await call.arun(redis)
     except REDIS_DOWN:
@@ -45,6 +64,9 @@ async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved
         raise Unavailable("the job queue is unreachable; retry later") from None
     if not enqueued:
         await asyncio.to_thread(storage.delete_job, job_id)
+        if enqueued is protocol.Enqueued.OWNER_FULL:
+            raise RateLimited(OWNER_FULL_RETRY_AFTER_S, f"this API key has {share(settings, owner).max_queued} jobs "
+                                                        "queued, its max_queued; retry when some have started")
         raise Unavailable(f"the {task} queue is full; retry later", retry_after=QUEUE_FULL_RETRY_AFTER_S)
     return job_id
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from service.catalog.models import PICKLE_SUFFIXES, ModelSpec
 from service.families import FAMILIES, KINDS
+from service.fetch import literal_address_problem
 
 # What a ControlNet's control image is; `canny` maps are made on the worker from any image
 # (`preprocess: canny`), the others are given ready-made (`preprocess: none`).
@@ -26,11 +27,18 @@ LORA_SCALE = (-2.0, 2.0)  # the scale a request may give a LoRA (the contract's 
 def adapter_url_problem(url: str, schemes: list[str]) -> str | None:
     """Why an adapter URL is refused before anything is fetched (None: fetch it, the worker checks the
     bytes are safetensors). The message never quotes the URL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (reading it raises ValueError when it is no number 0..65535)
+    except ValueError:
+        return "is not a valid URL"
     if parts.scheme not in schemes or not parts.hostname:
         return f"must be an URL with scheme {' or '.join(schemes)}"
     if parts.username or parts.password:
         return "must not carry credentials"
+    metadata = literal_address_problem(parts.hostname)
+    if metadata:
+        return metadata.removeprefix("URL ")
     if PurePosixPath(parts.path).suffix.lower() in PICKLE_SUFFIXES:
         return "names a pickle file, which can run code when loaded; give a .safetensors file"
     return None

@@ -26,7 +26,8 @@ from service.settings import Settings
 from service.tasks import GENERATE_TASKS
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every command and its flags."""
     parser = argparse.ArgumentParser(prog="fresco", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run Redis (embedded), the API and worker(s) together, in the foreground")
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="txt2img, sdxl: a second pass at SCALE × the size, e.g. 2 or 2:lanczos:0.4")
     gen.add_argument("--model")
     gen.add_argument("--seed", type=int)
+    gen.add_argument("--priority", choices=("high", "normal", "low"),
+                     help="its class: higher ones go first (at most the API key's max_priority)")
     gen.add_argument("--lora", action="append", metavar="NAME[:SCALE]",
                      help="a LoRA GET /models lists for the model (repeat for several)")
     gen.add_argument("--control", action="append", metavar="CONTROLNET=IMAGE[:SCALE]",
@@ -72,7 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                                          "FRESCO_WEBHOOK_DISPATCHER=false)")
     wh.add_argument("--metrics-port", type=int, default=0, help="serve the dispatcher's /metrics here (0: off)")
     sub.add_parser("webhook-secret", help="make a secret for FRESCO_WEBHOOK_SECRET")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     settings = Settings()
     commands = {"up": cmd_up, "api": cmd_api, "worker": cmd_worker, "generate": cmd_generate,
                 "train": cmd_train, "adapters": cmd_adapters, "hash-key": cmd_hash_key, "convert": cmd_convert,

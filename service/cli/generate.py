@@ -72,7 +72,7 @@ def _hires_arg(item: str) -> dict | str:
 def _request_fields(args) -> dict | str:
     """The request's fields (all but `task`) from the flags; a usage message when a flag is malformed."""
     fields: dict = {}
-    for flag in ("prompt", "model", "seed"):
+    for flag in ("prompt", "model", "seed", "priority"):
         if getattr(args, flag) is not None:
             fields[flag] = getattr(args, flag)
     if args.image:
@@ -132,7 +132,8 @@ def cmd_generate(settings: Settings, args) -> int:
     with Client(base_url, args.api_key) as client:
         try:
             job = client.submit(args.task, **fields)
-            job = to_end(client, job, _follow, f"job {job.id} ({job.task}, model {job.model}, seed {job.seed})")
+            job = to_end(client, job, _follow, f"job {job.id} ({job.task}, model {job.model}, seed {job.seed})"
+                                               + queued_note(job))
             if isinstance(job, int):
                 return job
             for path in client.download(job, args.out):
@@ -143,6 +144,14 @@ def cmd_generate(settings: Settings, args) -> int:
         except KeyboardInterrupt:  # before the job existed, or while downloading: nothing to cancel
             return 130
     return 0
+
+
+def queued_note(job) -> str:
+    """Where a queued job stands: `, queued: 3 jobs ahead` ('' once it runs)."""
+    if job.status != "queued" or job.queue_position is None:
+        return ""
+    ahead = job.queue_position
+    return ", queued: next" if ahead == 0 else f", queued: {ahead} job{'s' if ahead != 1 else ''} ahead"
 
 
 def to_end(client, job, follow, announce: str):
@@ -185,15 +194,16 @@ def _progress_bar():
                     console=Console(stderr=True))
 
 
-def _bar_fields(progress) -> dict:
+def _bar_fields(progress, position: int | None = None) -> dict:
     steps = f"step {progress.step}/{progress.total_steps}" if progress.total_steps else ""
-    return {"completed": progress.fraction, "stage": progress.stage, "steps": steps}
+    stage = f"queued ({position} ahead)" if progress.stage == "queued" and position else progress.stage
+    return {"completed": progress.fraction, "stage": stage, "steps": steps}
 
 
 def _follow(client, job):
     """Show the job's progress events on the bar until it ends; the terminal Job."""
     with _progress_bar() as bar:
-        row = bar.add_task(job.id, total=1.0, **_bar_fields(job.progress))
+        row = bar.add_task(job.id, total=1.0, **_bar_fields(job.progress, job.queue_position))
         # Drawn at each event, besides rich's own ticks, so that no stage goes by unseen.
         job = client.follow(job, lambda event: bar.update(row, refresh=True, **_bar_fields(event.progress)))
         bar.update(row, refresh=True, **_bar_fields(job.progress))

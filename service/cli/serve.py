@@ -7,7 +7,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from service.config_errors import EX_CONFIG, ConfigError
 from service.settings import Settings
+
+
+def config_error(command: str, error: ConfigError) -> int:
+    """Say what is misconfigured in one line (no traceback), and the exit code `fresco up` does not restart."""
+    import logging
+
+    logging.getLogger(f"fresco.{command}").critical("configuration error: %s", error)
+    return EX_CONFIG
 
 
 def _multiprocess_metrics_dir() -> tuple[str, bool]:
@@ -40,6 +49,13 @@ def cmd_api(settings: Settings, args) -> int:
     from service.logs import configure_logging
 
     configure_logging(settings)
+    from service.catalog import load_catalog
+    from service.config_errors import CONFIG_ERRORS
+
+    try:
+        load_catalog(settings.models_file)  # as create_app will, in each process: said here once, in one line
+    except CONFIG_ERRORS as exc:
+        return config_error("api", ConfigError.of(exc))
     processes = args.processes or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     metrics_dir, temporary = _multiprocess_metrics_dir() if processes > 1 else (None, False)
     # uvloop and httptools (uvicorn[standard]) when installed: the fastest event loop and HTTP parser.
@@ -61,4 +77,7 @@ def cmd_worker(settings: Settings, args) -> int:
     tuning.tune_process()  # before torch is imported: the allocator and OpenMP settings it reads
     from workers.worker import main
 
-    return main(settings)
+    try:
+        return main(settings)
+    except ConfigError as exc:  # met at start-up: a bad models file, a model that cannot load as configured
+        return config_error("worker", exc)

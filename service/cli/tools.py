@@ -29,7 +29,7 @@ def cmd_convert(settings: Settings, args) -> int:
     notes: list[str] = []
     try:
         written = convert(Path(args.src), Path(args.dst), notes)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # refused, or the disk said no: nothing is left at the destination
         print(f"fresco convert: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {len(written)} safetensors file(s) under {args.dst}; it loads without trust_pickle")

@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from service.cli.generate import _report, _say, add_params, to_end
+from service.cli.generate import _report, _say, add_params, queued_note, to_end
 from service.settings import Settings
 
 METHODS = ("lora", "embedding", "lora+embedding")
 # The flags that are request fields as they are (the flag's dest is the field's name).
-FIELD_FLAGS = ("method", "steps", "rank", "learning_rate", "resolution", "trigger", "init_token", "seed")
+FIELD_FLAGS = ("method", "steps", "rank", "learning_rate", "resolution", "trigger", "init_token", "seed", "priority")
 
 
 def client_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> None:
@@ -46,6 +46,8 @@ def add_parsers(sub) -> None:
     train.add_argument("--init-token", help="embedding: the word its vectors start from")
     train.add_argument("--validation-prompt", help="the prompt of the validation images")
     train.add_argument("--seed", type=int)
+    train.add_argument("--priority", choices=("high", "normal", "low"),
+                       help="its class: higher ones go first (at most the API key's max_priority)")
     train.add_argument("--caption", help="the caption of each image that has no .txt file")
     train.add_argument("--replace", action="store_true", help="replace this key's adapter of the same name")
     train.add_argument("--param", action="append", metavar="KEY=VALUE",
@@ -93,7 +95,8 @@ def cmd_train(settings: Settings, args) -> int:
     with Client(_base_url(settings, args), args.api_key) as client:
         try:
             job = client.train(args.model, args.name, args.dataset, captions=args.caption, **fields)
-            announce = f"job {job.id} (train {args.name}, model {job.model}, {job.params.get('steps')} steps)"
+            announce = (f"job {job.id} (train {args.name}, model {job.model}, {job.params.get('steps')} steps)"
+                        + queued_note(job))
             if not args.wait:
                 _say(announce)
                 print(job.id)

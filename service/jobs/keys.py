@@ -11,6 +11,8 @@
     fresco:idem:<sha256>          string: an Idempotency-Key's claim, `<body digest>:<job id>`
     fresco:rate:<key name>        string: an API key's rate-limit state (GCRA)
     fresco:webhooks:due           sorted set: webhook delivery ids by when each is due (or its lease ends)
+    fresco:url-signing-secret     string: the result URLs' signing secret, when FRESCO_URL_SIGNING_SECRET is unset
+    fresco:webhooks:leased        hash: webhook delivery id -> its API key's name, while taken (per-key cap)
     fresco:webhook:<delivery id>  hash: one webhook delivery (fields in DELIVERY_FIELDS)
     fresco:a1111:options[:<key name>]  hash: AUTOMATIC1111 options an API key set (POST /sdapi/v1/options); no
                                   key name: the one shared slot when API keys are off
@@ -19,6 +21,17 @@
     fresco:adapters[:<key name>]  hash: the adapters an API key trained, name -> record (JSON); no key name:
                                   the one shared registry when API keys are off (service/adapter_registry.py)
     fresco:adapter-refs           hash: adapter file digest -> how many registry records name it
+    fresco:fair:<queue>:<class>   sorted set: the queued job ids of one RQ queue and priority class (high,
+                                  normal, low), by start tag: the order workers take them in (fair share,
+                                  service/jobs/scripts/lib/fair.lua)
+    fresco:fair:<queue>:<class>:tags  hash: API key name -> [its last finish tag, its jobs in that set] (JSON)
+    fresco:fair:<queue>:clock     hash: class -> the queue's virtual time in that class
+    fresco:fair:wake:<queue>      list: tokens that wake an idle worker of the queue (short; trimmed)
+    fresco:fair:jobs              hash: queued job id -> [owner, class, tag owner] (JSON), while in a class set
+    fresco:fair:queued            hash: API key name -> its queued jobs
+    fresco:fair:running           hash: API key name -> its running jobs (with those taken, not yet started)
+    fresco:fair:taken             hash: job id -> when a worker took it off its queue (until it starts it)
+    fresco:fair:limits            hash: API key name -> its `max_running` (only keys that have one)
     rq:queue:fresco-<task>-<model>  list: RQ's queue of one task and model (job ids)
     rq:queues                     set: RQ's registry of queue keys
     rq:job:<id>                   hash: RQ's job (JSON-serialized call of RQ_ENTRY_POINT)
@@ -44,7 +57,9 @@ JOB_FIELDS = frozenset({
     "started_at", "worker",  # set when a worker starts the job
     "finished_at", "result", "error", "timings",  # set when it ends
     "cancel",  # set by a cancel request; read by the worker at each step
+    "priority", "fair_tag", "fair_keys",  # set at submit: its class, its start tag, its queue's class sets
     "webhook", "webhook_events",  # set at submit when the request names a webhook: its URL, the events (JSON)
+    "adapter_urls",  # set at submit when a LoRA URL has a query: the full URLs `params` shows without (JSON)
     "webhook_enqueued", "webhook_progress_at",  # by the transitions that owe it a delivery (the outbox)
     "webhook_delivered", "webhook_attempts", "webhook_last_status",  # by the dispatcher, after each attempt
 })
@@ -53,6 +68,7 @@ JOB_FIELDS = frozenset({
 # (service/jobs/scripts/lib/webhook_outbox.lua) and by the dispatcher (service/webhooks/outbox.py).
 DELIVERY_FIELDS = frozenset({
     "job", "event", "url", "created_at", "seq",  # the job's id, the event, where to, when, its number for the job
+    "owner",  # the job's API key's name ('' when keys are off): the dispatcher's per-key cap
     "snapshot",  # the job record as the event left it (JSON), until the body is rendered from it
     "body", "attempts",  # the rendered body, sent as is by every attempt; attempts so far
 })
@@ -96,6 +112,8 @@ def rate(owner: str) -> str:
 
 
 WEBHOOKS_DUE = f"{PREFIX}webhooks:due"
+WEBHOOKS_LEASED = f"{PREFIX}webhooks:leased"
+URL_SIGNING_SECRET = f"{PREFIX}url-signing-secret"
 
 
 def webhook_delivery(delivery_id: str) -> str:
@@ -142,6 +160,33 @@ def rq_queue(task: str, model: str) -> str:
 
 
 RQ_QUEUES = Queue.redis_queues_keys
+
+
+PRIORITIES = ("high", "normal", "low")  # the priority classes, highest first
+FAIR_QUEUED, FAIR_RUNNING, FAIR_TAKEN, FAIR_LIMITS, FAIR_JOBS = (
+    f"{PREFIX}fair:{name}" for name in ("queued", "running", "taken", "limits", "jobs"))
+
+
+def fair_queue(task: str, model: str, priority: str) -> str:
+    return f"{PREFIX}fair:{queue_name(task, model)}:{priority}"
+
+
+def fair_queues(task: str, model: str) -> tuple[str, ...]:
+    """The queue's class sets, highest priority first."""
+    return tuple(fair_queue(task, model, p) for p in PRIORITIES)
+
+
+def fair_tags(task: str, model: str) -> tuple[str, ...]:
+    """The queue's key tags of each class, highest priority first."""
+    return tuple(f"{fair_queue(task, model, p)}:tags" for p in PRIORITIES)
+
+
+def fair_clock(task: str, model: str) -> str:
+    return f"{PREFIX}fair:{queue_name(task, model)}:clock"
+
+
+def fair_wake(task: str, model: str) -> str:
+    return f"{PREFIX}fair:wake:{queue_name(task, model)}"
 
 
 def rq_job(job_id: str) -> str:

@@ -8,20 +8,28 @@ status, stage and event from `service/jobs/states.py` is passed as ARGV. The tra
 function that performs each:
 
     (new) -> queued              submit        POST /generate
-    queued -> running            start         the worker RQ hands the job to
-                                 claim         the same worker, for the jobs it batches with it
+    queued -> (taken)            pick          a worker's next job under fair share and priorities
+    queued|taken -> running      start         the worker that took it
+                                 claim         a worker, for the jobs it batches with it or takes next
     queued -> canceled           cancel        DELETE /jobs/{id} (a running job is only flagged)
     running -> succeeded|failed|canceled
                                  end           the worker, when the job ends
     running -> queued|failed     reap          the reaper, when the job's worker is gone
     running -> failed            fail_stuck    the reaper, when a job outlives its timeout
-    queued (lost) -> queued      restore       the reaper, when a queued job is on no RQ list
+    queued (lost) -> queued      restore       the reaper, when a queued job is on no RQ list or fair
+                                               set, or was taken by a worker that never started it
 
 A job whose request named a `webhook` is owed a delivery by the transitions its filter asks for
 (start and claim: `start`; report: `progress`, at most one per interval; end, fail_stuck, cancel of a
 queued job and reap to failed: `completed`). The script that makes the transition writes it to the
 outbox in the same atomic step (scripts/lib/webhook_outbox.lua); each such function passes a fresh
 delivery id and its key, used only when one is owed. service/webhooks/ delivers them.
+
+Fair share (scripts/lib/fair.lua): RQ's list of a task and model keeps every queued job in the order
+it came (what `rq info` shows), and a sorted set per priority class orders the same jobs the way workers
+take them: start-time fair queueing per API key, weighted (`pick`, and `peek` for batching). Every script
+that changes a job's status keeps its key's queued and running counts (`max_queued` at submit,
+`max_running` at pick and claim).
 
 Besides the job's: `rate_limit`, an API key's rate limit (a GCRA), for the API.
 """
@@ -45,6 +53,7 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from service import lora_urls
 from service.jobs import keys
 from service.jobs.states import (CANCELED_BY_REQUEST, ErrorCode, JobStatus, WebhookEvent, done_event, ended_progress,
                                  job_error, progress_event, queued_progress)
@@ -115,10 +124,12 @@ class Script:
         return hash(self.sha)
 
 
-SUBMIT, VIEW, RESTORE, GCRA = (Script(n) for n in ("submit", "view", "restore", "gcra"))
-# The transitions that may owe a job's webhook a delivery.
-TRANSITION, PROGRESS, CANCEL, REAP, CLAIM = (
-    Script(n, lib=("webhook_outbox",)) for n in ("transition", "progress", "cancel", "reap", "claim"))
+VIEW, GCRA = (Script(n) for n in ("view", "gcra"))
+SUBMIT, RESTORE, PICK = (Script(n, lib=("fair",)) for n in ("submit", "restore", "pick"))
+PROGRESS = Script("progress", lib=("webhook_outbox",))
+# The transitions that may owe a job's webhook a delivery, and change a job's status.
+TRANSITION, CANCEL, REAP, CLAIM = (
+    Script(n, lib=("webhook_outbox", "fair")) for n in ("transition", "cancel", "reap", "claim"))
 
 
 @dataclass(slots=True)
@@ -192,33 +203,76 @@ class Idempotency:
     ttl_s: int
 
 
+@dataclass(frozen=True)
+class Share:
+    """An API key's part of the workers (service/api/keys.py): its `weight` in fair share, and its caps
+    on queued (`max_queued`) and running (`max_running`) jobs (0: none). `fair` False: first come, first
+    served across keys (priorities still apply)."""
+
+    weight: float = 1.0
+    max_queued: int = 0
+    max_running: int = 0
+    fair: bool = True
+
+
+class Enqueued(StrEnum):
+    """What `submit` did: only OK is true."""
+
+    OK = "ok"
+    FULL = "full"  # the task's queue is at its cap
+    OWNER_FULL = "owner_full"  # the API key has `max_queued` jobs queued
+
+    def __bool__(self) -> bool:
+        return self is Enqueued.OK
+
+
+def _class(priority: str) -> int:
+    """A priority class's number in the scripts (1: highest)."""
+    return keys.PRIORITIES.index(priority) + 1
+
+
+_FAIR_COUNTS = (keys.FAIR_QUEUED, keys.FAIR_RUNNING, keys.FAIR_TAKEN)
+
+
 def submit(job_id: str, task: str, model: str, params: dict, *, owner: str | None, retries: int, timeout_s: int,
            cap: int, idempotency: Idempotency | None = None, at: float | None = None, webhook: str | None = None,
-           webhook_events: Sequence[WebhookEvent] = ()) -> Call[bool]:
-    """Enqueue: True, or False when the task's queue is at `cap` (nothing written). `webhook`: the URL
-    the job's `webhook_events` are delivered to (kept out of `params`: its query may hold a token)."""
+           webhook_events: Sequence[WebhookEvent] = (), priority: str = "normal",
+           share: Share = Share(), adapter_urls: dict[str, str] | None = None) -> Call[Enqueued]:
+    """Enqueue in its `priority` class, under its key's `share`: Enqueued.OK, or why nothing was
+    written. `webhook`: the URL the job's `webhook_events` are delivered to (kept out of `params`: its
+    query may hold a token); `adapter_urls`: the full LoRA URLs `params` shows without their query
+    (service/lora_urls.py `split`), which the worker reads back into them (`load_input`, `peek`, `claim`)."""
     at = now() if at is None else at
+    owner = owner or ""
     record = {"id": job_id, "task": task, "model": model, "status": JobStatus.QUEUED, "created_at": repr(at),
               "params": dumps(params), "warnings": "[]", "progress": dumps(queued_progress()),
-              "owner": owner or "", "retries_left": str(retries)}
+              "owner": owner, "retries_left": str(retries), "priority": priority,
+              "fair_keys": dumps(keys.fair_queues(task, model))}
     if webhook:
         record.update(webhook=webhook, webhook_events=dumps(list(webhook_events)))
+    if adapter_urls:
+        record["adapter_urls"] = dumps(adapter_urls)
     args: list = [job_id, repr(at), cap, idempotency.value_prefix + job_id if idempotency else "",
-                  idempotency.ttl_s if idempotency else 0, len(record)]
+                  idempotency.ttl_s if idempotency else 0, owner, share.max_queued, share.max_running,
+                  _class(priority), owner if share.fair else "", repr(float(share.weight) if share.fair else 1.0),
+                  len(record)]
     for pair in record.items():
         args += pair
     for pair in _rq_job_fields(job_id, task, model, timeout_s).items():
         args += pair
+    c = _class(priority) - 1
     keys_ = [keys.job(job_id), keys.rq_job(job_id), keys.status_index(task, JobStatus.QUEUED),
-             keys.rq_queue(task, model), keys.RQ_QUEUES]
+             keys.rq_queue(task, model), keys.RQ_QUEUES, *_FAIR_COUNTS, keys.FAIR_LIMITS, keys.FAIR_JOBS,
+             keys.fair_clock(task, model), keys.fair_queues(task, model)[c], keys.fair_tags(task, model)[c],
+             keys.fair_wake(task, model)]
     if idempotency:
         keys_.append(idempotency.key)
-    return Call(SUBMIT, tuple(keys_), tuple(args), _is("ok"))
+    return Call(SUBMIT, tuple(keys_), tuple(args), lambda reply: Enqueued(_str(reply)))
 
 
 # The view's arguments that never change, encoded once: it is the API's hottest call.
 _VIEW_KEYS = tuple(keys.status_index(t, JobStatus.QUEUED).encode() for t in TASK_NAMES)
-_VIEW_ARGS = (JobStatus.QUEUED.encode(), *(t.encode() for t in TASK_NAMES))
+_VIEW_ARGS = (JobStatus.QUEUED.encode(), *(p.encode() for p in keys.PRIORITIES), *(t.encode() for t in TASK_NAMES))
 
 
 def _view_reply(raw) -> dict[str, str] | None:
@@ -231,15 +285,20 @@ def view(job_id: str) -> Call[dict[str, str] | None]:
 
 
 def load_input(client, job_id: str) -> tuple[dict, float, bool] | None:
-    """A worker's read of the job it is about to start: its params, creation time, and whether someone
-    already watches its live previews (sync client)."""
+    """A worker's read of the job it is about to start: its params (with their full LoRA URLs), creation
+    time, and whether someone already watches its live previews (sync client)."""
     with client.pipeline(transaction=False) as pipe:
-        pipe.hmget(keys.job(job_id), "params", "created_at")
+        pipe.hmget(keys.job(job_id), "params", "created_at", "adapter_urls")
         pipe.exists(keys.watched(job_id))
-        (raw_params, raw_created), watched_ = pipe.execute()
+        (raw_params, raw_created, raw_urls), watched_ = pipe.execute()
     if raw_params is None:
         return None
-    return json.loads(raw_params), float(raw_created), bool(watched_)
+    return _run_params(raw_params, raw_urls), float(raw_created), bool(watched_)
+
+
+def _run_params(raw_params, raw_urls) -> dict:
+    """A record's params as a worker runs them: each LoRA URL with its query (service/lora_urls.py)."""
+    return lora_urls.restore(json.loads(raw_params), json.loads(raw_urls) if raw_urls else None)
 
 
 # ---------------------------------------------------------------- transitions
@@ -258,11 +317,11 @@ def _transition(job_id: str, task: str, allowed: Sequence[JobStatus], to: JobSta
     at = now() if at is None else at
     delivery_id, delivery_key = _delivery()
     args: list = [job_id, len(allowed), *allowed, to, repr(at), ttl, dumps(event) if event else "", webhook or "",
-                  delivery_id]
+                  delivery_id, JobStatus.QUEUED, JobStatus.RUNNING]
     for name, value in fields.items():
         args += [name, value if isinstance(value, str) else dumps(value)]
     keys_ = (keys.job(job_id), *(keys.status_index(task, s) for s in allowed), keys.status_index(task, to),
-             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key)
+             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key, *_FAIR_COUNTS)
     return Call(TRANSITION, keys_, tuple(args), _moved)
 
 
@@ -337,48 +396,89 @@ def cancel(job_id: str, task: str, model: str, *, ttl: int, at: float | None = N
     delivery_id, delivery_key = _delivery()
     keys_ = (keys.job(job_id), keys.rq_queue(task, model), keys.rq_job(job_id),
              keys.status_index(task, JobStatus.QUEUED), keys.status_index(task, JobStatus.CANCELED),
-             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key)
+             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key, *_FAIR_COUNTS, *_fair_queue_keys(task, model))
     args = (job_id, JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.CANCELED, repr(at), ttl,
             dumps(job_error(ErrorCode.CANCELED, CANCELED_BY_REQUEST)), dumps(done_event(JobStatus.CANCELED)),
             dumps(ended_progress()), WebhookEvent.COMPLETED, delivery_id)
     return Call(CANCEL, keys_, args, lambda reply: CancelOutcome(_str(reply)) if reply else CancelOutcome.MISSING)
 
 
-def reap(job_id: str, task: str, model: str, *, worker: str, ttl: int, at: float) -> Call[JobStatus | None]:
-    """A running job whose worker is gone: its new status, queued (a retry was left) or failed
-    (worker_lost), or None when it was not running on `worker` any more."""
+def reap(job_id: str, task: str, model: str, *, worker: str, ttl: int, at: float,
+         priority: str = "normal") -> Call[JobStatus | None]:
+    """A running job whose worker is gone: its new status, queued (a retry was left: back in its
+    `priority` class, with its start tag) or failed (worker_lost), or None when it was not running on
+    `worker` any more."""
     delivery_id, delivery_key = _delivery()
+    c = _class(priority) - 1
     keys_ = (keys.job(job_id), keys.rq_queue(task, model), keys.status_index(task, JobStatus.RUNNING),
              keys.status_index(task, JobStatus.QUEUED), keys.status_index(task, JobStatus.FAILED),
-             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key)
+             keys.events(job_id), keys.WEBHOOKS_DUE, delivery_key, *_FAIR_COUNTS, keys.FAIR_JOBS,
+             keys.fair_clock(task, model), keys.fair_queues(task, model)[c], keys.fair_tags(task, model)[c],
+             keys.fair_wake(task, model))
     args = (job_id, worker, repr(at), ttl, JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.FAILED,
             dumps(job_error(ErrorCode.WORKER_LOST, "the worker running this job stopped answering")),
             dumps(progress_event(JobStatus.QUEUED, queued_progress())), dumps(done_event(JobStatus.FAILED)),
-            dumps(ended_progress()), dumps(queued_progress()), WebhookEvent.COMPLETED, delivery_id)
+            dumps(ended_progress()), dumps(queued_progress()), WebhookEvent.COMPLETED, delivery_id, c + 1)
     outcomes = {"requeued": JobStatus.QUEUED, "failed": JobStatus.FAILED}
     return Call(REAP, keys_, args, lambda reply: outcomes[_str(reply)] if reply else None)
 
 
-def restore(job_id: str, task: str, model: str) -> Call[bool]:
-    """A queued job found on no RQ list goes back on its list: True when it did."""
-    return Call(RESTORE, (keys.job(job_id), keys.rq_queue(task, model), keys.rq_job(job_id)),
-                (job_id, JobStatus.QUEUED), lambda reply: bool(reply))
+TAKEN_GRACE_S = 10.0  # a job a worker took and has not started this long is back on its queue (the worker died)
+
+
+def restore(job_id: str, task: str, model: str, *, priority: str = "normal", at: float | None = None,
+            grace_s: float = TAKEN_GRACE_S) -> Call[bool]:
+    """A queued job found on no RQ list or in no class set, or taken by a worker that has not started it
+    within `grace_s`, goes back: True when it did."""
+    c = _class(priority) - 1
+    return Call(RESTORE, (keys.job(job_id), keys.rq_queue(task, model), keys.rq_job(job_id), *_FAIR_COUNTS,
+                          keys.FAIR_JOBS, keys.fair_clock(task, model), keys.fair_queues(task, model)[c],
+                          keys.fair_tags(task, model)[c], keys.fair_wake(task, model)),
+                (job_id, JobStatus.QUEUED, repr(now() if at is None else at), grace_s, c + 1),
+                lambda reply: bool(reply))
+
+
+def _fair_queue_keys(task: str, model: str) -> tuple[str, ...]:
+    """A queue's fair-share keys, as cancel and claim take them: the fair jobs, its clock, its class sets
+    and their key tags."""
+    return (keys.FAIR_JOBS, keys.fair_clock(task, model), *keys.fair_queues(task, model), *keys.fair_tags(task, model))
+
+
+PICK_SCAN = 64  # the entries of a class set `pick` looks at for a key under its max_running
+
+
+def pick(queues: Sequence[tuple[str, str]], *, at: float | None = None) -> Call[tuple[int, str] | None]:
+    """The next job for a worker of `queues` ((task, model), in its order), taken off its queue: (its
+    queue's index in `queues`, its id), or None when none can be taken now (sync client: the worker)."""
+    keys_: list[str] = [*_FAIR_COUNTS, keys.FAIR_LIMITS, keys.FAIR_JOBS]
+    for task, model in queues:
+        keys_ += [keys.rq_queue(task, model), keys.fair_clock(task, model), *keys.fair_queues(task, model),
+                  *keys.fair_tags(task, model)]
+    return Call(PICK, tuple(keys_), (repr(now() if at is None else at), PICK_SCAN),
+                lambda reply: (int(reply[0]) - 1, _str(reply[1])) if reply else None)
 
 
 # ---------------------------------------------------------------- dynamic batching
 
 
 def peek(client, task: str, model: str, window: int) -> list[tuple[str, dict]]:
-    """The queued jobs at the head of a task and model's RQ list, with their params, for a worker to
-    choose compatible ones from (sync client, two round trips; `claim` is what takes them)."""
-    ids = [_str(i) for i in client.lrange(keys.rq_queue(task, model), 0, window - 1)]
+    """The next queued jobs of a task and model in the order workers take them (its class sets, highest
+    first), with their params, for a worker to choose compatible ones from (sync client, two round
+    trips; `claim` is what takes them)."""
+    ids: list[str] = []
+    with client.pipeline(transaction=False) as pipe:
+        for zset in keys.fair_queues(task, model):
+            pipe.zrange(zset, 0, window - 1)
+        for head in pipe.execute():
+            ids += [_str(i) for i in head]
+    ids = ids[:window]
     if not ids:
         return []
     with client.pipeline(transaction=False) as pipe:
         for job_id in ids:
-            pipe.hmget(keys.job(job_id), "status", "params")
+            pipe.hmget(keys.job(job_id), "status", "params", "adapter_urls")
         rows = pipe.execute()
-    return [(job_id, json.loads(params)) for job_id, (status, params) in zip(ids, rows)
+    return [(job_id, _run_params(params, urls)) for job_id, (status, params, urls) in zip(ids, rows)
             if params is not None and _str(status) == JobStatus.QUEUED]
 
 
@@ -391,10 +491,12 @@ class Claimed:
 
 def claim(task: str, model: str, job_ids: Sequence[str], *, worker: str, progress: dict,
           at: float) -> Call[list[Claimed]]:
-    """Take `job_ids` off the task and model's RQ list and start them on `worker` (queued -> running);
-    the jobs another worker took first, or that were canceled, are left out of the answer."""
+    """Take `job_ids` off the task and model's queue and start them on `worker` (queued -> running);
+    the jobs another worker took first, that were canceled, or whose key is at its `max_running` are
+    left out of the answer."""
     keys_: list[str] = [keys.rq_queue(task, model), keys.status_index(task, JobStatus.QUEUED),
-                        keys.status_index(task, JobStatus.RUNNING), keys.WEBHOOKS_DUE]
+                        keys.status_index(task, JobStatus.RUNNING), keys.WEBHOOKS_DUE, *_FAIR_COUNTS,
+                        keys.FAIR_LIMITS, *_fair_queue_keys(task, model)]
     args: list = [repr(at), worker, dumps(progress), dumps(progress_event(JobStatus.RUNNING, progress)),
                   JobStatus.QUEUED, JobStatus.RUNNING, RQStatus.STARTED.value, WebhookEvent.START]
     for job_id in job_ids:
@@ -403,7 +505,8 @@ def claim(task: str, model: str, job_ids: Sequence[str], *, worker: str, progres
         args += [job_id, delivery_id]
 
     def decode(reply) -> list[Claimed]:
-        return [Claimed(_str(i), json.loads(p), float(c)) for i, p, c in zip(reply[::3], reply[1::3], reply[2::3])]
+        return [Claimed(_str(i), _run_params(p, u), float(c))
+                for i, p, c, u in zip(reply[::4], reply[1::4], reply[2::4], reply[3::4])]
 
     return Call(CLAIM, tuple(keys_), tuple(args), decode)
 

@@ -6,8 +6,8 @@ once are safe. It ends or requeues:
   `worker_lost`, or back to the queue once when the request allowed a retry (protocol.reap);
 - running jobs far past their task's timeout (a worker stuck in a call SIGALRM cannot interrupt):
   `failed` with `timeout` (protocol.fail_stuck);
-- queued jobs found in no RQ queue list (popped by a worker that died before it started them):
-  back on their list (protocol.restore).
+- queued jobs found in no RQ queue list or fair-share set, or taken off them by a worker that died
+  before it started them: back on their queue (protocol.restore).
 It also deletes the files of jobs whose record has expired (local storage; S3 expires by lifecycle).
 """
 
@@ -27,6 +27,11 @@ RESTORE_AFTER_S = 10.0  # a queued job missing from its list this long was lost 
 STUCK_GRACE_S = 60.0  # beyond the task timeout, on top of RQ's own alarm
 RESULTS_SWEEP_EVERY_S = 600.0  # how often expired jobs' files are looked for
 RESULTS_MIN_AGE_S = 3600.0  # a job folder younger than this is never deleted (its record may be on its way)
+
+
+def _priority(raw: bytes | None) -> str:
+    """A record's priority class (a job queued before priorities has none: normal)."""
+    return raw.decode() if raw else "normal"
 
 
 class Reaper:
@@ -74,11 +79,12 @@ class Reaper:
             queued = keys.status_index(task, JobStatus.QUEUED)
             for raw_id in await self.redis.zrangebyscore(queued, "-inf", now - RESTORE_AFTER_S):
                 job_id = raw_id.decode()
-                model = await self.redis.hget(keys.job(job_id), "model")
+                model, priority = await self.redis.hmget(keys.job(job_id), "model", "priority")
                 if model is None:
                     await self.redis.zrem(queued, job_id)  # expired record
                     continue
-                if await protocol.restore(job_id, task, model.decode()).arun(self.redis):
+                if await protocol.restore(job_id, task, model.decode(), priority=_priority(priority),
+                                          at=now).arun(self.redis):
                     counts["restored"] += 1
                     log.warning("job %s (%s) was in no queue; put back", job_id, task)
         return counts
@@ -101,13 +107,14 @@ class Reaper:
         return len(gone)
 
     async def _check_running(self, job_id: str, task: str, started: float, now: float, counts: dict) -> None:
-        worker, model = await self.redis.hmget(keys.job(job_id), "worker", "model")
+        worker, model, priority = await self.redis.hmget(keys.job(job_id), "worker", "model", "priority")
         if worker is None or model is None:
             return
         worker = worker.decode()
         ttl = self.settings.job_ttl_s
         if not await is_alive(self.redis, worker):
-            outcome = await protocol.reap(job_id, task, model.decode(), worker=worker, ttl=ttl, at=now).arun(self.redis)
+            outcome = await protocol.reap(job_id, task, model.decode(), worker=worker, ttl=ttl, at=now,
+                                          priority=_priority(priority)).arun(self.redis)
             if outcome:
                 counts["requeued" if outcome is JobStatus.QUEUED else "worker_lost"] += 1
                 log.warning("job %s (%s): worker %s lost; %s", job_id, task, worker,

@@ -86,6 +86,7 @@ def to_view(h: dict[str, str], base_url: str, sign: Callable[[str, str], str] = 
         "started_at": iso(h.get("started_at")),
         "finished_at": iso(h.get("finished_at")),
         "queue_position": position if position >= 0 else None,
+        "priority": h.get("priority") or "normal",
         "progress": _json(h, "progress", queued_progress()),
         "params": params,
         "warnings": _json(h, "warnings", []),

@@ -13,6 +13,10 @@ delivers; connection errors, timeouts, 429 and 5xx are retried with exponential 
 jitter (a `Retry-After` on 429 and 503 is honoured as the least wait), until FRESCO_WEBHOOK_RETRY_FOR_S
 after the event; any other answer (3xx, 4xx) gives up at once. A job's deliveries go out in the order
 its events happened, one at a time, as long as each succeeds; a retried one may arrive after later ones.
+
+Fair across API keys: each dispatcher attempts at most FRESCO_WEBHOOK_MAX_IN_FLIGHT deliveries at once,
+and of one key's at most FRESCO_WEBHOOK_MAX_IN_FLIGHT_PER_KEY over all dispatchers (held in Redis, see
+outbox.py); due deliveries of other keys are taken past a key at its cap, the keys in turns.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ from service.webhooks.outbox import Delivery
 log = logging.getLogger("fresco.webhooks")
 
 POLL_INTERVAL_S = 0.25  # how often the due set is looked at while there is nothing to send
-MAX_IN_FLIGHT = 64  # deliveries one dispatcher attempts at once (and takes per look)
 MAX_BACKOFF_S = 3600.0  # the longest wait between two attempts (and the most of a Retry-After honoured)
 LEASE_MARGIN_S = 5.0  # a lease outlasts the longest attempt (resolving and posting) by this much
 STOP_GRACE_S = 5.0  # on stop, attempts in flight get this long to finish; the rest are due again later
@@ -80,6 +83,9 @@ class Dispatcher:
         self.sign_url = UrlSigner(settings).sign
         self.schemes, self.networks = targets.schemes(settings), targets.allowed_networks(settings)
         self.lease_s = settings.webhook_timeout_s + LEASE_MARGIN_S
+        self.max_in_flight = settings.webhook_max_in_flight  # attempts at once here (and taken per look)
+        self.max_per_key = settings.webhook_max_in_flight_per_key  # one key's, over all dispatchers
+        self._owners: dict[str, str] = {}  # delivery id -> its key's name, as looks read them
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task | None = None
         self._stopping = asyncio.Event()
@@ -127,7 +133,7 @@ class Dispatcher:
                 pass  # nothing to do until Redis is back; leased deliveries come due again
             except Exception:
                 log.exception("webhook dispatch failed")
-            if taken and len(self._in_flight) < MAX_IN_FLIGHT:
+            if taken and len(self._in_flight) < self.max_in_flight:
                 continue  # there may be more due right now
             try:
                 await asyncio.wait_for(self._stopping.wait(), POLL_INTERVAL_S)
@@ -136,11 +142,16 @@ class Dispatcher:
 
     async def dispatch_due(self) -> int:
         """Take the due deliveries there is room for and start their attempts: how many were taken."""
-        room = MAX_IN_FLIGHT - len(self._in_flight)
+        room = self.max_in_flight - len(self._in_flight)
         if room <= 0:
             return 0
         at = now()
-        ids = [i for i in await outbox.take(at, at + self.lease_s, room).arun(self.redis) if i not in self._in_flight]
+        look = await outbox.look(self.redis, at, room, self.max_per_key, self._owners)
+        self.metrics.keys_at_cap.set(look.capped)
+        if not look.candidates:
+            return 0
+        taken = await outbox.take(at, at + self.lease_s, room, self.max_per_key, look.candidates).arun(self.redis)
+        ids = [i for i in taken if i not in self._in_flight]
         deliveries = []
         for delivery_id, delivery in zip(ids, await outbox.read(self.redis, ids)):
             if delivery is None:
@@ -159,6 +170,7 @@ class Dispatcher:
     def _launch(self, delivery: Delivery) -> None:
         """Attempt `delivery` once the job's delivery before it (if any is in flight here) has been attempted."""
         self._in_flight.add(delivery.id)
+        self.metrics.in_flight.inc()
         before = self._last_of_job.get(delivery.job)
         task = asyncio.create_task(self._attempt_after(before, delivery))
         self._last_of_job[delivery.job] = task
@@ -167,6 +179,8 @@ class Dispatcher:
         def done(t: asyncio.Task) -> None:
             self._attempts.discard(t)
             self._in_flight.discard(delivery.id)
+            self._owners.pop(delivery.id, None)
+            self.metrics.in_flight.dec()
             if self._last_of_job.get(delivery.job) is t:
                 del self._last_of_job[delivery.job]
 

@@ -5,7 +5,7 @@ read from Redis at scrape time (so any process's scrape says the same)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 from service.jobs import keys
@@ -30,6 +30,15 @@ class WebhookMetrics:
         self.lag = Histogram(
             "fresco_webhook_delivery_lag_seconds", "From the event (the job's transition) to its delivery's 2xx.",
             buckets=LAG_BUCKETS, registry=registry)
+        # Gauges of the dispatcher's own: summed (in flight) or the most (keys at cap) over the API's processes.
+        self.in_flight = Gauge(
+            "fresco_webhook_attempts_in_flight", "Webhook deliveries this process's dispatcher has taken and not "
+            "settled yet (at most FRESCO_WEBHOOK_MAX_IN_FLIGHT per dispatcher).", registry=registry,
+            multiprocess_mode="livesum")
+        self.keys_at_cap = Gauge(
+            "fresco_webhook_keys_at_cap", "API keys whose due webhook deliveries waited, at the dispatcher's last "
+            "look, because the key had FRESCO_WEBHOOK_MAX_IN_FLIGHT_PER_KEY in flight.", registry=registry,
+            multiprocess_mode="livemax")
 
 
 def pending_family(count: int) -> GaugeMetricFamily:

@@ -1,6 +1,7 @@
 """Which URLs a request may name as its `webhook`, and how the dispatcher reaches them: the guarded
-URL rules of service/fetch.py (https; public addresses only, checked again at every attempt), with plain
-http and any address allowed when the server allows private targets (local development, tests)."""
+URL rules of service/fetch.py (https; public addresses only, checked again at every attempt), with the
+networks FRESCO_WEBHOOK_ALLOW_NETWORKS names exempt, and plain http and any address allowed when the
+server allows private targets (local development, tests). The cloud metadata addresses never are."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def schemes(settings: Settings) -> list[str]:
 
 
 def allowed_networks(settings: Settings) -> list[str]:
-    return ANY_ADDRESS if settings.webhook_allow_private else []
+    return ANY_ADDRESS if settings.webhook_allow_private else list(settings.webhook_allow_networks)
 
 
 async def problem(url: str, settings: Settings) -> str | None:

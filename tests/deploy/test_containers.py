@@ -151,8 +151,8 @@ def test_the_package_the_images_install_carries_the_lua_scripts(tmp_path):
     assert r.returncode == 0, r.stderr
     (wheel,) = tmp_path.glob("fresco-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    scripts = {f"service/jobs/scripts/{p.name}" for p in (ROOT / "service/jobs/scripts").glob("*.lua")}
-    assert len(scripts) == 11 and scripts <= names
+    scripts = {str(p.relative_to(ROOT)) for p in (ROOT / "service/jobs/scripts").rglob("*.lua")}
+    assert len(scripts) == 14 and scripts <= names  # 12 scripts and the 2 snippets they share (lib/)
     page = {f"service/api/playground/{p.name}" for p in (ROOT / "service/api/playground").iterdir()}
     assert "service/api/playground/index.html" in page and page <= names  # the page GET / serves
     for package in ("service", "workers"):

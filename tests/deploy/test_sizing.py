@@ -208,9 +208,10 @@ def test_quantized_sizes_follow_the_bytes_per_weight():
     what is left in bf16 (CLIP-L, the VAE, embeddings, norms, biases) the same in all three."""
     modules = built("black-forest-labs/FLUX.1-schnell")
     bf16, int8, fp8, nf4 = (weight_bytes(modules, s) for s in (None, "int8", "fp8", "nf4"))
-    weights = [t for k, t in tensors(modules).items() if k in quantized(modules, "int8")]
+    int8_layers = quantized(modules, "int8")
+    weights = [t for k, t in tensors(modules).items() if k in int8_layers]
     linear, rows = sum(t.numel() for t in weights), sum(t.shape[0] for t in weights)
-    assert quantized(modules, "fp8") == quantized(modules, "int8")
+    assert quantized(modules, "fp8") == int8_layers
     assert int8 == fp8 == bf16 - linear + rows * SCALE_BYTES  # 2 bytes -> 1, and a scale per row
     assert nf4 == bf16 - linear * (1.5 - SCALE_BYTES / NF4_BLOCK)  # 2 bytes -> 0.5, and a scale per 64
     assert 0.95 < linear / count(modules) < 1  # nearly all of it is Linear weights

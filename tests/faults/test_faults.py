@@ -295,7 +295,8 @@ def test_idempotency_key_50_at_once_make_one_job(fstack, fclient):
                                 range(50)))
     ok = [x for x in replies if x.status_code in (200, 202)]
     assert {x.json()["id"] for x in ok} and len({x.json()["id"] for x in ok}) == 1
-    assert all(x.status_code in (200, 202, 409) for x in replies), [(x.status_code, x.text[:200]) for x in replies if x.status_code not in (200, 202, 409)]
+    assert all(x.status_code in (200, 202, 409) for x in replies), [
+        (x.status_code, x.text[:200]) for x in replies if x.status_code not in (200, 202, 409)]
     job_id = ok[0].json()["id"]
     # The same key with the same body later: the same job; with another body: 422.
     again = fclient.post("/generate", json=body, headers={"Idempotency-Key": key})
@@ -318,7 +319,7 @@ def tiny_fs(tmp_path):
 
 
 def test_full_disk_fails_the_job_with_a_reason_and_leaves_no_partial_file(own_redis, tmp_path, tiny_fs):
-    # A 1024² job takes seconds on a loaded CPU: this test is about the disk, not FAST's 3 s turbo timeout.
+    # A job takes seconds on a loaded CPU: this test is about the disk, not FAST's 3 s turbo timeout.
     env = {**FAST, "FRESCO_RESULTS_DIR": str(tiny_fs), "FRESCO_JOB_TIMEOUT_S": json.dumps({"turbo": 120})}
     s = Stack(own_redis.url, tmp_path, env=env, profile=("tiny-turbo",))
     try:
@@ -328,8 +329,8 @@ def test_full_disk_fails_the_job_with_a_reason_and_leaves_no_partial_file(own_re
             while not any("turbo/tiny-turbo" in w for w in _served(c)):
                 assert time.time() < deadline
                 time.sleep(0.2)
-            # Noise compresses badly: a 1024² PNG is far larger than the 256 KiB filesystem.
-            job = c.post("/generate", json={"task": "turbo", "prompt": "x", "width": 1024, "height": 1024},
+            # Noise compresses badly: a 512² PNG (~680 KiB) is far larger than the 256 KiB filesystem.
+            job = c.post("/generate", json={"task": "turbo", "prompt": "x", "width": 512, "height": 512},
                          headers={"Prefer": "wait=60"}).json()
         assert job["status"] == "failed" and "No space left" in job["error"]["message"], job
         leftovers = [p.name for p in tiny_fs.rglob("*") if p.is_file()]

@@ -143,3 +143,16 @@ def test_malformed_expand_and_hires_flags_are_usage_errors(tmp_path):
     for flag, value in (("--expand", "8,x"), ("--hires", "2:latent:0.5:9"), ("--hires", "big")):
         r = fresco("txt2img", "--prompt", "x", flag, value, "--url", "http://127.0.0.1:9", "--out", str(tmp_path))
         assert r.returncode == 2 and f"{flag} takes" in r.stderr, (flag, value, r.stderr)
+
+
+def test_a_queued_job_says_where_it_stands_and_priority_is_a_flag():
+    from types import SimpleNamespace
+
+    from service.cli import build_parser
+    from service.cli.generate import _request_fields, queued_note
+
+    assert queued_note(SimpleNamespace(status="queued", queue_position=3)) == ", queued: 3 jobs ahead"
+    assert queued_note(SimpleNamespace(status="queued", queue_position=0)) == ", queued: next"
+    assert queued_note(SimpleNamespace(status="running", queue_position=None)) == ""
+    args = build_parser().parse_args(["generate", "turbo", "--prompt", "x", "--priority", "low"])
+    assert _request_fields(args)["priority"] == "low"

@@ -4,15 +4,18 @@ once), safetensors only, and the tiny profile's adapters the same bytes on every
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
+import struct
 
 import pytest
 import safetensors.torch
 import torch
 
 from service.catalog import AdapterSpec
+from service.jobs.states import ErrorCode
 from service.settings import Settings
-from workers.adapter_files import AdapterFiles, safetensors_problem
+from workers.adapter_files import MAX_HEADER_BYTES, MAX_TENSORS, AdapterFiles, safetensors_problem
 from workers.errors import JobFailed
 
 
@@ -98,3 +101,44 @@ def test_the_tiny_loras_are_their_familys(name, family):
     from workers.tiny_adapters import adapter
 
     assert family in lora_families(adapter(name))
+
+
+def header_file(text: bytes, data: bytes = b"") -> bytes:
+    """A safetensors file's bytes with the JSON header `text` (anything) and `data` after it."""
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def test_a_deeply_nested_header_is_invalid_input(files, tmp_path):
+    nested = header_file(b'{"a":' * 15_000 + b"1" + b"}" * 15_000)  # under the tensor cap's brace count
+    assert safetensors_problem(nested, len(nested)) == "is not a safetensors file (its header is not JSON)"
+    listed = header_file(b'{"__metadata__":' + b"[" * 50_000 + b"]" * 50_000 + b"}")
+    assert safetensors_problem(listed, len(listed)) == "is not a safetensors file (its header is not JSON)"
+    path = tmp_path / "nested.safetensors"
+    path.write_bytes(nested)
+    with pytest.raises(JobFailed) as failed:
+        files.named(spec(path))
+    assert failed.value.code == ErrorCode.INVALID_INPUT
+    assert failed.value.message == "adapter x is not a safetensors file (its header is not JSON)"
+
+
+def test_a_header_of_too_many_tensors_is_refused_unparsed(files, tmp_path, monkeypatch):
+    many = 200_000  # a 16 MB header: safetensors parses it for seconds, into hundreds of MB
+    entries = (b'"t%d":{"dtype":"F32","shape":[1],"data_offsets":[%d,%d]}' % (i, 4 * i, 4 * i + 4) for i in range(many))
+    data = header_file(b"{" + b",".join(entries) + b"}", bytes(4 * many))
+    parsed = []
+    monkeypatch.setattr(json, "loads", lambda *a, **kw: parsed.append(1))  # the header is never parsed
+    assert safetensors_problem(data, len(data)) == f"holds more than {MAX_TENSORS} tensors, more than an adapter has"
+    assert not parsed
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(data)
+    with pytest.raises(JobFailed, match=f"adapter x holds more than {MAX_TENSORS} tensors") as failed:
+        files.named(spec(path))
+    assert failed.value.code == ErrorCode.INVALID_INPUT
+    # A header longer than an adapter's is refused from its 8-byte length alone, before any of it is read.
+    huge = struct.pack("<Q", MAX_HEADER_BYTES + 1)
+    assert "more than an adapter's" in safetensors_problem(huge, 1 << 40)
+
+
+def test_a_file_of_many_tensors_under_the_cap_loads(files, tmp_path):
+    path = write(tmp_path / "many.safetensors", {f"unet.l{i}.lora_A.weight": torch.ones(1, 1) for i in range(5000)})
+    assert len(files.named(spec(path)).state_dict()) == 5000

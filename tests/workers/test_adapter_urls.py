@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import pickle
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +19,14 @@ import pytest
 import safetensors.torch
 import torch
 
+from service import lora_urls
 from service.catalog import AdapterSpec, tiny_catalog
+from service.jobs import protocol
 from tests.local_server import ADDRESS as ALLOWED
 from tests.local_server import local_server
 from tests.workers.harness import image, job, make_runner, pop_and_run, submit, turbo
 from workers import metrics, tiny_adapters
-from workers.adapter_files import AdapterFiles
+from workers.adapter_files import AdapterFiles, index_key
 
 TASK, MODEL = "turbo", "tiny-turbo"
 
@@ -153,7 +156,7 @@ def test_a_url_lora_is_fetched_once_then_read_from_the_cache(runner, redis, serv
     root = files.cache.root
     assert cached_files(root) == [digest_of(data).removeprefix("sha256:") + ".safetensors"]
     assert (root / cached_files(root)[0]).read_bytes() == data
-    assert json.loads((root / "urls.json").read_text()) == {url: digest_of(data)}
+    assert json.loads((root / "urls.json").read_text()) == {index_key(url): digest_of(data)}
 
     # The same bytes as a named adapter: the same LoRA, the same pixels.
     assert np.array_equal(pixels(runner, redis, [{"name": "a", "scale": 1.0}]), with_lora)
@@ -183,6 +186,51 @@ def test_the_url_index_survives_a_restart(runner, redis, server, use_files, tmp_
     assert np.array_equal(image(runner.storage, job_id), first)
     assert server.hits("/restart.safetensors") == 1  # not fetched again
     assert disk_hits() - hits == 1
+
+
+# ---- 2b. a URL's query (its token) is needed to fetch, and shown nowhere
+
+
+def test_a_url_token_fetches_but_stays_out_of_params_and_the_index(runner, redis, server, use_files, tmp_path):
+    token = "t0ken-of-the-lora-4b1d"
+    data = lora_bytes(305)
+    url = server.serve(f"/private.safetensors?token={token}", data)  # without the token: a 404
+    files = use_files()
+    record = job(redis, run(runner, redis, [url_lora(url)]))
+    assert record["status"] == "succeeded", record
+    assert record["params"]["loras"] == [{"url": url.split("?")[0], "scale": 1.0, "digest": digest_of(data)}]
+    index = (files.cache.root / "urls.json").read_text()
+    assert token not in index and "private.safetensors" not in index  # keyed by the URL's digest
+    assert files.cache.lookup(url) is not None and files.cache.lookup(url.split("?")[0]) is None
+
+    # An index an older worker wrote, by URL: read without those entries, and rewritten without them.
+    cache = tmp_path / "old-cache"
+    cache.mkdir()
+    (cache / "urls.json").write_text(json.dumps({url: digest_of(data), "url-sha256:ab": digest_of(data)}))
+    old = use_files(adapter_cache_dir=cache)
+    assert old.cache.lookup(url) is None
+    assert json.loads((cache / "urls.json").read_text()) == {"url-sha256:ab": digest_of(data)}
+
+
+def test_the_worker_fetches_with_the_query_the_api_kept_apart(runner, redis, server, use_files):
+    """As POST /generate submits it: `params` shows the URL without its query, the record keeps the full
+    one apart (service/lora_urls.py), and the worker fetches with it (a batched or chained job alike)."""
+    token = "t0ken-kept-apart-9c2e"
+    data = lora_bytes(306)
+    url = server.serve(f"/apart.safetensors?token={token}", data)  # without the token: a 404
+    use_files()
+    params, full = lora_urls.split({**turbo(7, prompt="a fox"), "loras": [url_lora(url)]})
+    assert token not in json.dumps(params)
+    job_id = str(uuid.uuid4())
+    assert protocol.submit(job_id, TASK, MODEL, params, owner=None, retries=0, timeout_s=600, cap=0,
+                           adapter_urls=full).run(redis)
+    assert protocol.load_input(redis, job_id)[0]["loras"][0]["url"] == url
+    assert protocol.peek(redis, TASK, MODEL, 10) == [(job_id, {**params, "loras": [url_lora(url)]})]
+    pop_and_run(runner, redis, TASK, MODEL)
+    record = job(redis, job_id)
+    assert record["status"] == "succeeded", record
+    assert server.hits(f"/apart.safetensors?token={token}") == 1
+    assert record["params"]["loras"] == [{"url": url.split("?")[0], "scale": 1.0, "digest": digest_of(data)}]
 
 
 # ---- 3. never a pickle
@@ -328,7 +376,7 @@ def test_least_recently_used_files_leave_the_cache(runner, redis, server, use_fi
     use("u3")  # over the budget: u2, the least recently used, leaves
     assert present() == ["u1", "u3"]
     assert files.cache.size() <= int(size * 2.5)
-    assert urls["u2"] not in json.loads((root / "urls.json").read_text())
+    assert index_key(urls["u2"]) not in json.loads((root / "urls.json").read_text())
     assert [server.hits(f"/lru-{n}.safetensors") for n in ("u1", "u2", "u3")] == [1, 1, 1]
 
     use("u2")  # fetched again; u1 is now the least recently used

@@ -8,6 +8,12 @@ import { el as node } from "./fields.js";
 
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const QUEUE_POLL_MS = 2000;
+
+function queuedText(position) {
+  if (position == null) return "queued";
+  return position === 0 ? "queued · next" : `queued · ${position} job${position === 1 ? "" : "s"} ahead`;
+}
 
 function seconds(s) {
   if (s < 60) return `${Math.max(1, Math.round(s))} s`;
@@ -64,6 +70,22 @@ export class JobPanel {
     this.progress(job);
     this.follower = new AbortController();
     this.follow(job.id, this.follower.signal);
+    this.watchQueue(job.id, this.follower.signal);
+  }
+
+  /** While the job waits, read its view every few seconds: its queue position moves with no event (other
+   * jobs start, another key's turn comes first). */
+  async watchQueue(id, signal) {
+    while (!signal.aborted && this.job?.status === "queued") {
+      await sleep(QUEUE_POLL_MS);
+      if (signal.aborted || this.job?.status !== "queued") return;
+      try {
+        const view = await getJob(id);
+        if (!signal.aborted && view.status === "queued") this.progress(view);
+      } catch {
+        // unreachable for now: the event stream's own retries take over
+      }
+    }
   }
 
   async follow(id, signal) {
@@ -114,7 +136,7 @@ export class JobPanel {
     this.setStatus(state.status);
     el.bar.value = fraction;
     el.bar.textContent = `${Math.round(fraction * 100)} %`;
-    el.stage.textContent = state.status === "queued" ? (state.queue_position != null ? `queued, position ${state.queue_position + 1}` : "queued") : p.stage || "";
+    el.stage.textContent = state.status === "queued" ? queuedText(state.queue_position) : p.stage || "";
     el.steps.textContent = p.total_steps ? `step ${p.step} of ${p.total_steps}` : "";
     el.eta.textContent = "";
     if (state.status === "running") {

@@ -8,7 +8,11 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+import redis
+
 from service.catalog import AdapterSpec, Catalog, load_catalog, tiny_catalog
+from service.jobs import keys, protocol
+from service.jobs.view import to_view
 from service.families import KINDS
 from tests.service.api.test_validation import SECRET, assert_rejected, post
 
@@ -97,11 +101,17 @@ def test_url_adapters_when_allowed(app_settings):
         url = "https://example.com/loras/style.safetensors?sig=1"
         r = post(api, turbo(loras=[{"url": url, "scale": 0.5}]))
         assert r.status_code == 202, r.text
-        assert r.json()["params"]["loras"] == [{"url": url, "scale": 0.5}]
+        # the query (a token) is shown nowhere: the JobView and the webhook bodies rendered from the record
+        assert r.json()["params"]["loras"] == [{"url": url.split("?")[0], "scale": 0.5}]
+        record = protocol.decode_hash(redis.Redis.from_url(settings.redis_url).hgetall(keys.job(r.json()["id"])))
+        assert "sig=1" not in record["params"] and json.loads(record["adapter_urls"]) == {"0": url}  # for the worker
+        assert "sig=1" not in json.dumps(to_view(record, "http://testserver"))
         for bad in ("https://example.com/" + SECRET + ".ckpt", "https://example.com/a.BIN",
                     "https://example.com/a.pt?x=1", "http://example.com/a.safetensors",
-                    "https://user:" + SECRET + "@example.com/a.safetensors", "ftp://example.com/a.safetensors"):
-            assert_rejected(post(api, turbo(loras=[{"url": bad}])), "loras[0].url")
+                    "https://user:" + SECRET + "@example.com/a.safetensors", "ftp://example.com/a.safetensors",
+                    "https://[::1", "https://[" + SECRET, "https://example.com:99999/a.safetensors",
+                    "https://169.254.169.254/a.safetensors"):
+            assert_rejected(post(api, turbo(loras=[{"url": bad}])), "loras[0].url")  # a 422, never a 500
 
 
 def write(tmp_path, text):

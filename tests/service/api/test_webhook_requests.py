@@ -50,7 +50,7 @@ def test_without_a_secret_the_server_takes_no_webhook(api):
     (f"https://user:{SECRET}@example.com/", "credentials"),
     (f"https://127.0.0.1/{SECRET}", "public address"),
     (f"https://10.1.2.3:8443/{SECRET}", "public address"),
-    (f"https://169.254.169.254/{SECRET}", "public address"),
+    (f"https://169.254.169.254/{SECRET}", "cloud metadata address"),
     (f"https://[::1]/{SECRET}", "public address"),
     (f"https://localhost/{SECRET}", "public address"),
     (f"https://example.com:99999/{SECRET}", "URL is not valid"),

@@ -81,7 +81,7 @@ def test_submit_at_the_cap_writes_nothing(redis):
     first = new(redis)
     job_id = str(uuid.uuid4())
     call = protocol.submit(job_id, TASK, "other-model", {}, owner=None, retries=0, timeout_s=60, cap=1)
-    assert call.run(redis) is False  # the cap counts the task's queued jobs over all its models
+    assert call.run(redis) is protocol.Enqueued.FULL  # the cap counts the task's queued jobs over all its models
     assert not redis.exists(keys.job(job_id)) and not redis.exists(keys.rq_job(job_id))
     assert indexed(redis, JobStatus.QUEUED) == [first] and redis.llen(keys.rq_queue(TASK, "other-model")) == 0
 
@@ -94,10 +94,11 @@ def test_submit_sets_the_idempotency_key_in_the_same_step(redis):
     assert redis.get(idem.key) == f"digest:{job_id}".encode() and 110 < redis.ttl(idem.key) <= 120
 
 
-def test_view_reports_the_queue_position_within_the_task(redis):
-    a, b = new(redis), new(redis, model="m2")  # one index per task, whatever the model
+def test_view_reports_the_queue_position_within_the_queue(redis):
+    a, b, c = new(redis, model="m3"), new(redis, model="m3"), new(redis, model="m4")  # one order per task and model
     assert protocol.view(b).run(redis)["_queue_position"] == "1"
     assert protocol.view(a).run(redis)["_queue_position"] == "0"
+    assert protocol.view(c).run(redis)["_queue_position"] == "0"
     start(redis, a)
     assert protocol.view(a).run(redis)["_queue_position"] == "-1"
     assert protocol.view(str(uuid.uuid4())).run(redis) is None
@@ -246,6 +247,29 @@ def test_peek_lists_queued_jobs_with_their_params(redis):
     assert protocol.peek(redis, TASK, "empty", 10) == []
 
 
+def test_full_lora_urls_are_kept_apart_and_given_to_the_worker_only(redis):
+    """`adapter_urls` (service/lora_urls.py): the record's params show a LoRA URL without its query;
+    each read a worker starts a job with (load_input, peek, claim) has it back."""
+    full = "https://h.example/a.safetensors?token=s3cret"
+    shown = {"prompt": "p", "loras": [{"name": "n", "scale": 1.0}, {"url": "https://h.example/a.safetensors",
+                                                                      "scale": 1.0}]}
+    run = {**shown, "loras": [shown["loras"][0], {"url": full, "scale": 1.0}]}
+    ids = []
+    for _ in range(2):
+        ids.append(str(uuid.uuid4()))
+        assert protocol.submit(ids[-1], TASK, "lora-urls", shown, owner=None, retries=0, timeout_s=60, cap=0,
+                               adapter_urls={"1": full}).run(redis)
+    assert "s3cret" not in record(redis, ids[0])["params"]
+    assert protocol.load_input(redis, ids[0])[0] == run
+    assert protocol.peek(redis, TASK, "lora-urls", 10) == [(ids[0], run), (ids[1], run)]
+    claimed = protocol.claim(TASK, "lora-urls", ids, worker="w1", progress={}, at=500.0).run(redis)
+    assert [c.params for c in claimed] == [run, run]
+    plain = new(redis, model="lora-urls-plain")  # no adapter_urls: the params as they are
+    assert protocol.load_input(redis, plain)[0] == {"prompt": "p", "seed": 1}
+    assert [c.params for c in protocol.claim(TASK, "lora-urls-plain", [plain], worker="w1", progress={},
+                                             at=500.0).run(redis)] == [{"prompt": "p", "seed": 1}]
+
+
 def test_scripts_load_again_after_a_script_flush(redis):
     job_id = new(redis)
     redis.script_flush()
@@ -273,10 +297,10 @@ def test_rate_limit_allows_a_burst_then_says_how_long_to_wait(redis):
 LUA_STRING = re.compile(r"'([^']*)'")
 REDIS_COMMANDS = {"HGET", "HSET", "HGETALL", "HMGET", "HDEL", "HINCRBY", "ZADD", "ZREM", "ZCARD", "ZRANK",
                   "ZRANGEBYSCORE", "ZREMRANGEBYSCORE", "EXPIRE", "PUBLISH", "RPUSH", "LREM", "LPOS", "SADD", "SET",
-                  "DEL", "EXISTS", "GET", "HLEN"}
+                  "DEL", "EXISTS", "GET", "HLEN", "ZRANGE", "ZSCORE", "HEXISTS", "LTRIM"}
 SCRIPT_WORDS = {
     "EX", "PX", "-inf", "LIMIT",  # command arguments
-    "ok", "full", "canceled", "running", "ended", "requeued", "failed",  # replies, decoded in protocol.py only
+    "ok", "full", "owner_full", "canceled", "running", "ended", "requeued", "failed",  # replies (protocol.py decodes)
     "_queue_position",  # view.lua's extra field
     "1", "0", "",  # the cancel flag's value; no retries left; the "no event" marker
     "worker_name",  # RQ's job hash field (with 'status')
@@ -298,13 +322,14 @@ def assert_spells_no_key(path, allowed: set[str], *, needs_keys: bool = True) ->
 
 def test_lua_scripts_spell_no_key_and_only_known_fields():
     scripts = sorted(protocol.SCRIPTS.glob("*.lua"))
-    assert len(scripts) == 11
+    assert len(scripts) == 12
     for path in scripts:
         assert_spells_no_key(path, keys.JOB_FIELDS)
-    # The webhook outbox, run inside the transitions: job fields and the delivery's.
+    # The webhook outbox and fair share, run inside the transitions: job fields and the delivery's.
     libs = sorted(protocol.SCRIPTS.glob("lib/*.lua"))
-    assert [p.name for p in libs] == ["webhook_outbox.lua"]
-    assert_spells_no_key(libs[0], keys.JOB_FIELDS | keys.DELIVERY_FIELDS, needs_keys=False)
+    assert [p.name for p in libs] == ["fair.lua", "webhook_outbox.lua"]
+    for lib in libs:
+        assert_spells_no_key(lib, keys.JOB_FIELDS | keys.DELIVERY_FIELDS, needs_keys=False)
 
 
 def test_replies_named_in_scripts_are_the_ones_protocol_decodes():

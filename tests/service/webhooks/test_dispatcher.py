@@ -82,11 +82,13 @@ class Run:
         return self.registry.get_sample_value(name, labels) or 0.0
 
 
-def job(redis, url: str, events=("completed",), *, ended: bool = True, at: float | None = None) -> str:
-    """A job with a webhook, started and (`ended`) succeeded through the real transitions at time `at`."""
+def job(redis, url: str, events=("completed",), *, ended: bool = True, at: float | None = None,
+        owner: str | None = None) -> str:
+    """A job of API key `owner` with a webhook, started and (`ended`) succeeded through the real
+    transitions at time `at`."""
     at = protocol.now() if at is None else at
     job_id = str(uuid.uuid4())
-    protocol.submit(job_id, TASK, MODEL, {"prompt": "p", "seed": 1}, owner=None, retries=0, timeout_s=60, cap=0,
+    protocol.submit(job_id, TASK, MODEL, {"prompt": "p", "seed": 1}, owner=owner, retries=0, timeout_s=60, cap=0,
                     webhook=url, webhook_events=list(events), at=at).run(redis)
     protocol.start(job_id, TASK, worker="w", progress={"stage": "denoise", "step": 0, "total_steps": 1,
                                                        "fraction": 0.0}, at=at).run(redis)
@@ -190,13 +192,15 @@ def test_a_private_address_is_blocked_unless_allowed(module_server, redis, recei
 
 
 def test_a_delivery_whose_dispatcher_died_is_due_again_when_its_lease_ends(module_server, redis, receiver):
-    job_id = job(redis, receiver.url)
+    job_id = job(redis, receiver.url, owner="a")
     now = time.time()
-    assert len(outbox.take(now, now + 0.5, 10).run(redis)) == 1  # taken by a dispatcher that then died
-    run = Run(module_server)()
+    [due] = [(i.decode(), "a") for i in redis.zrange(keys.WEBHOOKS_DUE, 0, -1)]
+    # Taken by a dispatcher that then died, holding its key's only slot.
+    assert len(outbox.take(now, now + 0.5, 10, 1, [due]).run(redis)) == 1
+    run = Run(module_server, webhook_max_in_flight_per_key=1)()
     assert receiver.received == []  # leased: nobody else takes it meanwhile
-    run(until=lambda: receiver.of_job(job_id))
-    assert len(receiver.received) == 1 and pending(redis) == 0
+    run(until=lambda: receiver.of_job(job_id))  # the lease ran out: its slot came back with it
+    assert len(receiver.received) == 1 and pending(redis) == 0 and not redis.exists(keys.WEBHOOKS_LEASED)
 
 
 def test_a_delivery_settled_elsewhere_counts_once(module_server, redis, receiver):

@@ -14,7 +14,8 @@ local function webhook_wanted(job, event)
 end
 
 -- When the job's webhook wants `event`: a delivery, due `now`, holding the job record as it is now
--- (the JobView its body shows), and the job's count of deliveries owed. Returns true when enqueued.
+-- (the JobView its body shows) and the job's owner (its API key's name, '' when keys are off: the
+-- dispatcher's per-key cap), and the job's count of deliveries owed. Returns true when enqueued.
 local function webhook_enqueue(job, due, delivery, delivery_id, event, now)
   if event == '' then return false end
   local url = webhook_wanted(job, event)
@@ -24,7 +25,7 @@ local function webhook_enqueue(job, due, delivery, delivery_id, event, now)
   local snapshot = {}
   for i = 1, #flat, 2 do snapshot[flat[i]] = flat[i + 1] end
   redis.call('HSET', delivery, 'job', snapshot['id'], 'event', event, 'url', url, 'created_at', now,
-             'seq', seq, 'attempts', 0, 'snapshot', cjson.encode(snapshot))
+             'seq', seq, 'attempts', 0, 'owner', snapshot['owner'] or '', 'snapshot', cjson.encode(snapshot))
   redis.call('ZADD', due, now, delivery_id)
   return true
 end
