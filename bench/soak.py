@@ -1075,8 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="of load, before the drain")
     parser.add_argument("--workers", type=int, default=3,
-                        help="worker processes: one is never killed, the others in turn (`fresco up` gives up on a "
-                             "child killed 5 times in a row within 30 s of its start)")
+                        help="worker processes: one is never killed (its memory is measured), the others in turn")
     parser.add_argument("--profile", choices=("full", "small"), default="full",
                         help="the whole tiny profile, or one model per family (faster worker starts)")
     parser.add_argument("--in-flight", type=int, default=3, help="unfinished jobs each of the 3 clients keeps")

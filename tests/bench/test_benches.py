@@ -154,3 +154,22 @@ def test_duty_bench_tiny():
     (on,) = figures["phases"]["s3-on"]
     assert 0 < on["duty"] <= 1.02 and on["jobs_per_s"] > 0 and on["store_s"] >= 0.05
     assert any("| s3 | on |" in line for line in lines)
+
+
+def test_fairness_bench_fair_phase():
+    """bench/fairness.py's fair-share phase at a small scale: every job succeeds, and the light keys' jobs
+    wait about a job, not behind the flood (its first come, first served phase is the unit tests' FIFO case)."""
+    import subprocess
+    import sys
+
+    from bench.fairness import jain, max_min_shares
+    from tests.conftest import ROOT
+
+    assert jain([1, 1, 1]) == 1 and jain([1, 0, 0, 0]) == 0.25
+    assert max_min_shares({"flood": 100, "a": 2, "b": 30}, 30) == {"a": 2.0, "flood": 14.0, "b": 14.0}
+    r = subprocess.run([sys.executable, "bench/fairness.py", "--only", "fair", "--flood", "12", "--light", "2",
+                        "--step-delay", "0.1"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    phase = json.loads(r.stdout.strip().splitlines()[-1])
+    assert all(row["succeeded"] == row["jobs"] for row in phase["keys"].values())
+    assert max(phase["keys"][k]["wait_p95_jobs"] for k in ("k1", "k2", "k3")) < 6
