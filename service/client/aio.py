@@ -19,7 +19,8 @@ from service.client.types import AdapterList, DoneEvent, Event, Job, ProgressEve
 
 class AsyncClient(ClientBase):
     """A connection to one Fresco API, for asyncio; the settings are `Client`'s (`http_client` is an
-    `httpx.AsyncClient`, `transport` an `httpx.AsyncBaseTransport`). Use `async with`, or `await aclose()`.
+    `httpx.AsyncClient` or an `httpx2.AsyncClient`, `transport` an `httpx.AsyncBaseTransport`). Use
+    `async with`, or `await aclose()`.
     """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 30.0,
@@ -176,7 +177,7 @@ class AsyncClient(ClientBase):
         while True:
             try:
                 response = await self._http.send(request, stream=stream, follow_redirects=call.follow_redirects)
-            except httpx.TransportError as exc:
+            except core.transport_errors() as exc:
                 error = core.connection_error(exc, request)
             else:
                 if response.status_code < 400:
@@ -201,7 +202,7 @@ class AsyncClient(ClientBase):
                 event = event_from_sse(*message) if message else None
                 if event is not None:
                     yield event
-        except httpx.TransportError:
+        except core.transport_errors():
             return
         finally:
             await response.aclose()
@@ -215,7 +216,7 @@ class AsyncClient(ClientBase):
                 async for chunk in response.aiter_bytes():
                     out.write(chunk)
             partial.replace(path)
-        except httpx.TransportError as exc:
+        except core.transport_errors() as exc:
             raise core.connection_error(exc, response.request) from exc
         finally:
             await response.aclose()

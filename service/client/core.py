@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -183,8 +184,22 @@ class RetryPolicy:
         return base + random.uniform(0, min(1.0, base * 0.1))
 
 
+def _httpx_modules() -> list:
+    """httpx, and httpx2 where something has imported it: an `http_client` may be either (Starlette's
+    TestClient is an httpx2 client where httpx2 is installed, and openai and huggingface_hub install it).
+    Their classes differ, so errors are caught as both; the timeout goes as a tuple, which both accept."""
+    other = sys.modules.get("httpx2")
+    return [httpx, other] if other is not None else [httpx]
+
+
+def transport_errors() -> tuple[type[Exception], ...]:
+    """No answer: the connection failed, timed out or dropped, from either library."""
+    return tuple(module.TransportError for module in _httpx_modules())
+
+
 def _transient(error: BaseException | None) -> bool:
-    return isinstance(error, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+    return isinstance(error, tuple(kind for module in _httpx_modules() for kind in
+                                   (module.TimeoutException, module.NetworkError, module.RemoteProtocolError)))
 
 
 class SSEDecoder:
@@ -283,7 +298,8 @@ class ClientBase:
         read = read_timeout if read_timeout is not None else self.timeout + call.extra_read_s
         return http.build_request(call.method, url, json=call.json, content=call.content, params=call.params,
                                   headers=self._headers(url, call.headers),
-                                  timeout=httpx.Timeout(self.timeout, read=read))
+                                  # connect, read, write, pool: a tuple, which httpx and httpx2 both take
+                                  timeout=(self.timeout, read, self.timeout, self.timeout))
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -296,7 +312,7 @@ def http_error(response: httpx.Response) -> FrescoError:
     return error_from_response(response.status_code, response.headers, response.content)
 
 
-def connection_error(exc: httpx.TransportError, request: httpx.Request) -> APIConnectionError:
+def connection_error(exc: Exception, request: httpx.Request) -> APIConnectionError:
     """No answer, as the client's error; the httpx error is its `__cause__` (and tells the RetryPolicy why)."""
     detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     error = APIConnectionError(f"cannot reach {request.url.scheme}://{request.url.netloc.decode()}: {detail}")

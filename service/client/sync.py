@@ -21,9 +21,9 @@ class Client(ClientBase):
 
     `base_url` defaults to FRESCO_URL, else http://127.0.0.1:8000; `api_key` to FRESCO_API_KEY. A 429 or
     503 and a failed connection are retried up to `max_retries` times (after the server's Retry-After,
-    at most `max_retry_wait` s); other errors raise at once. `http_client` (an `httpx.Client`, e.g.
-    Starlette's TestClient) or `transport` replace the connection for proxies, tests or custom TLS; an
-    injected client is not closed by `close()`.
+    at most `max_retry_wait` s); other errors raise at once. `http_client` (an `httpx.Client` or an
+    `httpx2.Client`, e.g. Starlette's TestClient) or `transport` replace the connection for proxies, tests or
+    custom TLS; an injected client is not closed by `close()`.
     """
 
     def __init__(self, base_url: str | None = None, api_key: str | None = None, *, timeout: float = 30.0,
@@ -188,7 +188,7 @@ class Client(ClientBase):
         while True:
             try:
                 response = self._http.send(request, stream=stream, follow_redirects=call.follow_redirects)
-            except httpx.TransportError as exc:
+            except core.transport_errors() as exc:
                 error = core.connection_error(exc, request)
             else:
                 if response.status_code < 400:
@@ -213,7 +213,7 @@ class Client(ClientBase):
                 event = event_from_sse(*message) if message else None
                 if event is not None:
                     yield event
-        except httpx.TransportError:
+        except core.transport_errors():
             return
         finally:
             response.close()
@@ -227,7 +227,7 @@ class Client(ClientBase):
                 for chunk in response.iter_bytes():
                     out.write(chunk)
             partial.replace(path)
-        except httpx.TransportError as exc:
+        except core.transport_errors() as exc:
             raise core.connection_error(exc, response.request) from exc
         finally:
             response.close()

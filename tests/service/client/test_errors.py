@@ -9,9 +9,9 @@ import threading
 import pytest
 
 from service.api.auth import digest
-from service.client import (APIConnectionError, AuthenticationError, Client, FrescoError, Job, JobCanceled,
-                            JobFailed, NotFoundError, PayloadTooLargeError, RateLimitError, UnavailableError,
-                            ValidationError)
+from service.client import (APIConnectionError, AsyncClient, AuthenticationError, Client, FrescoError, Job,
+                            JobCanceled, JobFailed, NotFoundError, PayloadTooLargeError, RateLimitError,
+                            UnavailableError, ValidationError)
 from service.client.errors import error_from_response, parse_retry_after
 from tests.conftest import free_port, png_data_url
 from tests.service.client.conftest import TURBO
@@ -104,6 +104,37 @@ def test_no_answer_is_an_api_connection_error():
             fresco.get(UNKNOWN_JOB)
         assert info.value.status is None and "cannot reach" in str(info.value)
         assert not fresco.health() and not fresco.ready()
+
+
+def test_an_httpx2_client_works_as_http_client_and_its_failures_are_connection_errors():
+    """httpx2 (Starlette's TestClient is one; openai and huggingface_hub install it) has its own Timeout and
+    error classes: the client sends a timeout both accept and catches both libraries' errors, retrying them."""
+    import asyncio
+
+    import httpx2
+
+    calls = []
+
+    def refuse(request):
+        calls.append(request.extensions["timeout"])
+        raise httpx2.ConnectError("refused", request=request)
+
+    http = httpx2.Client(transport=httpx2.MockTransport(refuse), base_url="http://fresco.test")
+    with Client(http_client=http, max_retries=1, max_retry_wait=0.01) as fresco:
+        with pytest.raises(APIConnectionError) as info:
+            fresco.get(UNKNOWN_JOB)
+    assert isinstance(info.value.__cause__, httpx2.ConnectError) and len(calls) == 2  # retried once
+    assert calls[0]["connect"] == 30.0 and calls[0]["read"] >= 30.0
+
+    async def async_refused():
+        transport = httpx2.MockTransport(refuse)
+        async with AsyncClient(http_client=httpx2.AsyncClient(transport=transport, base_url="http://fresco.test"),
+                               max_retries=0) as fresco:
+            with pytest.raises(APIConnectionError):
+                await fresco.get(UNKNOWN_JOB)
+
+    asyncio.run(async_refused())
+    assert len(calls) == 3
 
 
 def test_errors_from_bodies_that_are_not_frescos():
