@@ -24,7 +24,7 @@ to end and every webhook to arrive. Then it checks, and prints a table:
 - the API's and the spared worker's memory (RSS) at the end within a tolerance of their figure a third in.
 
     .venv/bin/python bench/soak.py --minutes 10            # the run BENCHMARKS.md reports
-    .venv/bin/python bench/soak.py --minutes 1.5 --profile small --workers 2 --in-flight 2 --json  # the suite's
+    .venv/bin/python bench/soak.py --minutes 1.5 --profile small --workers 2 --in-flight 2 --rate 0.5 --json  # suite
 
 Exit code 0 when every check passes. Per-key limits (`weight`, `max_queued`, ...) and `priority` are used
 when this checkout's settings and schemas have them.
@@ -83,6 +83,7 @@ class Plan:
     dispatcher_kill_at_s: float  # the webhook dispatcher's one kill (0: never)
     workers: int = 3
     in_flight: int = 3  # jobs each client keeps unfinished
+    rate: float = 0.0  # submits per second each client sends at most (0: as fast as in_flight lets it)
     profile: str = "full"
     cancel_share: float = 0.12
     webhook_share: float = 0.4
@@ -455,12 +456,15 @@ class Tenant(threading.Thread):
         self.mix = Mix(self.rng, soak.plan.profile)
         self.api = Api(soak.up.url, key, soak.record, soak.t0)
         self.mine: list[Job] = []
+        self.next_submit = 0.0
 
     def run(self) -> None:
+        plan = self.soak.plan
         while not self.soak.load_over.is_set():
             open_jobs = [j for j in self.mine if not j.terminal]
-            if len(open_jobs) < self.soak.plan.in_flight:
-                self.submit(self.mix.spec(self.soak.plan.train_share))
+            if len(open_jobs) < plan.in_flight and time.monotonic() >= self.next_submit:
+                self.submit(self.mix.spec(plan.train_share))
+                self.next_submit = time.monotonic() + (1 / plan.rate if plan.rate else 0)
             self.cancel_due()
             self.poll(open_jobs)
             self.soak.load_over.wait(0.3)
@@ -1079,6 +1083,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("full", "small"), default="full",
                         help="the whole tiny profile, or one model per family (faster worker starts)")
     parser.add_argument("--in-flight", type=int, default=3, help="unfinished jobs each of the 3 clients keeps")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="submits per second each client sends at most (default: no limit but --in-flight)")
     parser.add_argument("--without", action="append", default=[], choices=("workers", "redis", "dispatcher"),
                         help="leave out one kind of fault (repeat)")
     parser.add_argument("--seed", type=int, default=1)
@@ -1088,7 +1094,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 2 and "workers" not in args.without:
         parser.error("--workers must be 2 or more: one is spared for its memory figures")
     plan = plan_for(args.minutes, without=set(args.without), workers=args.workers, profile=args.profile,
-                    in_flight=args.in_flight, seed=args.seed)
+                    in_flight=args.in_flight, rate=args.rate, seed=args.seed)
     data_dir = Path(tempfile.mkdtemp(prefix="fresco-soak-"))
     soak = Soak(plan, data_dir, log=lambda msg: print(msg, flush=True))
     try:

@@ -17,7 +17,8 @@ from tests.conftest import ROOT
 @pytest.mark.timeout(600)
 def test_a_90_second_chaos_soak_loses_nothing():
     r = subprocess.run([sys.executable, "bench/soak.py", "--minutes", "1.5", "--profile", "small", "--workers", "2",
-                        "--in-flight", "2", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=580)
+                        "--in-flight", "2", "--rate", "0.5", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=580)
     lines = r.stdout.strip().splitlines()
     assert lines and lines[-1].startswith("{"), f"no summary:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     summary = json.loads(lines[-1])
@@ -26,7 +27,9 @@ def test_a_90_second_chaos_soak_loses_nothing():
     assert not failed, f"failed: {failed}\n{table}\n{r.stderr[-3000:]}"
     assert r.returncode == 0, r.stderr[-3000:]
     assert summary["lost"] == 0 and summary["stuck"] == 0
-    assert summary["accepted"] >= 30, table  # a load, not a trickle
+    # A load, not a trickle (--rate: 1.5 submits a second in all, so that the soak leaves the other tests
+    # running beside it some of the machine; unthrottled it sent about 600 and took 1.4 cores for 2 minutes).
+    assert summary["accepted"] >= 30, table
     kinds = {f["kind"] for f in summary["faults"]}
     assert kinds == {"worker", "redis", "dispatcher"}, summary["faults"]
     tasks = {kind.split("/")[0] for kind in summary["per_task"]}
