@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from service import adapter_registry
 from service.api.deps import Context
 from service.api.auth import RateLimited
-from service.api.errors import Unavailable, ValidationFailed, dedupe, field_error, validation_fields
+from service.api.errors import Conflict, Unavailable, ValidationFailed, dedupe, field_error, validation_fields
 from service.api.resolve import Resolved, resolve
 from service.api.requests import generate_adapter
 from service.jobs import keys, protocol
@@ -64,6 +64,8 @@ async def submit(redis, storage: Storage, settings: Settings, resolved: Resolved
         raise Unavailable("the job queue is unreachable; retry later") from None
     if not enqueued:
         await asyncio.to_thread(storage.delete_job, job_id)
+        if enqueued is protocol.Enqueued.CLAIM_LOST:
+            raise Conflict("a request with this Idempotency-Key is still in flight", headers={"Retry-After": "1"})
         if enqueued is protocol.Enqueued.OWNER_FULL:
             raise RateLimited(OWNER_FULL_RETRY_AFTER_S, f"this API key has {share(settings, owner).max_queued} jobs "
                                                         "queued, its max_queued; retry when some have started")

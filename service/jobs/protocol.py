@@ -196,11 +196,14 @@ def _rq_job_fields(job_id: str, task: str, model: str, timeout_s: int) -> dict:
 
 @dataclass(frozen=True)
 class Idempotency:
-    """An Idempotency-Key claimed for this submit: `key` is set to `value_prefix + job id`."""
+    """An Idempotency-Key claimed for this submit (service/api/idempotency.py): `key` is set to
+    `value_prefix + job id` for `ttl_s`, if it still holds this request's `claim` (or, its claim expired,
+    nothing)."""
 
     key: str
     value_prefix: str
     ttl_s: int
+    claim: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class Enqueued(StrEnum):
     OK = "ok"
     FULL = "full"  # the task's queue is at its cap
     OWNER_FULL = "owner_full"  # the API key has `max_queued` jobs queued
+    CLAIM_LOST = "claim_lost"  # the Idempotency-Key is another request's now (this one's claim expired)
 
     def __bool__(self) -> bool:
         return self is Enqueued.OK
@@ -255,7 +259,7 @@ def submit(job_id: str, task: str, model: str, params: dict, *, owner: str | Non
     args: list = [job_id, repr(at), cap, idempotency.value_prefix + job_id if idempotency else "",
                   idempotency.ttl_s if idempotency else 0, owner, share.max_queued, share.max_running,
                   _class(priority), owner if share.fair else "", repr(float(share.weight) if share.fair else 1.0),
-                  len(record)]
+                  idempotency.claim if idempotency else "", len(record)]
     for pair in record.items():
         args += pair
     for pair in _rq_job_fields(job_id, task, model, timeout_s).items():

@@ -110,16 +110,17 @@ async def accept(request: Request, c, owner: str | None, data,
     else:
         idempotency.check_header(key)
         rkey, digest = idempotency.redis_key(owner, key), idempotency.body_digest(data)
+        mine = idempotency.new_claim(digest)
         try:
-            job_id = await idempotency.claim(c.redis, rkey, digest, c.settings.idempotency_ttl_s)
+            job_id = await idempotency.claim(c.redis, rkey, digest, mine)
         except REDIS_DOWN:
             raise Unavailable("the job queue is unreachable; retry later") from None
         if job_id is None:
             try:
-                job_id = await submit(Idempotency(rkey, f"{digest}:", c.settings.idempotency_ttl_s))
+                job_id = await submit(Idempotency(rkey, f"{digest}:", c.settings.idempotency_ttl_s, mine))
             except BaseException:
                 with contextlib.suppress(Exception):
-                    await idempotency.release(c.redis, rkey, digest)
+                    await idempotency.release(c.redis, rkey, mine)
                 raise
 
     headers = {"Location": f"/jobs/{job_id}"}

@@ -94,6 +94,23 @@ def test_submit_sets_the_idempotency_key_in_the_same_step(redis):
     assert redis.get(idem.key) == f"digest:{job_id}".encode() and 110 < redis.ttl(idem.key) <= 120
 
 
+def test_submit_under_a_claim_that_is_no_longer_this_requests_writes_nothing(redis):
+    """The claim expired and another copy of the request claimed the key, or enqueued under it: the late
+    request must not make a second job."""
+    idem = Idempotency(keys.idempotency("abc"), "digest:", 120, claim="digest:pending:mine")
+    for held in (b"digest:pending:theirs", b"digest:some-job-id"):
+        redis.set(idem.key, held)
+        job_id = str(uuid.uuid4())
+        call = protocol.submit(job_id, TASK, MODEL, {}, owner=None, retries=0, timeout_s=60, cap=0, idempotency=idem)
+        assert call.run(redis) is protocol.Enqueued.CLAIM_LOST
+        assert not redis.exists(keys.job(job_id)) and not redis.exists(keys.rq_job(job_id))
+        assert redis.get(idem.key) == held and indexed(redis, JobStatus.QUEUED) == []
+    redis.delete(idem.key)  # its claim expired and nobody took the key: the late request still enqueues
+    assert protocol.submit(job_id, TASK, MODEL, {}, owner=None, retries=0, timeout_s=60, cap=0,
+                           idempotency=idem).run(redis)
+    assert redis.get(idem.key) == f"digest:{job_id}".encode()
+
+
 def test_view_reports_the_queue_position_within_the_queue(redis):
     a, b, c = new(redis, model="m3"), new(redis, model="m3"), new(redis, model="m4")  # one order per task and model
     assert protocol.view(b).run(redis)["_queue_position"] == "1"
@@ -300,7 +317,8 @@ REDIS_COMMANDS = {"HGET", "HSET", "HGETALL", "HMGET", "HDEL", "HINCRBY", "ZADD",
                   "DEL", "EXISTS", "GET", "HLEN", "ZRANGE", "ZSCORE", "HEXISTS", "LTRIM"}
 SCRIPT_WORDS = {
     "EX", "PX", "-inf", "LIMIT",  # command arguments
-    "ok", "full", "owner_full", "canceled", "running", "ended", "requeued", "failed",  # replies (protocol.py decodes)
+    "ok", "full", "owner_full", "claim_lost",  # submit's replies (protocol.py decodes them all)
+    "canceled", "running", "ended", "requeued", "failed",
     "_queue_position",  # view.lua's extra field
     "1", "0", "",  # the cancel flag's value; no retries left; the "no event" marker
     "worker_name",  # RQ's job hash field (with 'status')
