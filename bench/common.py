@@ -89,14 +89,15 @@ class Deployment(Stack):
     """A throwaway deployment for a bench (tests/stack.py, the launcher the tests use too): an embedded
     Redis (or `redis_url`), `api_processes` API processes and `workers` worker processes serving `tasks`
     only (so they load only those models and start fast), in a temporary data dir removed at the end
-    unless `keep`; no worker serves metrics unless asked."""
+    unless `keep`; no worker serves metrics unless asked. Each worker is its own interpreter, as deployed
+    (not forked from the tests' fork server: its pages, shared until written, would count in the figures)."""
 
     def __init__(self, *, workers: int = 1, api_processes: int = 1, tasks: str = "turbo",
                  redis_url: str | None = None, api_env: dict | None = None, worker_env: dict | None = None,
                  env: dict | None = None, log_level: str = "WARNING", keep: bool = False):
         super().__init__(redis_url, None, {"FRESCO_WORKER_METRICS_PORT": "0", **(env or {})}, workers,
                          tasks=tasks, api_processes=api_processes, api_env=api_env, worker_env=worker_env,
-                         log_level=log_level, torch_threads=0, keep=keep)
+                         log_level=log_level, torch_threads=0, keep=keep, fork_workers=False)
 
     def __enter__(self) -> "Deployment":
         return self  # a bench says when it waits (`wait_ready`, `wait_worker`)

@@ -10,6 +10,10 @@ alone. Every process logs to a file of its own under the data directory; `read_l
 something does not start. A process that does not stop within STOP_GRACE_S of its SIGTERM is made to print
 its threads' stacks to its log (SIGABRT, with Python's faulthandler on), then killed; `stop()` warns with
 that log's end, saying which process held the stop up and where.
+
+Workers are forked from one fork server per test process (tests/forkserver.py), which has done a worker's
+imports once: about 5 s of CPU less per worker start, and the suite starts some fifty.
+`FRESCO_TEST_FORK_WORKERS=false` in the environment starts them the plain way, each its own interpreter.
 """
 
 from __future__ import annotations
@@ -30,6 +34,24 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 10  # from SIGTERM to a stack's stop: ~2 s idle, 5 on a loaded host; more means a hang
+_fork_server: list = []  # this process's fork server, started at the first forked worker (None: it could not)
+
+
+def fork_server():
+    """The fork server this process's stacks fork their workers from; None where it could not start."""
+    if not _fork_server:
+        import atexit
+
+        from tests.forkserver import ForkServer, Unavailable
+
+        _no_core()  # before the server starts: what it forks inherits the limit
+        try:
+            _fork_server.append(ForkServer(dict(os.environ)))
+            atexit.register(_fork_server[0].close)
+        except Unavailable as exc:
+            warnings.warn(f"workers start the plain way: {exc}", stacklevel=2)
+            _fork_server.append(None)
+    return _fork_server[0]
 
 
 def free_port() -> int:
@@ -85,14 +107,15 @@ class Stack:
     """API process(es) and worker process(es) sharing one Redis and one data directory.
 
     `env` adds FRESCO_* settings to every process, `api_env` and `worker_env` to the API's and the
-    workers'; `profile` the tiny models they know, `tasks` (comma-separated) the ones workers serve. Use
-    it as a context manager, or call `stop()`."""
+    workers'; `profile` the tiny models they know, `tasks` (comma-separated) the ones workers serve;
+    `fork_workers` False: each worker its own interpreter, as deployed (the benches' figures). Use it as
+    a context manager, or call `stop()`."""
 
     def __init__(self, redis_url: str | None = None, data_dir: Path | None = None, env: dict | None = None,
                  workers: int = 1, *, profile: tuple[str, ...] = (), tasks: str | None = None,
                  api_processes: int = 1,
                  api_env: dict | None = None, worker_env: dict | None = None, log_level: str = "WARNING",
-                 torch_threads: int = 1, keep: bool = False):
+                 torch_threads: int = 1, keep: bool = False, fork_workers: bool = True):
         self.temporary = data_dir is None and not keep
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="fresco-stack-"))
         self._embedded = None
@@ -116,6 +139,7 @@ class Stack:
         self.partial = any(name in {**self.env, **(worker_env or {})}
                            for name in ("FRESCO_WORKER_TASKS", "FRESCO_WORKER_MODELS"))
         self.worker_env = dict(worker_env or {})
+        self.fork_workers = fork_workers and os.environ.get("FRESCO_TEST_FORK_WORKERS", "true").lower() in TRUE
         self.logs = self.data_dir / f"logs-{self.port}"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.worker_names: list[str] = []
@@ -128,12 +152,25 @@ class Stack:
 
     # ---- processes
 
-    def _spawn(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")
-        _no_core()
-        proc = subprocess.Popen([sys.executable, "-m", "service.cli", *argv], env={**self.env, **env}, cwd=ROOT,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        proc.log = log.name
+    def _spawn(self, name: str, argv: list[str], env: dict, fork: bool = False) -> subprocess.Popen:
+        """`fresco <argv>` on the stack's settings and `env`; `fork`: from the fork server, where there is one."""
+        env = {**self.env, **env}
+        log = self.logs / f"{name}.log"
+        server = fork_server() if fork else None
+        if server is not None:
+            from tests.forkserver import Unavailable
+
+            try:
+                proc = server.spawn(argv, env, cwd=ROOT, log=log, session=True)
+                proc.log = str(log)
+                return proc
+            except Unavailable:
+                pass
+        with open(log, "ab") as out:
+            _no_core()
+            proc = subprocess.Popen([sys.executable, "-m", "service.cli", *argv], env=env, cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc.log = str(log)
         return proc
 
     def spawn_worker(self, index: int | None = None, env: dict | None = None) -> subprocess.Popen:
@@ -147,7 +184,7 @@ class Stack:
         self.worker_names[index] = f"stack-{self.port}-{index}-{time.monotonic_ns()}"
         proc = self._spawn(f"worker{index}", ["worker"], {
             **self.worker_env, "FRESCO_WORKER_METRICS_PORT": str(self.worker_metrics_ports[index]),
-            "FRESCO_WORKER_NAME": self.worker_names[index], **(env or {})})
+            "FRESCO_WORKER_NAME": self.worker_names[index], **(env or {})}, fork=self.fork_workers)
         if new:
             self.workers.append(proc)
         else:
@@ -235,6 +272,9 @@ class Stack:
             self._embedded.shutdown()
         if self.temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+TRUE = ("1", "true", "yes", "on")
 
 
 def _no_core() -> None:
