@@ -20,7 +20,7 @@ Protocol, on two pipes passed to the server (`--fds R W`), one JSON object per l
   -> {"argv": ["worker"], "env": {...}, "cwd": "...", "log": "path" or null, "session": true or false}
   <- {"pid": N} or {"error": "why"}
   <- {"exit": N, "code": C} when a forked process ends (C as Popen's returncode: -signal when killed)
-The first line the server writes is {"ready": pid} (or {"error": why}, and it exits).
+The first line the server writes is {"ready": true} (or {"error": why}, and it exits).
 A forked process runs `service.cli.main(argv)` with exactly `env` as its environment, in `cwd`, its
 output to `log` (else to the server's own stdout and stderr), in a session of its own when `session`.
 """
@@ -39,7 +39,6 @@ import threading
 import traceback
 from pathlib import Path
 
-START_TIMEOUT_S = 120  # the imports, on a slow machine
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -53,11 +52,11 @@ class Unavailable(RuntimeError):
 class ForkServer:
     """A running fork server; `spawn` forks a `fresco` process from it, as a Popen-like `Forked`."""
 
-    def __init__(self, env: dict[str, str] | None = None, *, python: str = sys.executable):
+    def __init__(self, env: dict[str, str] | None = None):
         r_req, w_req = os.pipe()  # requests: ours to write, the server's to read
         r_rep, w_rep = os.pipe()  # replies and exits
         try:
-            self.proc = subprocess.Popen([python, "-m", "tests.forkserver", "--fds", str(r_req), str(w_rep)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "tests.forkserver", "--fds", str(r_req), str(w_rep)],
                                          env=env, cwd=ROOT, pass_fds=(r_req, w_rep), start_new_session=True)
         finally:
             os.close(r_req)
@@ -77,7 +76,6 @@ class ForkServer:
         if "ready" not in hello:
             self.close()
             raise Unavailable(hello.get("error", "the fork server did not start"))
-        self.pid = hello["ready"]
         threading.Thread(target=self._read, name="forkserver-replies", daemon=True).start()
 
     def _read(self) -> None:
@@ -240,7 +238,7 @@ def serve(r: int, w: int) -> int:
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    say({"ready": os.getpid()})
+    say({"ready": True})
     pending = b""
     while True:
         readable, _, _ = select.select([r, wake_r], [], [], 1.0)
@@ -306,10 +304,11 @@ def _child(request: dict, fds: tuple[int, ...]) -> int:
         from service.cli import main
 
         code = main(request["argv"])
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, int) and exc.code is not None:
-            print(exc.code, file=sys.stderr)
+    except SystemExit as exc:  # as the interpreter ends: an int is the status, anything else is printed
+        code = exc.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)
+            code = 1
     except KeyboardInterrupt:
         code = 130
     except BaseException:  # noqa: BLE001 (as the interpreter would: the traceback, exit 1)

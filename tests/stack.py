@@ -18,6 +18,8 @@ imports once: about 5 s of CPU less per worker start, and the suite starts some 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import resource
 import shutil
@@ -34,24 +36,23 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 10  # from SIGTERM to a stack's stop: ~2 s idle, 5 on a loaded host; more means a hang
-_fork_server: list = []  # this process's fork server, started at the first forked worker (None: it could not)
+TRUE = ("1", "true", "yes", "on")
 
 
+@functools.cache
 def fork_server():
-    """The fork server this process's stacks fork their workers from; None where it could not start."""
-    if not _fork_server:
-        import atexit
+    """The fork server this process's stacks fork their workers from, started at the first forked worker;
+    None where it could not start."""
+    from tests.forkserver import ForkServer, Unavailable
 
-        from tests.forkserver import ForkServer, Unavailable
-
-        _no_core()  # before the server starts: what it forks inherits the limit
-        try:
-            _fork_server.append(ForkServer(dict(os.environ)))
-            atexit.register(_fork_server[0].close)
-        except Unavailable as exc:
-            warnings.warn(f"workers start the plain way: {exc}", stacklevel=2)
-            _fork_server.append(None)
-    return _fork_server[0]
+    _no_core()  # before the server starts: what it forks inherits the limit
+    try:
+        server = ForkServer(dict(os.environ))
+    except Unavailable as exc:
+        warnings.warn(f"workers start the plain way: {exc}", stacklevel=2)
+        return None
+    atexit.register(server.close)
+    return server
 
 
 def free_port() -> int:
@@ -272,9 +273,6 @@ class Stack:
             self._embedded.shutdown()
         if self.temporary:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-
-TRUE = ("1", "true", "yes", "on")
 
 
 def _no_core() -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -25,10 +24,8 @@ def server():
 def test_a_forked_command_runs_with_its_environment_directory_and_log(server, tmp_path):
     log = tmp_path / "hash.log"
     env = {"PATH": os.environ["PATH"], "FRESCO_DATA_DIR": str(tmp_path)}
-    started = time.monotonic()
     proc = server.spawn(["hash-key", "ops"], env, cwd=tmp_path, log=log, session=True)
     assert proc.wait(30) == 0 and proc.returncode == 0 and proc.poll() == 0
-    assert time.monotonic() - started < 5  # no imports: a plain `python -m service.cli` takes seconds
     out = log.read_text()
     assert "FRESCO_API_KEYS entry: ops:" in out
 
@@ -41,6 +38,8 @@ def test_a_forked_process_is_signalled_waited_for_and_its_kill_reported(server, 
         proc.wait(0.5)
     assert proc.poll() is None
     assert os.getsid(proc.pid) == proc.pid  # a session of its own: a stack kills its process group
+    with open(f"/proc/{proc.pid}/stat") as f:  # forked by the server (its imports done), not a new interpreter
+        assert int(f.read().rsplit(")", 1)[1].split()[1]) == server.proc.pid
     url = f"http://127.0.0.1:{env['FRESCO_PORT']}/healthz"  # its settings are the environment it was given
     assert wait_until_ok(url, [proc], 30) == "ok"
     proc.send_signal(signal.SIGKILL)
